@@ -1,0 +1,46 @@
+# Tunix RT. `make run` serves the app with one worker; `make test` runs the whole suite.
+# Both install what they need first, into .venv and node_modules; a second call installs nothing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+PORT ?= 8000
+WEB_STAMP := $(VENV)/.installed-web
+TRAINER_STAMP := $(VENV)/.installed-trainer
+HTMX := static/vendor/htmx.min.js
+
+.PHONY: install run test bench clean
+
+install: $(WEB_STAMP) $(TRAINER_STAMP) $(HTMX)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(WEB_STAMP): requirements.txt | $(PY)
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(TRAINER_STAMP): requirements-trainer.txt requirements-tunix.txt | $(PY)
+	$(PIP) install -q -r requirements-trainer.txt
+	$(PIP) install -q --no-deps -r requirements-tunix.txt
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
+$(HTMX): node_modules/.package-lock.json
+	mkdir -p $(dir $@)
+	cp node_modules/htmx.org/dist/htmx.min.js $@
+
+run: install
+	PORT=$(PORT) $(PY) -m app.dev_runner
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/trainer_overhead.py
+
+clean:
+	rm -rf $(VENV) node_modules static/vendor .pytest_cache

@@ -1,0 +1,63 @@
+"""Tunix RT: a web service for launching and watching Tunix fine-tuning runs."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.config import PROJECT_ROOT, instance_dir, load_settings
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask application: settings, database, extensions, blueprints."""
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+        instance_path=str(instance_dir()),
+    )
+    app.config.update(load_settings())
+    if test_config:
+        app.config.update(test_config)
+    _configure_logging()
+
+    database_url = app.config["DATABASE_URL"]
+    if not database_url:
+        from app.embedded_postgres import embedded_database_url
+
+        database_url = embedded_database_url(instance_dir())
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "pool_pre_ping": True,
+        "pool_size": app.config["DB_POOL_SIZE"],
+        "max_overflow": app.config["DB_MAX_OVERFLOW"],
+    }
+
+    from app.extensions import csrf, db, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    csrf.init_app(app)
+
+    from app import cli, metrics
+    from app.web import api, errors, pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)
+    errors.register(app)
+    metrics.init_app(app)
+    cli.register(app)
+    app.jinja_env.globals.update(pages.template_globals())
+
+    # One proxy (nginx) sits in front in the documented deployment.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)
+    return app
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,78 @@
+"""Every setting of Tunix RT, read from the environment in this one place."""
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise RuntimeError(f"setting {name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise RuntimeError(f"setting {name} must be a number, got {raw!r}") from None
+
+
+def instance_dir() -> Path:
+    """Where local state lives: the embedded database, artifacts, the secret key."""
+    path = Path(os.environ.get("TUNIX_INSTANCE_DIR", PROJECT_ROOT / "instance"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _secret_key() -> str:
+    # Every gunicorn process and every restart must sign CSRF tokens with the
+    # same key, so a generated key is kept in the instance folder.
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    key_file = instance_dir() / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_hex(32))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+def default_train_command() -> list[str]:
+    """The trainer command line, without the run directory that is appended to it."""
+    raw = os.environ.get("TUNIX_TRAIN_COMMAND", "").strip()
+    if raw:
+        return shlex.split(raw)
+    return [sys.executable, "-m", "app.trainer"]
+
+
+def load_settings() -> dict:
+    """The Flask config mapping built from the environment."""
+    return {
+        "SECRET_KEY": _secret_key(),
+        # None means: start (or reuse) the embedded Postgres under instance/.
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or None,
+        "DB_POOL_SIZE": _int("TUNIX_DB_POOL_SIZE", 5),
+        "DB_MAX_OVERFLOW": _int("TUNIX_DB_MAX_OVERFLOW", 5),
+        "ARTIFACTS_ROOT": os.environ.get("TUNIX_ARTIFACTS_ROOT") or str(instance_dir() / "artifacts"),
+        "OUTPUT_MAX_BYTES": _int("TUNIX_OUTPUT_MAX_BYTES", 10240),
+        "RUN_TIMEOUT_SECONDS": _float("TUNIX_RUN_TIMEOUT_SECONDS", 3600.0),
+        "KILL_GRACE_SECONDS": _float("TUNIX_KILL_GRACE_SECONDS", 10.0),
+        "TRAIN_COMMAND": default_train_command(),
+        "WORKER_POLL_SECONDS": _float("TUNIX_WORKER_POLL_SECONDS", 2.0),
+        "WORKER_METRICS_PORT": _int("TUNIX_WORKER_METRICS_PORT", 0),
+        "MAX_CONTENT_LENGTH": _int("TUNIX_MAX_UPLOAD_BYTES", 32 * 1024 * 1024),
+        "RUNS_PAGE_SIZE": _int("TUNIX_RUNS_PAGE_SIZE", 25),
+        "METRICS_CACHE_SECONDS": _float("TUNIX_METRICS_CACHE_SECONDS", 5.0),
+    }

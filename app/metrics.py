@@ -1,0 +1,130 @@
+"""Prometheus metrics: run durations, database write latency, runs by status (read at scrape time).
+
+Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set (see gunicorn.conf.py) and every
+process writes its samples there; /metrics aggregates them. Workers serve their own
+metrics on TUNIX_WORKER_METRICS_PORT. Runs by status come from the database at
+scrape time, so they count what every web process and every worker did.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from flask import Flask, Response, current_app, request
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_flask_exporter import PrometheusMetrics
+
+from app.run_states import MODES, STATUSES
+
+RUN_DURATION = Histogram(
+    "tunix_run_duration_seconds",
+    "Wall-clock duration of finished runs, from start to terminal state.",
+    ["mode", "status"],
+    buckets=(0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+DB_WRITE_LATENCY = Histogram(
+    "tunix_db_write_latency_seconds",
+    "Latency of database writes (statement and commit), by operation.",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+@contextmanager
+def timed_db_write(operation: str) -> Iterator[None]:
+    """Time a database write (including its commit) into tunix_db_write_latency_seconds."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        DB_WRITE_LATENCY.labels(operation=operation).observe(time.perf_counter() - start)
+
+
+def observe_run_finished(mode: str, status: str, duration_seconds: float | None) -> None:
+    """Record a run that reached a terminal state."""
+    if duration_seconds is not None:
+        RUN_DURATION.labels(mode=mode, status=status).observe(duration_seconds)
+
+
+class _RunCountCollector:
+    """Exports tunix_runs_total{status,mode} from a counting function, cached briefly."""
+
+    def __init__(self, count_runs: Callable[[], dict[tuple[str, str], int]], cache_seconds: float):
+        self._count_runs = count_runs
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict] | None = None
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self._cache_seconds:
+                self._cached = (now, self._count_runs())
+            return self._cached[1]
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "tunix_runs_total", "Number of runs in each status, by mode (read from the database).",
+            labels=["status", "mode"])
+        counts = self.counts()
+        for status in STATUSES:
+            for mode in MODES:
+                family.add_metric([status, mode], counts.get((status, mode), 0))
+        yield family
+
+
+class _Chain:
+    """A collector that re-exports what other registries hold."""
+
+    def __init__(self, *registries: CollectorRegistry):
+        self._registries = registries
+
+    def collect(self):
+        for registry in self._registries:
+            yield from registry.collect()
+
+
+def _multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def init_app(app: Flask) -> None:
+    """Attach request metrics (prometheus-flask-exporter) and the /metrics endpoint."""
+    from app import run_service
+
+    exporter_registry = CollectorRegistry(auto_describe=True)
+    PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
+                      excluded_paths=["^/static/", "^/metrics$"])
+    run_counts = _RunCountCollector(run_service.count_runs_by_status_and_mode,
+                                    app.config["METRICS_CACHE_SECONDS"])
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        registry = CollectorRegistry(auto_describe=False)
+        if _multiprocess_enabled():
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry.register(_Chain(REGISTRY, exporter_registry))
+        registry.register(run_counts)
+        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        return Response(encoder(registry), content_type=content_type)
+
+    app.extensions["tunix_run_counts"] = run_counts
+
+
+def start_worker_metrics_server(port: int) -> None:
+    """Serve this worker process's metrics on its own port (0 turns it off)."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="0.0.0.0", registry=REGISTRY)
+
+
+def current_run_counts() -> dict[tuple[str, str], int]:
+    """The cached run counts of the current app (for tests and the health page)."""
+    return current_app.extensions["tunix_run_counts"].counts()

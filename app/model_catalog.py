@@ -1,0 +1,65 @@
+"""Which models a run may name: built-in presets, or a local checkpoint directory.
+
+Kept free of JAX so the web tier can validate a model id at submission.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_ID = "tiny"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A randomly initialised model built from a small config of one of Tunix's families."""
+
+    model_id: str
+    family: str
+    description: str
+    num_layers: int
+    embed_dim: int
+    hidden_dim: int
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int
+
+
+PRESETS: dict[str, Preset] = {
+    p.model_id: p
+    for p in (
+        Preset("tiny", "qwen3", "Qwen3 architecture, 2 layers, width 64, byte tokenizer (~140k parameters). "
+               "Trains on a laptop CPU in about a minute.", 2, 64, 256, 4, 16, 2),
+        Preset("small", "qwen3", "Qwen3 architecture, 4 layers, width 256, byte tokenizer (~3.4M parameters). "
+               "For a GPU host or a patient CPU.", 4, 256, 1024, 8, 32, 4),
+    )
+}
+
+# A checkpoint directory in the Hugging Face layout: config.json, safetensors weights, a tokenizer.
+CHECKPOINT_CONFIG = "config.json"
+SUPPORTED_CHECKPOINT_TYPES = ("qwen3",)
+
+
+def is_checkpoint_path(model_id: str) -> bool:
+    """Model ids that are absolute paths name a local checkpoint directory."""
+    return model_id.startswith("/")
+
+
+def check_model_id(model_id: str) -> str | None:
+    """Return what is wrong with a model id, or None when a run can use it."""
+    if model_id in PRESETS:
+        return None
+    if not is_checkpoint_path(model_id):
+        names = ", ".join(sorted(PRESETS))
+        return (f"unknown model {model_id!r}: use a preset ({names}) "
+                "or the absolute path of a local checkpoint directory")
+    path = Path(model_id)
+    if not path.is_dir():
+        return f"checkpoint directory {model_id} does not exist"
+    if not (path / CHECKPOINT_CONFIG).is_file():
+        return f"checkpoint directory {model_id} has no {CHECKPOINT_CONFIG}"
+    if not any(path.glob("*.safetensors")):
+        return f"checkpoint directory {model_id} has no *.safetensors weights"
+    if not (path / "tokenizer.json").is_file():
+        return f"checkpoint directory {model_id} has no tokenizer.json"
+    return None

@@ -1,0 +1,105 @@
+"""The tables: datasets, their examples, runs and their metric series."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import CheckConstraint, Index, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from app.extensions import db
+from app.run_states import MODES, PENDING, STATUSES, TERMINAL_STATUSES
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _in(column: str, values) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Dataset(db.Model):
+    """A named, versioned set of SFT examples; its key is `name-vN`."""
+
+    __tablename__ = "datasets"
+
+    key = db.Column(db.String(80), primary_key=True)
+    name = db.Column(db.String(64), nullable=False)
+    version = db.Column(db.Integer, nullable=False)
+    description = db.Column(db.Text, nullable=False, default="")
+    num_examples = db.Column(db.Integer, nullable=False)
+    size_bytes = db.Column(db.BigInteger, nullable=False)
+    stats = db.Column(JSONB, nullable=False, default=dict)
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (db.UniqueConstraint("name", "version", name="uq_datasets_name_version"),)
+
+
+class DatasetExample(db.Model):
+    """One prompt/response pair of a dataset, in upload order."""
+
+    __tablename__ = "dataset_examples"
+
+    dataset_key = db.Column(db.String(80), db.ForeignKey("datasets.key", ondelete="CASCADE"), primary_key=True)
+    position = db.Column(db.Integer, primary_key=True)
+    prompt = db.Column(db.Text, nullable=False)
+    response = db.Column(db.Text, nullable=False)
+
+
+class TunixRun(db.Model):
+    """One fine-tuning run: its config, where it is in its life, and what it produced."""
+
+    __tablename__ = "tunix_runs"
+
+    id = db.Column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    status = db.Column(db.String(16), nullable=False, default=PENDING)
+    mode = db.Column(db.String(16), nullable=False)
+    dataset_key = db.Column(db.String(80), db.ForeignKey("datasets.key"), nullable=False)
+    model_id = db.Column(db.String(512), nullable=False)
+    config = db.Column(JSONB, nullable=False)
+    idempotency_key = db.Column(db.String(255), unique=True)
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    queued_at = db.Column(db.DateTime(timezone=True))
+    started_at = db.Column(db.DateTime(timezone=True))
+    completed_at = db.Column(db.DateTime(timezone=True))
+    duration_seconds = db.Column(db.Float)
+    exit_code = db.Column(db.Integer)
+    stdout_tail = db.Column(db.Text)
+    stderr_tail = db.Column(db.Text)
+    error_message = db.Column(db.Text)
+    worker_id = db.Column(db.String(255))
+    result = db.Column(JSONB)
+    progress = db.Column(JSONB)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
+        CheckConstraint(_in("mode", MODES), name="ck_tunix_runs_mode"),
+        # The claim query walks this partial index: pending runs, oldest first.
+        Index("ix_tunix_runs_pending_queue", "queued_at", "id", postgresql_where=text("status = 'pending'")),
+        # The list page: newest first, optionally narrowed by status, mode or dataset.
+        Index("ix_tunix_runs_created", "created_at", "id"),
+        Index("ix_tunix_runs_status_created", "status", "created_at", "id"),
+        Index("ix_tunix_runs_mode_created", "mode", "created_at", "id"),
+        Index("ix_tunix_runs_dataset_created", "dataset_key", "created_at", "id"),
+    )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class RunMetric(db.Model):
+    """One point of a run's metric series: a train step or an eval pass."""
+
+    __tablename__ = "run_metrics"
+
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="CASCADE"), primary_key=True)
+    split = db.Column(db.String(8), primary_key=True)  # "train" or "eval"
+    step = db.Column(db.Integer, primary_key=True)
+    loss = db.Column(db.Float, nullable=False)
+    learning_rate = db.Column(db.Float)
+    tokens_per_second = db.Column(db.Float)
+    recorded_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (CheckConstraint("split IN ('train', 'eval')", name="ck_run_metrics_split"),)

@@ -1,0 +1,179 @@
+"""Validation of a run's configuration: one pure function shared by the form and the API."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from app import model_catalog
+
+
+@dataclass(frozen=True)
+class Field:
+    """One hyperparameter: its type, default, bounds and the words shown next to it."""
+
+    name: str
+    kind: str  # "int", "float", "choice", "str"
+    default: Any
+    label: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # an optional field may be left empty (None)
+    exclusive_minimum: bool = False
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("learning_rate", "float", 1e-3, "Learning rate", "Peak learning rate of the AdamW optimizer.",
+          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Field("lr_schedule", "choice", "cosine", "Schedule", "How the learning rate moves after warmup.",
+          choices=("constant", "cosine", "linear")),
+    Field("warmup_steps", "int", 0, "Warmup steps", "Steps of linear warmup from 0 to the peak rate.",
+          minimum=0, maximum=100_000),
+    Field("weight_decay", "float", 0.0, "Weight decay", "AdamW decoupled weight decay.",
+          minimum=0.0, maximum=1.0),
+    Field("num_epochs", "int", 1, "Epochs", "Passes over the training split.", minimum=1, maximum=1000),
+    Field("max_steps", "int", None, "Max steps", "Optional cap on optimizer steps; wins over epochs.",
+          minimum=1, maximum=10_000_000, optional=True),
+    Field("batch_size", "int", 4, "Batch size", "Examples per optimizer step.", minimum=1, maximum=4096),
+    Field("max_seq_length", "int", 128, "Max sequence length", "Tokens per example; longer ones are cut.",
+          minimum=8, maximum=32_768),
+    Field("finetune", "choice", "full", "Fine-tuning", "Train every weight, or LoRA adapters only.",
+          choices=("full", "lora")),
+    Field("lora_rank", "int", 8, "LoRA rank", "Rank of the LoRA adapters (LoRA only).", minimum=1, maximum=1024),
+    Field("lora_alpha", "float", 16.0, "LoRA alpha", "Scale of the LoRA update (LoRA only).",
+          minimum=0.0, maximum=4096.0, exclusive_minimum=True),
+    Field("eval_fraction", "float", 0.1, "Eval split", "Fraction of examples held out for evaluation.",
+          minimum=0.0, maximum=0.5),
+    Field("eval_every_n_steps", "int", 20, "Eval every N steps", "How often the eval split is scored.",
+          minimum=1, maximum=1_000_000),
+    Field("checkpoint_every_n_steps", "int", 100, "Checkpoint every N steps",
+          "How often a checkpoint is saved (a final one is always saved).", minimum=1, maximum=1_000_000),
+    Field("seed", "int", 0, "Seed", "Seeds the model init, the data shuffle and the split.",
+          minimum=0, maximum=2**31 - 1),
+)
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+TOP_LEVEL = ("dataset_key", "model_id")
+KNOWN_KEYS = frozenset(TOP_LEVEL) | frozenset(FIELDS_BY_NAME)
+
+
+class RunConfigError(ValueError):
+    """The submitted configuration is invalid; `details` maps each field to its problem."""
+
+    def __init__(self, details: dict[str, str]):
+        super().__init__("invalid run configuration")
+        self.details = details
+
+
+def _describe_range(field: Field) -> str:
+    low = f"greater than {field.minimum:g}" if field.exclusive_minimum else f"at least {field.minimum:g}"
+    return f"must be {low} and at most {field.maximum:g}"
+
+
+def _coerce_number(field: Field, value: Any, cast: Callable[[Any], Any]) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        number = cast(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if field.kind == "int" else "a number"
+        raise ValueError(f"must be {kind}, got {value!r}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    too_low = number <= field.minimum if field.exclusive_minimum else number < field.minimum
+    if too_low or number > field.maximum:
+        raise ValueError(_describe_range(field))
+    return number
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    return int(value)
+
+
+def _coerce(field: Field, value: Any) -> Any:
+    if field.kind == "int":
+        return _coerce_number(field, value, _as_int)
+    if field.kind == "float":
+        return _coerce_number(field, value, float)
+    if field.kind == "choice":
+        if value not in field.choices:
+            raise ValueError(f"must be one of {', '.join(field.choices)}")
+        return value
+    raise AssertionError(f"unknown field kind {field.kind}")
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> dict[str, Any]:
+    """Return the full run config with defaults filled in, or raise RunConfigError naming every bad field.
+
+    Checks shape and bounds only; whether the dataset exists is the run service's business.
+    """
+    if not isinstance(raw, dict):
+        raise RunConfigError({"body": "must be a JSON object"})
+    errors: dict[str, str] = {}
+    config: dict[str, Any] = {}
+
+    if not allow_unknown:
+        for key in sorted(set(raw) - KNOWN_KEYS):
+            errors[key] = "unknown field"
+
+    dataset_key = raw.get("dataset_key")
+    if _is_blank(dataset_key):
+        errors["dataset_key"] = "is required"
+    elif not isinstance(dataset_key, str):
+        errors["dataset_key"] = "must be a string"
+    else:
+        config["dataset_key"] = dataset_key.strip()
+
+    model_id = raw.get("model_id")
+    if _is_blank(model_id):
+        model_id = model_catalog.DEFAULT_MODEL_ID
+    if not isinstance(model_id, str):
+        errors["model_id"] = "must be a string"
+    else:
+        problem = model_catalog.check_model_id(model_id.strip())
+        if problem:
+            errors["model_id"] = problem
+        else:
+            config["model_id"] = model_id.strip()
+
+    for field in FIELDS:
+        value = raw.get(field.name)
+        if _is_blank(value):
+            config[field.name] = field.default
+            continue
+        try:
+            config[field.name] = _coerce(field, value)
+        except ValueError as exc:
+            errors[field.name] = str(exc)
+
+    if not errors:
+        errors.update(_cross_field_problems(config))
+    if errors:
+        raise RunConfigError(errors)
+    return config
+
+
+def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
+    problems = {}
+    max_steps = config.get("max_steps")
+    if max_steps is not None and config["warmup_steps"] >= max_steps:
+        problems["warmup_steps"] = f"must be smaller than max_steps ({max_steps})"
+    return problems
+
+
+def form_defaults() -> dict[str, Any]:
+    """Values the new-run form starts with."""
+    values = {f.name: ("" if f.default is None else f.default) for f in FIELDS}
+    values["model_id"] = model_catalog.DEFAULT_MODEL_ID
+    return values

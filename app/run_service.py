@@ -1,0 +1,345 @@
+"""The run service: creates runs, moves them between states, and records what they produced.
+
+Every status change goes through `transition`, a compare-and-set against the state
+machine in `run_states`; sync, async, dry_run and the worker all call it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app import datasets, metrics, run_config, run_states, training_plan
+from app.extensions import db
+from app.models import RunMetric, TunixRun
+from app.run_states import PENDING, RUNNING
+
+log = logging.getLogger(__name__)
+
+
+class RunSubmissionError(ValueError):
+    """The submission is invalid; `details` maps each field to its problem."""
+
+    def __init__(self, details: dict[str, str]):
+        super().__init__("invalid run submission")
+        self.details = details
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was reused for a different submission."""
+
+    def __init__(self, run: TunixRun):
+        super().__init__("Idempotency-Key already used for a different submission")
+        self.run = run
+
+
+class InvalidTransition(RuntimeError):
+    """A caller asked for a move the state machine does not allow."""
+
+
+def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
+    """Full validated config, or RunSubmissionError naming every bad field (dataset included)."""
+    try:
+        config = run_config.validate_run_config(raw)
+    except run_config.RunConfigError as exc:
+        details = dict(exc.details)
+        key = raw.get("dataset_key") if isinstance(raw, dict) else None
+        if "dataset_key" not in details and isinstance(key, str) and key.strip():
+            if datasets.get_dataset(key.strip()) is None:
+                details["dataset_key"] = f"unknown dataset {key.strip()!r}"
+        raise RunSubmissionError(details) from None
+    if datasets.get_dataset(config["dataset_key"]) is None:
+        raise RunSubmissionError({"dataset_key": f"unknown dataset {config['dataset_key']!r}"})
+    return config
+
+
+def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = None) -> tuple[TunixRun, bool]:
+    """Validate and persist a run; returns (run, created). Does not execute it.
+
+    async runs start pending (a worker claims them); sync and dry_run runs start
+    running because the request itself carries them out.
+    """
+    if mode not in run_states.MODES:
+        raise RunSubmissionError({"mode": f"must be one of {', '.join(run_states.MODES)}"})
+    config = validate_submission(raw)
+    if idempotency_key:
+        existing = _find_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return _replay(existing, mode, config), False
+
+    now = func.now()
+    values = {
+        "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
+        "config": config, "idempotency_key": idempotency_key or None, "created_at": now,
+    }
+    if mode == "async":
+        values.update(status=PENDING, queued_at=now)
+    else:
+        values.update(status=RUNNING, started_at=now, worker_id=f"web:{_process_label()}")
+    stmt = pg_insert(TunixRun).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    with metrics.timed_db_write("create_run"):
+        inserted = db.session.execute(stmt.returning(TunixRun.id)).scalar()
+        db.session.commit()
+    if inserted is None:  # another request with the same key won the race
+        return _replay(_find_by_idempotency_key(idempotency_key), mode, config), False
+    run = db.session.get(TunixRun, inserted)
+    log.info("run %s created mode=%s status=%s dataset=%s model=%s", run.id, mode, run.status,
+             run.dataset_key, run.model_id)
+    return run, True
+
+
+def _replay(existing: TunixRun, mode: str, config: dict[str, Any]) -> TunixRun:
+    if existing.mode != mode or existing.config != config:
+        raise IdempotencyConflict(existing)
+    return existing
+
+
+def _find_by_idempotency_key(key: str) -> TunixRun | None:
+    return db.session.scalar(select(TunixRun).where(TunixRun.idempotency_key == key))
+
+
+def _process_label() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def transition(run_id: uuid.UUID, from_status: str, to_status: str, *, held_by: str | None = None,
+               **fields: Any) -> bool:
+    """Move a run from one status to another if it is still in `from_status` (compare-and-set).
+
+    With `held_by`, the run must also still belong to that worker. Entering a terminal
+    state stamps completed_at and the duration. Returns False when the run had moved on.
+    """
+    if not run_states.can_transition(from_status, to_status):
+        raise InvalidTransition(f"{from_status} -> {to_status} is not allowed")
+    values: dict[str, Any] = {"status": to_status, **fields}
+    if run_states.is_terminal(to_status):
+        values["completed_at"] = func.now()
+        values["duration_seconds"] = func.extract("epoch", func.now() - TunixRun.started_at)
+    conditions = [TunixRun.id == run_id, TunixRun.status == from_status]
+    if held_by is not None:
+        conditions.append(TunixRun.worker_id == held_by)
+    stmt = (update(TunixRun).where(*conditions).values(**values)
+            .returning(TunixRun.mode, TunixRun.duration_seconds))
+    with metrics.timed_db_write("transition"):
+        row = db.session.execute(stmt).first()
+        db.session.commit()
+    if row is None:
+        log.warning("run %s: %s -> %s refused, it is no longer %s", run_id, from_status, to_status, from_status)
+        return False
+    log.info("run %s: %s -> %s", run_id, from_status, to_status)
+    if run_states.is_terminal(to_status):
+        metrics.observe_run_finished(row.mode, to_status, row.duration_seconds)
+    return True
+
+
+def finish_run(run: TunixRun, outcome, *, held_by: str | None = None) -> bool:
+    """Store an execution outcome (from the execution module) and move the run to its final status."""
+    return transition(run.id, RUNNING, outcome.status, held_by=held_by, exit_code=outcome.exit_code,
+                      error_message=outcome.error_message, stdout_tail=outcome.stdout,
+                      stderr_tail=outcome.stderr, result=outcome.summary)
+
+
+def plan_dry_run(run: TunixRun) -> bool:
+    """Carry out a dry run: check the dataset and the config, store the plan, end the run."""
+    examples = list(datasets.iter_examples(run.dataset_key))
+    try:
+        plan = training_plan.plan_run(run.config, examples)
+    except training_plan.PlanError as exc:
+        plan = {"ok": False, "problems": [str(exc)]}
+    status = run_states.COMPLETED if plan["ok"] else run_states.FAILED
+    error = None if plan["ok"] else "dry run found problems: " + "; ".join(plan["problems"])
+    return transition(run.id, RUNNING, status, result=plan, error_message=error, exit_code=None)
+
+
+_EMPTY_JSON = text("'{}'::jsonb")
+
+
+class ProgressRecorder:
+    """Stores a running run's progress events: its metric series and its latest progress.
+
+    Writes are batched and flushed at most every `flush_seconds`, so a trainer that
+    prints thousands of steps a second costs one small transaction a second.
+    """
+
+    def __init__(self, run_id: uuid.UUID, flush_seconds: float = 1.0):
+        import time
+
+        self._clock = time.monotonic
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self._points: dict[tuple[str, int], dict[str, Any]] = {}
+        self._progress: dict[str, Any] = {}
+        self._last_flush = self._clock()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        from app import progress_protocol
+
+        kind = event.get("event")
+        point = progress_protocol.metric_point(event)
+        if point is not None:
+            self._points[(point["split"], point["step"])] = point
+        if kind == "start":
+            self._progress.update(total_steps=event.get("total_steps"), started=True)
+        elif kind == "step":
+            self._progress.update(step=event.get("step"), loss=event.get("loss"),
+                                  elapsed_seconds=event.get("elapsed_seconds"),
+                                  tokens_per_second=event.get("tokens_per_second"))
+        elif kind == "eval":
+            self._progress.update(eval_loss=event.get("loss"))
+        elif kind == "checkpoint":
+            self._progress.update(last_checkpoint_step=event.get("step"))
+
+    def on_tick(self) -> None:
+        if self._clock() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = self._clock()
+        if not self._points and not self._progress:
+            return
+        points, progress = list(self._points.values()), dict(self._progress)
+        self._points.clear()
+        with metrics.timed_db_write("record_progress"):
+            if points:
+                stmt = pg_insert(RunMetric).values([{"run_id": self.run_id, **p} for p in points])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["run_id", "split", "step"],
+                    set_={"loss": stmt.excluded.loss, "learning_rate": stmt.excluded.learning_rate,
+                          "tokens_per_second": stmt.excluded.tokens_per_second})
+                db.session.execute(stmt)
+            if progress:
+                db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id)
+                                   .values(progress=func.coalesce(TunixRun.progress, _EMPTY_JSON).op("||")(progress)))
+            db.session.commit()
+
+
+def prepare_run_directory(run: TunixRun, artifacts_root) -> Path:
+    """Write the run's directory (config and dataset export) for the trainer."""
+    from app.tunix_execution import write_run_directory
+
+    return write_run_directory(artifacts_root, run.id, run.config, datasets.iter_examples(run.dataset_key))
+
+
+def rollback() -> None:
+    """Drop whatever the session was in the middle of (after an error)."""
+    db.session.rollback()
+
+
+def get_run(run_id: str) -> TunixRun | None:
+    """The run with this id, or None for an unknown or malformed id."""
+    try:
+        parsed = uuid.UUID(str(run_id))
+    except ValueError:
+        return None
+    return db.session.get(TunixRun, parsed)
+
+
+def refresh(run: TunixRun) -> TunixRun:
+    db.session.refresh(run)
+    return run
+
+
+def metric_series(run_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+    """A run's stored metric points, train and eval, in step order."""
+    rows = db.session.scalars(select(RunMetric).where(RunMetric.run_id == run_id)
+                              .order_by(RunMetric.split, RunMetric.step))
+    series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    for row in rows:
+        series[row.split].append({"step": row.step, "loss": row.loss, "learning_rate": row.learning_rate,
+                                  "tokens_per_second": row.tokens_per_second})
+    return series
+
+
+@dataclass
+class RunPage:
+    runs: list[TunixRun]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, run_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{run_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Parse a page cursor; raises ValueError when it is not one this service made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), uuid.UUID(run_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("is not a valid page cursor") from exc
+
+
+def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key: str | None = None,
+              limit: int = 25, cursor: str | None = None) -> RunPage:
+    """Runs newest first, filtered, one keyset page at a time."""
+    stmt = select(TunixRun)
+    if status:
+        stmt = stmt.where(TunixRun.status == status)
+    if mode:
+        stmt = stmt.where(TunixRun.mode == mode)
+    if dataset_key:
+        stmt = stmt.where(TunixRun.dataset_key == dataset_key)
+    if cursor:
+        created, run_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(TunixRun.created_at < created,
+                              and_(TunixRun.created_at == created, TunixRun.id < run_id)))
+    stmt = stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
+    runs = list(db.session.scalars(stmt))
+    next_cursor = encode_cursor(runs[limit - 1].created_at, runs[limit - 1].id) if len(runs) > limit else None
+    return RunPage(runs[:limit], next_cursor)
+
+
+def count_runs_by_status_and_mode() -> dict[tuple[str, str], int]:
+    """How many runs each (status, mode) pair holds."""
+    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count())
+                              .group_by(TunixRun.status, TunixRun.mode)).all()
+    db.session.rollback()  # end the read transaction; the scrape holds no locks
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+def queue_position(run: TunixRun) -> int | None:
+    """1 for the next run a worker will claim; None when the run is not pending."""
+    if run.status != PENDING or run.queued_at is None:
+        return None
+    ahead = db.session.scalar(select(func.count()).select_from(TunixRun).where(
+        TunixRun.status == PENDING,
+        or_(TunixRun.queued_at < run.queued_at, and_(TunixRun.queued_at == run.queued_at, TunixRun.id < run.id))))
+    return int(ahead) + 1
+
+
+def run_to_status_dict(run: TunixRun) -> dict[str, Any]:
+    """The small payload of GET /api/tunix/runs/<id>/status."""
+    return {
+        "run_id": str(run.id), "status": run.status,
+        "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
+        "completed_at": _iso(run.completed_at), "exit_code": run.exit_code,
+    }
+
+
+def run_to_dict(run: TunixRun) -> dict[str, Any]:
+    """The whole run, as the API returns it."""
+    return {
+        **run_to_status_dict(run),
+        "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id, "config": run.config,
+        "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
+        "error_message": run.error_message, "worker_id": run.worker_id,
+        "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail,
+        "result": run.result, "progress": run.progress,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

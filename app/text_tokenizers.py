@@ -1,0 +1,62 @@
+"""Tokenizers the web tier and the trainer share: no JAX, no downloads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from app import model_catalog
+
+
+class TextTokenizer(Protocol):
+    pad_id: int
+    bos_id: int | None
+    eos_id: int
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted past three special ids; the presets use it so nothing is downloaded."""
+
+    pad_id, bos_id, eos_id = 0, 1, 2
+    offset = 3
+    vocab_size = 264  # 3 specials + 256 bytes, rounded up to a multiple of 8
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        data = bytes(i - self.offset for i in ids if self.offset <= i < self.offset + 256)
+        return data.decode("utf-8", errors="replace")
+
+
+class CheckpointTokenizer:
+    """A checkpoint's tokenizer.json (Hugging Face `tokenizers`), with special ids from config.json."""
+
+    def __init__(self, checkpoint_dir: Path):
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
+        config = json.loads((checkpoint_dir / model_catalog.CHECKPOINT_CONFIG).read_text())
+        self.eos_id = int(config["eos_token_id"])
+        bos = config.get("bos_token_id")
+        self.bos_id = int(bos) if bos is not None else None
+        pad = config.get("pad_token_id")
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.vocab_size = int(config["vocab_size"])
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids)
+
+
+def load_tokenizer(model_id: str) -> TextTokenizer:
+    """The tokenizer a run with this model id trains with."""
+    if model_id in model_catalog.PRESETS:
+        return ByteTokenizer()
+    return CheckpointTokenizer(Path(model_id))

@@ -1,0 +1,105 @@
+"""How a run turns its dataset and config into training steps. Pure, shared by dry_run and the trainer,
+so the plan a dry run reports is the plan the trainer follows."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+# The prompt and the response are joined by this separator; only response tokens are learned.
+PROMPT_SEPARATOR = "\n"
+
+
+class PlanError(ValueError):
+    """The run cannot be planned (e.g. its tokenizer cannot be loaded)."""
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    tokens: list[int]  # padded to max_seq_length
+    mask: list[int]  # 1 where the loss is taken (response tokens and EOS)
+    length: int  # tokens before truncation
+    truncated: bool
+
+
+def encode_example(tokenizer, prompt: str, response: str, max_seq_length: int) -> EncodedExample:
+    """Tokenize one example, cut it to max_seq_length and pad it; the mask covers the response only."""
+    head = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt + PROMPT_SEPARATOR)
+    tail = tokenizer.encode(response) + [tokenizer.eos_id]
+    tokens, mask = head + tail, [0] * len(head) + [1] * len(tail)
+    length = len(tokens)
+    tokens, mask = tokens[:max_seq_length], mask[:max_seq_length]
+    pad = max_seq_length - len(tokens)
+    return EncodedExample(tokens + [tokenizer.pad_id] * pad, mask + [0] * pad, length, length > max_seq_length)
+
+
+def eval_count(num_examples: int, eval_fraction: float) -> int:
+    """How many examples the eval split holds (at least one when asked for, never all)."""
+    if eval_fraction <= 0 or num_examples < 2:
+        return 0
+    return min(num_examples - 1, max(1, round(num_examples * eval_fraction)))
+
+
+def split_indices(num_examples: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, eval) example indices: a seeded shuffle, the eval split taken first."""
+    order = list(range(num_examples))
+    random.Random(seed).shuffle(order)
+    n_eval = eval_count(num_examples, eval_fraction)
+    return order[n_eval:], order[:n_eval]
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Full batches per epoch; the remainder is dropped so every step has the same shape."""
+    return num_train // batch_size
+
+
+def total_steps(config: dict[str, Any], num_train: int) -> int:
+    steps = config["num_epochs"] * steps_per_epoch(num_train, config["batch_size"])
+    return min(steps, config["max_steps"]) if config.get("max_steps") else steps
+
+
+def eval_batch_size(num_eval: int, batch_size: int) -> int:
+    return min(batch_size, num_eval)
+
+
+def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None) -> dict[str, Any]:
+    """What a run would do: split, token counts, steps, and every problem that would stop it."""
+    from app.text_tokenizers import load_tokenizer
+
+    if tokenizer is None:
+        try:
+            tokenizer = load_tokenizer(config["model_id"])
+        except Exception as exc:  # a broken checkpoint directory: report it, do not crash the request
+            raise PlanError(f"model_id: cannot load the tokenizer: {exc}") from exc
+    problems: list[str] = []
+    n = len(examples)
+    if n == 0:
+        problems.append("dataset_key: the dataset holds no examples")
+    train_idx, eval_idx = split_indices(n, config["eval_fraction"], config["seed"])
+    max_len = config["max_seq_length"]
+    lengths, over, no_response = [], 0, 0
+    for example in examples:
+        encoded = encode_example(tokenizer, example.prompt, example.response, max_len)
+        lengths.append(encoded.length)
+        over += encoded.truncated
+        no_response += not any(encoded.mask)
+    spe = steps_per_epoch(len(train_idx), config["batch_size"])
+    if n and spe == 0:
+        problems.append(f"batch_size: {config['batch_size']} is larger than the {len(train_idx)} training examples")
+    if n and no_response == n:
+        problems.append(f"max_seq_length: {max_len} leaves no response tokens in any example; raise it")
+    steps = total_steps(config, len(train_idx))
+    if steps and config["warmup_steps"] >= steps:
+        problems.append(f"warmup_steps: {config['warmup_steps']} is not below the {steps} total steps")
+    return {
+        "ok": not problems, "problems": problems,
+        "examples": n, "train_examples": len(train_idx), "eval_examples": len(eval_idx),
+        "tokens": {"total": sum(lengths), "mean": round(sum(lengths) / n, 1) if n else 0,
+                   "max": max(lengths) if lengths else 0},
+        "examples_over_max_seq_length": over, "examples_without_response_tokens": no_response,
+        "steps_per_epoch": spe, "total_steps": steps,
+        "eval_steps_per_pass": (len(eval_idx) // eval_batch_size(len(eval_idx), config["batch_size"])
+                                if eval_idx else 0),
+        "tokenizer_vocab_size": tokenizer.vocab_size,
+        "trainer_config": config,
+    }

@@ -1,0 +1,293 @@
+"""Running the trainer: one module shared by the sync path and the worker. No database here.
+
+`run_tunix_subprocess` starts the trainer in its own process group inside the run's
+directory, keeps bounded tails of its output, hands progress events to the caller as
+they arrive, and kills the whole group on timeout. `parse_execution_result` turns that
+into a status. `execute_tunix_run_sync` is the two together, for the API's sync mode.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from app import progress_protocol
+from app.config import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_FILE = "run_config.json"
+DATASET_FILE = "dataset.jsonl"
+READ_CHUNK = 64 * 1024
+MAX_KEPT_EVENTS = 2000
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How runs are executed; built from the app config."""
+
+    command: tuple[str, ...]
+    artifacts_root: Path
+    timeout_seconds: float
+    output_max_bytes: int
+    kill_grace_seconds: float
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ExecutionSettings":
+        return cls(command=tuple(config["TRAIN_COMMAND"]), artifacts_root=Path(config["ARTIFACTS_ROOT"]),
+                   timeout_seconds=float(config["RUN_TIMEOUT_SECONDS"]),
+                   output_max_bytes=int(config["OUTPUT_MAX_BYTES"]),
+                   kill_grace_seconds=float(config["KILL_GRACE_SECONDS"]))
+
+
+@dataclass
+class ProcessOutcome:
+    """What the trainer process did, before any interpretation."""
+
+    command: list[str]
+    exit_code: int | None
+    timed_out: bool
+    launch_error: str | None
+    duration_seconds: float
+    stdout_tail: bytes
+    stdout_dropped_bytes: int
+    stderr_tail: bytes
+    stderr_dropped_bytes: int
+    events: list[dict[str, Any]] = field(default_factory=list)  # every event but "step"
+
+
+@dataclass
+class ExecutionResult:
+    """A run's outcome as it is stored: status, exit code, error, output tails, summary."""
+
+    status: str
+    exit_code: int | None
+    error_message: str | None
+    stdout: str
+    stderr: str
+    duration_seconds: float
+    summary: dict[str, Any] | None
+
+
+def run_directory(artifacts_root: Path, run_id: str) -> Path:
+    """Where one run's files live: a folder named after its id under the artifacts root."""
+    return Path(artifacts_root) / str(run_id)
+
+
+def write_run_directory(artifacts_root: Path, run_id: str, config: dict[str, Any],
+                        examples: Iterable[Any]) -> Path:
+    """Create the run directory with its config and its dataset exported as JSONL."""
+    run_dir = run_directory(artifacts_root, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(run_dir / RUN_CONFIG_FILE, json.dumps({"run_id": str(run_id), **config}, indent=2))
+    tmp = run_dir / (DATASET_FILE + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for example in examples:
+            out.write(json.dumps({"prompt": example.prompt, "response": example.response}) + "\n")
+    tmp.replace(run_dir / DATASET_FILE)
+    return run_dir
+
+
+def _write_atomically(path: Path, content: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)
+
+
+class _TailBuffer:
+    """Keeps the last `limit` bytes written to it and counts what it dropped."""
+
+    def __init__(self, limit: int):
+        self.limit = max(0, limit)
+        self._data = bytearray()
+        self.dropped = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._data += chunk
+        excess = len(self._data) - self.limit
+        if excess > 0:
+            del self._data[:excess]
+            self.dropped += excess
+
+    def value(self) -> bytes:
+        return bytes(self._data)
+
+
+def _pump(stream, tail: _TailBuffer, events: "queue.Queue | None") -> None:
+    # readline with a size bound: a line without newlines cannot grow without limit.
+    for line in iter(lambda: stream.readline(READ_CHUNK), b""):
+        event = progress_protocol.parse_line(line) if events is not None else None
+        if event is not None:
+            events.put(event)
+        else:
+            tail.write(line)
+    stream.close()
+
+
+def _child_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
+    """SIGTERM the group, give it the grace period, then SIGKILL whatever is left."""
+    _kill_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_seconds: float,
+                         output_max_bytes: int, kill_grace_seconds: float = 10.0,
+                         on_event: EventHandler | None = None, on_tick: Callable[[], None] | None = None,
+                         tick_seconds: float = 0.25) -> ProcessOutcome:
+    """Run the trainer on `run_dir` and wait for it; pure execution, no database.
+
+    The run directory is appended to `command`. `on_event` is called in the caller's
+    thread for every progress event the trainer prints; `on_tick` about every
+    `tick_seconds` while it runs.
+    """
+    argv = [*command, str(run_dir)]
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=_child_environment(), start_new_session=True)
+    except OSError as exc:
+        return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,
+                              b"", 0, b"", 0)
+    log.info("trainer started pid=%s run_dir=%s", proc.pid, run_dir)
+
+    stdout_tail, stderr_tail = _TailBuffer(output_max_bytes), _TailBuffer(output_max_bytes)
+    events: queue.Queue = queue.Queue()
+    readers = [threading.Thread(target=_pump, args=(proc.stdout, stdout_tail, events), daemon=True),
+               threading.Thread(target=_pump, args=(proc.stderr, stderr_tail, None), daemon=True)]
+    for reader in readers:
+        reader.start()
+
+    kept_events: list[dict[str, Any]] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                return
+            if event.get("event") != "step" and len(kept_events) < MAX_KEPT_EVENTS:
+                kept_events.append(event)
+            if on_event is not None:
+                on_event(event)
+
+    deadline = started + timeout_seconds
+    timed_out = False
+    while True:
+        try:
+            proc.wait(timeout=tick_seconds)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        drain()
+        if on_tick is not None:
+            on_tick()
+        if time.monotonic() >= deadline:
+            timed_out = True
+            log.warning("trainer pid=%s timed out after %.0f s; killing its process group", proc.pid,
+                        timeout_seconds)
+            _stop_process_group(proc, kill_grace_seconds)
+            break
+
+    # Children the trainer left behind would keep the pipes open: end the whole group.
+    _kill_group(proc.pid, signal.SIGKILL)
+    for reader in readers:
+        reader.join(timeout=5)
+    drain()
+    return ProcessOutcome(argv, proc.returncode, timed_out, None, time.monotonic() - started,
+                          stdout_tail.value(), stdout_tail.dropped, stderr_tail.value(), stderr_tail.dropped,
+                          kept_events)
+
+
+def truncate_output(data: bytes, dropped_bytes: int, max_bytes: int) -> str:
+    """The stored form of an output tail: at most `max_bytes` bytes, with a notice when cut."""
+    if dropped_bytes == 0 and len(data) <= max_bytes:
+        return data.decode("utf-8", errors="replace")
+    keep = max(0, max_bytes - 64)  # the notice fits in 64 bytes
+    tail = data[len(data) - keep:] if keep else b""
+    notice = f"[... {dropped_bytes + len(data) - len(tail)} earlier bytes truncated ...]\n"
+    # errors="ignore" drops the half UTF-8 sequence the cut may have left at the start.
+    return notice + tail.decode("utf-8", errors="ignore")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
+                           output_max_bytes: int) -> ExecutionResult:
+    """Turn what the trainer process did into a stored outcome: status, exit code, error, tails."""
+    from app.run_states import COMPLETED, FAILED, TIMEOUT
+
+    stdout = truncate_output(outcome.stdout_tail, outcome.stdout_dropped_bytes, output_max_bytes)
+    stderr = truncate_output(outcome.stderr_tail, outcome.stderr_dropped_bytes, output_max_bytes)
+    summary = progress_protocol.summary_from_events(outcome.events)
+    trainer_error = progress_protocol.error_from_events(outcome.events)
+
+    def result(status: str, error: str | None) -> ExecutionResult:
+        return ExecutionResult(status, outcome.exit_code, error, stdout, stderr, outcome.duration_seconds, summary)
+
+    if outcome.launch_error:
+        return result(FAILED, f"could not start the trainer ({' '.join(outcome.command[:-1])}): "
+                              f"{outcome.launch_error}")
+    if outcome.timed_out:
+        return result(TIMEOUT, f"timed out after {timeout_seconds:g} s; the trainer's process group was killed")
+    code = outcome.exit_code
+    if code == 0:
+        return result(COMPLETED, None)
+    if code is not None and code < 0:
+        reason = f"killed by {_signal_name(-code)}"
+        if -code == signal.SIGKILL:
+            reason += " (likely out of memory)"
+        return result(FAILED, trainer_error or reason)
+    detail = trainer_error or _last_line(stderr) or _last_line(stdout) or "no output"
+    return result(FAILED, f"trainer exited with code {code}: {detail}")
+
+
+def execute_tunix_run_sync(run_dir: Path, settings: ExecutionSettings,
+                           on_event: EventHandler | None = None,
+                           on_tick: Callable[[], None] | None = None) -> ExecutionResult:
+    """The API's sync path: run the trainer to the end and return the parsed result."""
+    outcome = run_tunix_subprocess(run_dir, command=settings.command, timeout_seconds=settings.timeout_seconds,
+                                   output_max_bytes=settings.output_max_bytes,
+                                   kill_grace_seconds=settings.kill_grace_seconds, on_event=on_event,
+                                   on_tick=on_tick)
+    return parse_execution_result(outcome, timeout_seconds=settings.timeout_seconds,
+                                  output_max_bytes=settings.output_max_bytes)

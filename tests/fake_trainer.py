@@ -1,0 +1,62 @@
+"""A stand-in trainer for platform tests: prints progress, sleeps, exits with a chosen code.
+
+    python tests/fake_trainer.py [--steps N] [--sleep S] [--exit-code C] [--stdout-bytes B]
+                                 [--spawn-child] [--record-dir DIR] RUN_DIR
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def emit(event, **fields):
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep before finishing")
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--stdout-bytes", type=int, default=0)
+    parser.add_argument("--spawn-child", action="store_true", help="start a grandchild that sleeps")
+    parser.add_argument("--record-dir", help="write one file per execution here (exactly-once checks)")
+    parser.add_argument("run_dir")
+    args = parser.parse_args()
+
+    run_dir = Path(args.run_dir)
+    config = json.loads((run_dir / "run_config.json").read_text())
+    examples = sum(1 for _ in (run_dir / "dataset.jsonl").open())
+    if args.record_dir:
+        record = Path(args.record_dir) / f"{config['run_id']}.{os.getpid()}"
+        record.write_text(str(time.time()))
+    pids = [os.getpid()]
+    if args.spawn_child:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        pids.append(child.pid)
+    (run_dir / "pids.json").write_text(json.dumps(pids))
+
+    print(f"fake trainer: {examples} examples, model {config['model_id']}", flush=True)
+    emit("start", total_steps=args.steps, train_examples=examples)
+    for step in range(1, args.steps + 1):
+        emit("step", step=step, loss=round(4.0 / step, 4), learning_rate=config["learning_rate"],
+             tokens_per_second=1000.0, elapsed_seconds=0.01 * step)
+    if args.steps:
+        emit("eval", step=args.steps, loss=4.5 / args.steps)
+    if args.stdout_bytes:
+        line = "x" * 99 + "\n"
+        sys.stdout.write(line * (args.stdout_bytes // 100))
+        sys.stdout.flush()
+    time.sleep(args.sleep)
+    if args.exit_code:
+        print(f"fake trainer: failing on purpose with code {args.exit_code}", file=sys.stderr, flush=True)
+        sys.exit(args.exit_code)
+    emit("end", steps=args.steps, final_loss=round(4.0 / max(args.steps, 1), 4), best_loss=4.0 / max(args.steps, 1),
+         tokens_per_second=1000.0)
+
+
+if __name__ == "__main__":
+    main()

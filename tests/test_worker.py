@@ -1,0 +1,80 @@
+"""Real `worker.py` processes against the test database."""
+import signal
+import time
+from collections import Counter
+
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import TunixRun
+from tests.conftest import fake_trainer_command
+
+SAMPLE = "arithmetic-v1"
+
+
+def wait_for(predicate, timeout=60.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def run_status(client, run_id):
+    return client.get(f"/api/tunix/runs/{run_id}/status").get_json()["status"]
+
+
+def test_async_run_is_carried_out_by_a_worker_process(client, worker_env, start_worker):
+    run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+    worker = start_worker(worker_env(fake_trainer_command("--steps", "5")))
+    wait_for(lambda: run_status(client, run_id) == "completed")
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["exit_code"] == 0 and run["worker_id"].split(":")[1] == str(worker.pid)
+    assert run["started_at"] >= run["queued_at"] and run["completed_at"] >= run["started_at"]
+    assert len(client.get(f"/api/tunix/runs/{run_id}/metrics").get_json()["train"]) == 5
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert f"claimed run {run_id}" in output and f"run {run_id}: running -> completed" in output
+    assert "SIGTERM received" in output
+
+
+def test_worker_stores_failures_with_their_reason(client, worker_env, start_worker):
+    run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+    worker = start_worker(worker_env(["/nonexistent/trainer"]), "--exit-when-idle")
+    worker.wait(timeout=60)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["status"] == "failed" and "could not start the trainer" in run["error_message"]
+
+
+def test_many_workers_claim_each_run_exactly_once(client, worker_env, start_worker, tmp_path):
+    record_dir = tmp_path / "executions"
+    record_dir.mkdir()
+    run_ids = {client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+               for _ in range(60)}
+    env = worker_env(fake_trainer_command("--steps", "0", "--record-dir", str(record_dir)))
+    workers = [start_worker(env, "--exit-when-idle") for _ in range(4)]
+    for worker in workers:
+        worker.wait(timeout=180)
+        assert worker.returncode == 0
+    executions = Counter(path.name.split(".")[0] for path in record_dir.iterdir())
+    assert set(executions) == run_ids, "every run executed"
+    assert max(executions.values()) == 1, "no run executed twice"
+    db.session.expire_all()
+    runs = db.session.scalars(select(TunixRun)).all()
+    assert {r.status for r in runs} == {"completed"}
+    assert len({r.worker_id for r in runs}) > 1, "the work was shared"
+
+
+def test_sigterm_finishes_the_current_run_and_claims_nothing_new(client, worker_env, start_worker):
+    first = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+    second = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+    worker = start_worker(worker_env(fake_trainer_command("--sleep", "2")))
+    wait_for(lambda: run_status(client, first) == "running")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    assert worker.returncode == 0
+    assert run_status(client, first) == "completed"
+    assert run_status(client, second) == "pending"
