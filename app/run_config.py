@@ -33,7 +33,7 @@ FIELDS: tuple[Field, ...] = (
           minimum=0, maximum=100_000),
     Field("weight_decay", "float", 0.0, "Weight decay", "AdamW decoupled weight decay.",
           minimum=0.0, maximum=1.0),
-    Field("num_epochs", "int", 1, "Epochs", "Passes over the training split.", minimum=1, maximum=1000),
+    Field("num_epochs", "int", 3, "Epochs", "Passes over the training split.", minimum=1, maximum=1000),
     Field("max_steps", "int", None, "Max steps", "Optional cap on optimizer steps; wins over epochs.",
           minimum=1, maximum=10_000_000, optional=True),
     Field("batch_size", "int", 4, "Batch size", "Examples per optimizer step.", minimum=1, maximum=4096),

@@ -1,0 +1,49 @@
+"""Entry point: `python -m app.trainer RUN_DIR`. Exit 0 on success, 1 on a training error,
+2 on a bad run directory, 3 when the Tunix/JAX stack is not installed."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from app import progress_protocol
+
+EXIT_TRAINING_ERROR, EXIT_BAD_RUN_DIR, EXIT_MISSING_STACK = 1, 2, 3
+
+
+def _fail(code: int, message: str) -> int:
+    progress_protocol.emit("error", message=message)
+    print(f"trainer: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        return _fail(EXIT_BAD_RUN_DIR, "usage: python -m app.trainer RUN_DIR")
+    run_dir = Path(argv[0])
+    try:
+        config = json.loads((run_dir / "run_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return _fail(EXIT_BAD_RUN_DIR, f"cannot read {run_dir / 'run_config.json'}: {exc}")
+    try:
+        import jax  # noqa: F401
+        import tunix  # noqa: F401
+    except ImportError as exc:
+        return _fail(EXIT_MISSING_STACK, f"the Tunix training stack is not installed ({exc.name} is missing): "
+                                         "install requirements-trainer.txt and requirements-tunix.txt "
+                                         "(`make install` does both)")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from app.trainer.training import train
+
+    try:
+        train(run_dir, config)
+    except Exception as exc:  # report any training failure through the protocol, then exit non-zero
+        traceback.print_exc()
+        return _fail(EXIT_TRAINING_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

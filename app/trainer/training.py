@@ -1,0 +1,207 @@
+"""One training run with Tunix's PeftTrainer, reporting progress through the protocol."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from app import model_catalog, progress_protocol, training_plan
+from app.text_tokenizers import load_tokenizer
+from app.trainer import data as run_data
+from app.trainer import hf_checkpoint, model_factory
+
+PROCESS_START = time.monotonic()
+
+
+def learning_rate_schedule(config: dict, total_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak rate, then constant, cosine or linear decay to the end."""
+    peak, warmup = config["learning_rate"], min(config["warmup_steps"], max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    after = {
+        "constant": optax.constant_schedule(peak),
+        "cosine": optax.cosine_decay_schedule(peak, decay_steps),
+        "linear": optax.linear_schedule(peak, 0.0, decay_steps),
+    }[config["lr_schedule"]]
+    if not warmup:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def _model_inputs(pad_id: int):
+    from tunix.sft import utils
+
+    def gen_model_input(x):
+        pad_mask = x.input_tokens != pad_id
+        return {"input_tokens": x.input_tokens, "input_mask": x.input_mask,
+                "positions": utils.build_positions_from_mask(pad_mask),
+                "attention_mask": utils.make_causal_attn_mask(pad_mask)}
+
+    return gen_model_input
+
+
+class ProgressHooks:
+    """Tunix training hooks that print protocol events: steps, evals, checkpoints."""
+
+    def __init__(self, train_batches: run_data.TrainBatches, total_steps: int):
+        self.train_batches, self.total_steps = train_batches, total_steps
+        self.train_start = None
+        self.last_time = None
+        self.first_step_at = None
+        self.losses: list[float] = []
+        self.eval_losses: list[tuple[int, float]] = []
+        self.step_times: list[float] = []
+        self.step_tokens: list[int] = []
+        self.last_checkpoint = None
+
+    def on_train_start(self, trainer):
+        self.train_start = self.last_time = time.monotonic()
+
+    def on_train_end(self, trainer):
+        pass
+
+    def on_train_step_start(self, trainer):
+        pass
+
+    def on_eval_step_start(self, trainer):
+        pass
+
+    def on_train_step_end(self, trainer, step: int, loss) -> None:
+        # Tunix reports a step one step late, 1-based; the gap between calls is a step's time.
+        now = time.monotonic()
+        if self.first_step_at is None:
+            self.first_step_at = now
+        elapsed_step, self.last_time = now - self.last_time, now
+        loss = float(loss)
+        tokens = self.train_batches.tokens_per_batch[step - 1] if step <= len(
+            self.train_batches.tokens_per_batch) else 0
+        self.losses.append(loss)
+        self.step_times.append(elapsed_step)
+        self.step_tokens.append(tokens)
+        lr = _latest(trainer, "learning_rate", "train")
+        progress_protocol.emit("step", step=step, loss=_finite(loss), learning_rate=_finite(lr),
+                               tokens_per_second=round(tokens / elapsed_step, 1) if elapsed_step > 0 else None,
+                               elapsed_seconds=round(now - self.train_start, 3))
+        self._report_checkpoint(trainer)
+
+    def on_eval_step_end(self, trainer, eval_loss) -> None:
+        loss = float(_latest(trainer, "loss", "eval"))
+        self.eval_losses.append((trainer.train_steps, loss))
+        progress_protocol.emit("eval", step=trainer.train_steps, loss=_finite(loss))
+
+    def _report_checkpoint(self, trainer) -> None:
+        latest = trainer.checkpoint_manager.latest_step()
+        if latest is not None and latest != self.last_checkpoint:
+            self.last_checkpoint = latest
+            progress_protocol.emit("checkpoint", step=int(latest), path="checkpoints")
+
+
+def _latest(trainer, name: str, mode: str):
+    """The last logged value of a metric (Tunix's get_metric would average its whole history)."""
+    if not trainer.metrics_logger.metric_exists("", name, mode):
+        return None
+    return trainer.metrics_logger.get_metric_history("", name, mode)[-1]
+
+
+def _finite(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _steady(values: list[float]) -> list[float]:
+    # The first step includes tracing and compilation; leave it out of throughput.
+    return values[1:] if len(values) > 1 else values
+
+
+def train(run_dir: Path, config: dict) -> dict:
+    """Fine-tune as the run's config says; write artifacts into run_dir; return the summary."""
+    from orbax import checkpoint as ocp
+    from tunix.sft import metrics_logger, peft_trainer
+
+    tokenizer = load_tokenizer(config["model_id"])
+    examples = run_data.read_examples(run_dir / "dataset.jsonl")
+    if not examples:
+        raise ValueError("the dataset export holds no examples")
+    encoded = run_data.encode(examples, tokenizer, config["max_seq_length"])
+    train_idx, eval_idx = training_plan.split_indices(len(examples), config["eval_fraction"], config["seed"])
+    total_steps = training_plan.total_steps(config, len(train_idx))
+    if total_steps == 0:
+        raise ValueError(f"batch_size {config['batch_size']} is larger than the {len(train_idx)} training examples")
+    train_batches = run_data.TrainBatches(encoded, train_idx, config["batch_size"], config["num_epochs"],
+                                          config["seed"], tokenizer.pad_id)
+    eval_batches = run_data.EvalBatches(encoded, eval_idx, config["batch_size"])
+
+    model = model_factory.build_model(config, tokenizer.vocab_size)
+    total_params, trainable_params = model_factory.count_parameters(model)
+    optimizer = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=learning_rate_schedule(config, total_steps), weight_decay=config["weight_decay"])
+    training_config = peft_trainer.TrainingConfig(
+        eval_every_n_steps=config["eval_every_n_steps"], max_steps=total_steps,
+        checkpoint_root_directory=str(run_dir / "checkpoints"),
+        checkpointing_options=ocp.CheckpointManagerOptions(
+            save_interval_steps=config["checkpoint_every_n_steps"], max_to_keep=2),
+        metrics_logging_options=metrics_logger.MetricsLoggerOptions(log_dir=str(run_dir / "tensorboard")),
+        pbar_description=None)
+    trainer = peft_trainer.PeftTrainer(model, optimizer, training_config)
+    trainer = trainer.with_gen_model_input_fn(_model_inputs(tokenizer.pad_id))
+    hooks = ProgressHooks(train_batches, total_steps)
+    trainer.with_training_hooks(hooks)
+    resumed_from = trainer.train_steps
+
+    progress_protocol.emit(
+        "start", total_steps=total_steps, steps_per_epoch=training_plan.steps_per_epoch(len(train_idx),
+                                                                                        config["batch_size"]),
+        num_epochs=config["num_epochs"], train_examples=len(train_idx), eval_examples=len(eval_idx),
+        examples_truncated=encoded.truncated, parameters=total_params, trainable_parameters=trainable_params,
+        resumed_from_step=resumed_from, device=str(jax.devices()[0].platform))
+    print(f"training {config['model_id']} ({config['finetune']}, {trainable_params:,} of {total_params:,} "
+          f"parameters trainable) for {total_steps} steps on {len(train_idx)} examples", flush=True)
+
+    trainer.train(train_batches, eval_batches if len(eval_batches) else None)
+    if hooks.last_checkpoint != trainer.checkpoint_manager.latest_step():
+        hooks._report_checkpoint(trainer)
+
+    summary = _summary(hooks, trainer, config, total_steps)
+    if config["finetune"] == "full":
+        source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
+        hf_checkpoint.export(trainer.model, tokenizer, run_dir / "model", source)
+        summary["exported_model"] = "model"
+    _write_json(run_dir / "summary.json", summary)
+    _write_json(run_dir / "metrics.json", {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
+                                           "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
+    progress_protocol.emit("end", **summary)
+    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
+          f"{summary['tokens_per_second']} tokens/s", flush=True)
+    return summary
+
+
+def _summary(hooks: ProgressHooks, trainer, config: dict, total_steps: int) -> dict:
+    times, tokens = _steady(hooks.step_times), _steady(hooks.step_tokens)
+    train_seconds = sum(times)
+    return {
+        "steps": trainer.train_steps, "total_steps": total_steps,
+        "final_loss": _finite(hooks.losses[-1]) if hooks.losses else None,
+        "first_loss": _finite(hooks.losses[0]) if hooks.losses else None,
+        "best_loss": _finite(min(hooks.losses)) if hooks.losses else None,
+        "final_eval_loss": hooks.eval_losses[-1][1] if hooks.eval_losses else None,
+        "best_eval_loss": min(l for _, l in hooks.eval_losses) if hooks.eval_losses else None,
+        "tokens_per_second": round(sum(tokens) / train_seconds, 1) if train_seconds > 0 else None,
+        "steps_per_second": round(len(times) / train_seconds, 2) if train_seconds > 0 else None,
+        "time_to_first_step_seconds": round(hooks.first_step_at - PROCESS_START, 3) if hooks.first_step_at else None,
+        "train_seconds": round(time.monotonic() - hooks.train_start, 3) if hooks.train_start else None,
+        "checkpoint_step": trainer.checkpoint_manager.latest_step() if hasattr(
+            trainer.checkpoint_manager, "latest_step") else None,
+        "device": str(jax.devices()[0].platform), "pid": os.getpid(),
+    }
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))

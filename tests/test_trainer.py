@@ -1,0 +1,115 @@
+"""The real trainer: Tunix and JAX on the CPU, the tiny preset, launched by the platform."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import default_train_command
+from tests.test_worker import run_status, wait_for
+
+pytestmark = pytest.mark.trainer
+SAMPLE = "arithmetic-v1"
+REAL_TRAINER = [sys.executable, "-m", "app.trainer"]
+
+
+def metrics_of(client, run_id):
+    return client.get(f"/api/tunix/runs/{run_id}/metrics").get_json()
+
+
+def test_default_command_is_the_tunix_trainer():
+    assert default_train_command()[1:] == ["-m", "app.trainer"]
+
+
+def test_worker_trains_tiny_with_tunix(client, worker_env, start_worker, artifacts_root):
+    body = {"dataset_key": SAMPLE, "max_steps": 24, "eval_every_n_steps": 8, "checkpoint_every_n_steps": 8,
+            "learning_rate": 0.003}
+    run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
+    start_worker(worker_env(REAL_TRAINER))
+    wait_for(lambda: run_status(client, run_id) in ("completed", "failed", "timeout"), timeout=240)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["status"] == "completed", run["error_message"] or run["stderr_tail"]
+
+    series = metrics_of(client, run_id)
+    losses = [p["loss"] for p in series["train"]]
+    assert [p["step"] for p in series["train"]] == list(range(1, 25))
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert [p["step"] for p in series["eval"]] == [0, 8, 16, 24]
+    assert series["eval"][-1]["loss"] < series["eval"][0]["loss"]
+    assert all(p["learning_rate"] > 0 for p in series["train"][:-1])
+
+    result = run["result"]
+    assert result["steps"] == 24 and result["device"] == "cpu"
+    assert result["final_loss"] == pytest.approx(losses[-1])
+    assert result["tokens_per_second"] > 0 and result["time_to_first_step_seconds"] > 0
+    run_dir = artifacts_root / run_id
+    assert (run_dir / "checkpoints" / "24").is_dir()
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 24
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert "training tiny (full" in run["stdout_tail"]
+
+    page = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    assert "Final loss" in page and 'class="series-eval"' in page
+    assert f"/runs/{run_id}/artifacts/summary.json" in page
+    download = client.get(f"/runs/{run_id}/artifacts/summary.json")
+    assert download.status_code == 200 and json.loads(download.data)["steps"] == 24
+    for escape in ("../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd"):
+        assert client.get(f"/runs/{run_id}/artifacts/{escape}", follow_redirects=True).status_code == 404
+
+
+def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worker, artifacts_root):
+    body = {"dataset_key": SAMPLE, "max_steps": 5000, "num_epochs": 100, "checkpoint_every_n_steps": 10}
+    run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
+    start_worker(worker_env(REAL_TRAINER))
+    wait_for(lambda: len(metrics_of(client, run_id)["train"]) >= 3, timeout=180)
+    # The checkpoint directory disappears under the trainer, as when a disk goes away.
+    checkpoints = artifacts_root / run_id / "checkpoints"
+    deadline = time.monotonic() + 30
+    while not checkpoints.is_file() and time.monotonic() < deadline:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        try:
+            checkpoints.write_text("not a directory")
+        except IsADirectoryError:
+            pass
+    wait_for(lambda: run_status(client, run_id) != "running", timeout=120)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["status"] == "failed" and run["exit_code"] == 1
+    assert run["error_message"].startswith("trainer exited with code 1: ")
+    assert "checkpoint" in run["error_message"].lower()
+    kept = metrics_of(client, run_id)["train"]
+    assert len(kept) >= 3 and kept[-1]["step"] < 5000
+
+
+def test_a_run_can_start_from_an_exported_checkpoint(client, app, artifacts_root):
+    app.config["TRAIN_COMMAND"] = REAL_TRAINER
+    first = client.post("/api/tunix/run?mode=sync", json={
+        "dataset_key": SAMPLE, "max_steps": 30, "learning_rate": 0.003, "eval_fraction": 0}).get_json()
+    assert first["status"] == "completed", first["error_message"]
+    checkpoint = artifacts_root / first["run_id"] / "model"
+    assert {p.name for p in checkpoint.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+
+    plan = client.post("/api/tunix/run?mode=dry_run", json={
+        "dataset_key": SAMPLE, "model_id": str(checkpoint)}).get_json()
+    assert plan["status"] == "completed" and plan["result"]["tokenizer_vocab_size"] == 264
+
+    second = client.post("/api/tunix/run?mode=sync", json={
+        "dataset_key": SAMPLE, "model_id": str(checkpoint), "max_steps": 5, "finetune": "lora",
+        "lora_rank": 4, "eval_fraction": 0}).get_json()
+    assert second["status"] == "completed", second["error_message"] or second["stderr_tail"]
+    # The base weights were loaded: training resumes near the first run's loss, far below a fresh model's.
+    assert second["result"]["first_loss"] < first["result"]["first_loss"] - 1.5
+    assert second["result"]["trainable_parameters"] < second["result"]["parameters"] / 2
+
+
+def test_missing_training_stack_is_a_clear_failure(tmp_path):
+    (tmp_path / "run_config.json").write_text("{}")
+    code = ("import sys; sys.modules['tunix'] = None; from app.trainer.__main__ import main; "
+            f"sys.exit(main([{str(tmp_path)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 3
+    assert "the Tunix training stack is not installed (tunix is missing)" in proc.stderr
+    assert json.loads(proc.stdout)["event"] == "error"
