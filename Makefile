@@ -26,8 +26,10 @@ $(TRAINER_STAMP): requirements-trainer.txt requirements-tunix.txt | $(PY)
 	$(PIP) install -q --no-deps -r requirements-tunix.txt
 	touch $@
 
+# npm ci where npm exists; otherwise the same lockfile, integrity-checked, fetched by Python.
 node_modules/.package-lock.json: package.json package-lock.json
-	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	if command -v npm >/dev/null 2>&1; then npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else $(PYTHON) tools/fetch_npm_packages.py; fi
 
 $(HTMX): node_modules/.package-lock.json
 	mkdir -p $(dir $@)

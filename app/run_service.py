@@ -168,8 +168,9 @@ _EMPTY_JSON = text("'{}'::jsonb")
 class ProgressRecorder:
     """Stores a running run's progress events: its metric series and its latest progress.
 
-    Writes are batched and flushed at most every `flush_seconds`, so a trainer that
-    prints thousands of steps a second costs one small transaction a second.
+    Ordinary steps are batched and flushed at most every `flush_seconds`, so a trainer
+    that prints thousands of steps a second costs one small transaction a second; the
+    rare events (start, the first step, eval, checkpoint) are written at once.
     """
 
     def __init__(self, run_id: uuid.UUID, flush_seconds: float = 1.0):
@@ -199,6 +200,8 @@ class ProgressRecorder:
             self._progress.update(eval_loss=event.get("loss"))
         elif kind == "checkpoint":
             self._progress.update(last_checkpoint_step=event.get("step"))
+        if kind in ("start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1):
+            self.flush()
 
     def on_tick(self) -> None:
         if self._clock() - self._last_flush >= self.flush_seconds:

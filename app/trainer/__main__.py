@@ -2,6 +2,10 @@
 2 on a bad run directory, 3 when the Tunix/JAX stack is not installed."""
 from __future__ import annotations
 
+import time
+
+STARTED = time.monotonic()  # before the heavy imports: time to first step counts them
+
 import json
 import logging
 import sys
@@ -38,7 +42,7 @@ def main(argv: list[str]) -> int:
     from app.trainer.training import train
 
     try:
-        train(run_dir, config)
+        train(run_dir, config, started=STARTED)
     except Exception as exc:  # report any training failure through the protocol, then exit non-zero
         traceback.print_exc()
         return _fail(EXIT_TRAINING_ERROR, f"{type(exc).__name__}: {exc}"[:2000])

@@ -16,8 +16,6 @@ from app.text_tokenizers import load_tokenizer
 from app.trainer import data as run_data
 from app.trainer import hf_checkpoint, model_factory
 
-PROCESS_START = time.monotonic()
-
 
 def learning_rate_schedule(config: dict, total_steps: int) -> optax.Schedule:
     """Linear warmup to the peak rate, then constant, cosine or linear decay to the end."""
@@ -121,8 +119,12 @@ def _steady(values: list[float]) -> list[float]:
     return values[1:] if len(values) > 1 else values
 
 
-def train(run_dir: Path, config: dict) -> dict:
-    """Fine-tune as the run's config says; write artifacts into run_dir; return the summary."""
+def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
+    """Fine-tune as the run's config says; write artifacts into run_dir; return the summary.
+
+    `started` is the monotonic time the process began, for time-to-first-step.
+    """
+    started = time.monotonic() if started is None else started
     from orbax import checkpoint as ocp
     from tunix.sft import metrics_logger, peft_trainer
 
@@ -169,7 +171,7 @@ def train(run_dir: Path, config: dict) -> dict:
     if hooks.last_checkpoint != trainer.checkpoint_manager.latest_step():
         hooks._report_checkpoint(trainer)
 
-    summary = _summary(hooks, trainer, config, total_steps)
+    summary = _summary(hooks, trainer, total_steps, started)
     if config["finetune"] == "full":
         source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
         hf_checkpoint.export(trainer.model, tokenizer, run_dir / "model", source)
@@ -183,7 +185,7 @@ def train(run_dir: Path, config: dict) -> dict:
     return summary
 
 
-def _summary(hooks: ProgressHooks, trainer, config: dict, total_steps: int) -> dict:
+def _summary(hooks: ProgressHooks, trainer, total_steps: int, started: float) -> dict:
     times, tokens = _steady(hooks.step_times), _steady(hooks.step_tokens)
     train_seconds = sum(times)
     return {
@@ -195,10 +197,9 @@ def _summary(hooks: ProgressHooks, trainer, config: dict, total_steps: int) -> d
         "best_eval_loss": min(l for _, l in hooks.eval_losses) if hooks.eval_losses else None,
         "tokens_per_second": round(sum(tokens) / train_seconds, 1) if train_seconds > 0 else None,
         "steps_per_second": round(len(times) / train_seconds, 2) if train_seconds > 0 else None,
-        "time_to_first_step_seconds": round(hooks.first_step_at - PROCESS_START, 3) if hooks.first_step_at else None,
+        "time_to_first_step_seconds": round(hooks.first_step_at - started, 3) if hooks.first_step_at else None,
         "train_seconds": round(time.monotonic() - hooks.train_start, 3) if hooks.train_start else None,
-        "checkpoint_step": trainer.checkpoint_manager.latest_step() if hasattr(
-            trainer.checkpoint_manager, "latest_step") else None,
+        "checkpoint_step": trainer.checkpoint_manager.latest_step(),
         "device": str(jax.devices()[0].platform), "pid": os.getpid(),
     }
 
