@@ -71,6 +71,14 @@ class TunixRun(db.Model):
     worker_id = db.Column(db.String(255))
     result = db.Column(JSONB)
     progress = db.Column(JSONB)
+    # Leases: the holder (worker_id) refreshes heartbeat_at; attempt counts claims.
+    attempt = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    max_attempts = db.Column(db.Integer, nullable=False, default=1, server_default="1")
+    heartbeat_at = db.Column(db.DateTime(timezone=True))
+    recoveries = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    cancel_requested_at = db.Column(db.DateTime(timezone=True))
+    retry_of = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="SET NULL"))
+    log_bytes = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
@@ -82,6 +90,10 @@ class TunixRun(db.Model):
         Index("ix_tunix_runs_status_created", "status", "created_at", "id"),
         Index("ix_tunix_runs_mode_created", "mode", "created_at", "id"),
         Index("ix_tunix_runs_dataset_created", "dataset_key", "created_at", "id"),
+        # The lease sweeper looks for live runs whose heartbeat went quiet.
+        Index("ix_tunix_runs_leased_heartbeat", "heartbeat_at",
+              postgresql_where=text("status IN ('running', 'cancelling')")),
+        Index("ix_tunix_runs_retry_of", "retry_of", postgresql_where=text("retry_of IS NOT NULL")),
     )
 
     @property
@@ -103,3 +115,32 @@ class RunMetric(db.Model):
     recorded_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
 
     __table_args__ = (CheckConstraint("split IN ('train', 'eval')", name="ck_run_metrics_split"),)
+
+
+class RunLogChunk(db.Model):
+    """A piece of a run's trainer output, stored while it runs so any web host can show it."""
+
+    __tablename__ = "run_log_chunks"
+
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="CASCADE"), primary_key=True)
+    seq = db.Column(db.Integer, primary_key=True)
+    stream = db.Column(db.String(8), nullable=False)  # "stdout" or "stderr"
+    text = db.Column(db.Text, nullable=False)
+    recorded_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class Worker(db.Model):
+    """A worker process that registered itself; last_seen_at is its heartbeat."""
+
+    __tablename__ = "workers"
+
+    id = db.Column(db.String(255), primary_key=True)
+    host = db.Column(db.String(255), nullable=False)
+    pid = db.Column(db.Integer, nullable=False)
+    started_at = db.Column(db.DateTime(timezone=True), nullable=False)
+    last_seen_at = db.Column(db.DateTime(timezone=True), nullable=False)
+    state = db.Column(db.String(16), nullable=False)  # idle, running, stopping, stopped
+    current_run_id = db.Column(UUID(as_uuid=True))
+    runs_done = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+
+    __table_args__ = (Index("ix_workers_last_seen", "last_seen_at"),)

@@ -52,6 +52,8 @@ FIELDS: tuple[Field, ...] = (
           "How often a checkpoint is saved (a final one is always saved).", minimum=1, maximum=1_000_000),
     Field("seed", "int", 0, "Seed", "Seeds the model init, the data shuffle and the split.",
           minimum=0, maximum=2**31 - 1),
+    Field("max_attempts", "int", 1, "Attempts", "Starts allowed if its worker is lost (async only; "
+          "a restart resumes from the last checkpoint).", minimum=1, maximum=10),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 TOP_LEVEL = ("dataset_key", "model_id")

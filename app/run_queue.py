@@ -25,6 +25,7 @@ def claim_next_run(worker_id: str) -> TunixRun | None:
         db.session.rollback()
         return None
     # Still in the SELECT's transaction: the row lock holds until transition() commits.
-    if not run_service.transition(run_id, PENDING, RUNNING, worker_id=worker_id, started_at=func.now()):
+    if not run_service.transition(run_id, PENDING, RUNNING, worker_id=worker_id, started_at=func.now(),
+                                  heartbeat_at=func.now(), attempt=TunixRun.attempt + 1, cancel_requested_at=None):
         return None
     return db.session.get(TunixRun, run_id)

@@ -20,7 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import datasets, metrics, run_config, run_states, training_plan
 from app.extensions import db
 from app.models import RunMetric, TunixRun
-from app.run_states import PENDING, RUNNING
+from app.queue_channels import CANCEL_CHANNEL, QUEUE_CHANNEL, notify
+from app.run_states import CANCELLED, CANCELLING, FAILED, LEASED_STATUSES, PENDING, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class InvalidTransition(RuntimeError):
     """A caller asked for a move the state machine does not allow."""
 
 
+class RunConflict(Exception):
+    """The run is not in a state that allows the request (e.g. cancelling a finished run)."""
+
+
 def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
     """Full validated config, or RunSubmissionError naming every bad field (dataset included)."""
     try:
@@ -61,7 +66,8 @@ def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = None) -> tuple[TunixRun, bool]:
+def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = None,
+               retry_of: uuid.UUID | None = None) -> tuple[TunixRun, bool]:
     """Validate and persist a run; returns (run, created). Does not execute it.
 
     async runs start pending (a worker claims them); sync and dry_run runs start
@@ -78,15 +84,20 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     now = func.now()
     values = {
         "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
-        "config": config, "idempotency_key": idempotency_key or None, "created_at": now,
+        "config": config, "idempotency_key": idempotency_key or None, "created_at": now, "retry_of": retry_of,
+        # Only a queued run can be re-queued; one carried out inside a request gets one start.
+        "max_attempts": config["max_attempts"] if mode == "async" else 1,
     }
     if mode == "async":
         values.update(status=PENDING, queued_at=now)
     else:
-        values.update(status=RUNNING, started_at=now, worker_id=f"web:{_process_label()}")
+        values.update(status=RUNNING, started_at=now, heartbeat_at=now, attempt=1,
+                      worker_id=f"web:{_process_label()}")
     stmt = pg_insert(TunixRun).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
     with metrics.timed_db_write("create_run"):
         inserted = db.session.execute(stmt.returning(TunixRun.id)).scalar()
+        if inserted is not None and mode == "async":
+            notify(db.session, QUEUE_CHANNEL, str(inserted))
         db.session.commit()
     if inserted is None:  # another request with the same key won the race
         return _replay(_find_by_idempotency_key(idempotency_key), mode, config), False
@@ -113,41 +124,139 @@ def _process_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def transition(run_id: uuid.UUID, from_status: str, to_status: str, *, held_by: str | None = None,
-               **fields: Any) -> bool:
-    """Move a run from one status to another if it is still in `from_status` (compare-and-set).
+def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status: str, *,
+               held_by: str | None = None, held_attempt: int | None = None, **fields: Any) -> bool:
+    """Move a run to `to_status` if it is still in `from_status` (compare-and-set).
 
-    With `held_by`, the run must also still belong to that worker. Entering a terminal
-    state stamps completed_at and the duration. Returns False when the run had moved on.
+    `from_status` may be several statuses. With `held_by` and `held_attempt`, the run must
+    also still be that worker's claim, so a worker that lost its lease cannot write.
+    Entering a terminal state stamps completed_at and the duration; entering pending
+    or cancelling notifies the workers in the same transaction. Returns False when
+    the run had moved on.
     """
-    if not run_states.can_transition(from_status, to_status):
-        raise InvalidTransition(f"{from_status} -> {to_status} is not allowed")
+    sources = (from_status,) if isinstance(from_status, str) else tuple(from_status)
+    for source in sources:
+        if not run_states.can_transition(source, to_status):
+            raise InvalidTransition(f"{source} -> {to_status} is not allowed")
     values: dict[str, Any] = {"status": to_status, **fields}
     if run_states.is_terminal(to_status):
         values["completed_at"] = func.now()
         values["duration_seconds"] = func.extract("epoch", func.now() - TunixRun.started_at)
-    conditions = [TunixRun.id == run_id, TunixRun.status == from_status]
+    conditions = [TunixRun.id == run_id, TunixRun.status.in_(sources)]
     if held_by is not None:
         conditions.append(TunixRun.worker_id == held_by)
+    if held_attempt is not None:
+        conditions.append(TunixRun.attempt == held_attempt)
     stmt = (update(TunixRun).where(*conditions).values(**values)
             .returning(TunixRun.mode, TunixRun.duration_seconds))
     with metrics.timed_db_write("transition"):
         row = db.session.execute(stmt).first()
+        if row is not None and to_status == PENDING:
+            notify(db.session, QUEUE_CHANNEL, str(run_id))
+        elif row is not None and to_status == CANCELLING:
+            notify(db.session, CANCEL_CHANNEL, str(run_id))
         db.session.commit()
+    wanted = "/".join(sources)
     if row is None:
-        log.warning("run %s: %s -> %s refused, it is no longer %s", run_id, from_status, to_status, from_status)
+        log.info("run %s: %s -> %s refused, it is no longer %s%s", run_id, wanted, to_status, wanted,
+                 f" held by {held_by}" if held_by else "")
         return False
-    log.info("run %s: %s -> %s", run_id, from_status, to_status)
+    log.info("run %s: %s -> %s%s", run_id, wanted, to_status,
+             f" ({fields['error_message']})" if fields.get("error_message") else "")
     if run_states.is_terminal(to_status):
         metrics.observe_run_finished(row.mode, to_status, row.duration_seconds)
     return True
 
 
-def finish_run(run: TunixRun, outcome, *, held_by: str | None = None) -> bool:
-    """Store an execution outcome (from the execution module) and move the run to its final status."""
-    return transition(run.id, RUNNING, outcome.status, held_by=held_by, exit_code=outcome.exit_code,
-                      error_message=outcome.error_message, stdout_tail=outcome.stdout,
-                      stderr_tail=outcome.stderr, result=outcome.summary)
+def finish_run(run: TunixRun, outcome, *, held_by: str | None = None, attempt: int | None = None) -> bool:
+    """Store an execution outcome (from the execution module) and move the run to its final status.
+
+    The run may have been asked to cancel meanwhile; an outcome that arrived first still wins.
+    """
+    return transition(run.id, LEASED_STATUSES, outcome.status, held_by=held_by, held_attempt=attempt,
+                      exit_code=outcome.exit_code, error_message=outcome.error_message,
+                      stdout_tail=outcome.stdout, stderr_tail=outcome.stderr, result=outcome.summary)
+
+
+def renew_lease(run_id: uuid.UUID, worker_id: str, attempt: int) -> str | None:
+    """Refresh the heartbeat of a run this worker holds; its status, or None when the lease is lost."""
+    stmt = (update(TunixRun)
+            .where(TunixRun.id == run_id, TunixRun.worker_id == worker_id, TunixRun.attempt == attempt,
+                   TunixRun.status.in_(LEASED_STATUSES))
+            .values(heartbeat_at=func.now()).returning(TunixRun.status))
+    with metrics.timed_db_write("heartbeat"):
+        status = db.session.execute(stmt).scalar()
+        db.session.commit()
+    return status
+
+
+def hand_back(run_id: uuid.UUID, worker_id: str, attempt: int, reason: str) -> bool:
+    """Return a claimed run to the queue without counting the attempt (a worker shutting down)."""
+    if transition(run_id, RUNNING, PENDING, held_by=worker_id, held_attempt=attempt, worker_id=None, heartbeat_at=None,
+                  queued_at=func.now(), attempt=TunixRun.attempt - 1, error_message=reason):
+        return True
+    # Asked to cancel meanwhile: the user's wish is the outcome.
+    return transition(run_id, CANCELLING, CANCELLED, held_by=worker_id, held_attempt=attempt,
+                      error_message="cancelled by user")
+
+
+def recover_one_expired_lease(lease_timeout_seconds: float) -> tuple[uuid.UUID, str] | None:
+    """Recover one running run whose heartbeat is older than the lease; None when there is none.
+
+    It goes back to pending while it has attempts left, else to failed ("worker lost");
+    a run that was being cancelled becomes cancelled. The compare-and-set on (status,
+    worker, attempt) means a worker that heartbeats in time keeps its run.
+    """
+    row = db.session.execute(text("""
+        SELECT id, status, mode, worker_id, attempt, max_attempts,
+               extract(epoch FROM now() - heartbeat_at) AS silent_for
+        FROM tunix_runs
+        WHERE status IN ('running', 'cancelling') AND heartbeat_at < now() - make_interval(secs => :lease)
+        ORDER BY heartbeat_at LIMIT 1
+        FOR UPDATE SKIP LOCKED"""), {"lease": lease_timeout_seconds}).first()
+    if row is None:
+        db.session.rollback()
+        return None
+    silence = f"no heartbeat from {row.worker_id} for {row.silent_for:.0f} s"
+    guard = {"held_by": row.worker_id, "held_attempt": row.attempt}
+    if row.status == CANCELLING:
+        new_status, done = CANCELLED, transition(row.id, CANCELLING, CANCELLED, **guard,
+                                                 error_message=f"cancelled by user; worker lost ({silence})")
+    elif row.mode == "async" and row.attempt < row.max_attempts:
+        new_status, done = PENDING, transition(
+            row.id, RUNNING, PENDING, **guard, worker_id=None, heartbeat_at=None, queued_at=func.now(),
+            recoveries=TunixRun.recoveries + 1,
+            error_message=f"re-queued: worker lost ({silence}); attempt {row.attempt} of {row.max_attempts} used")
+    else:
+        new_status, done = FAILED, transition(row.id, RUNNING, FAILED, **guard,
+                                              recoveries=TunixRun.recoveries + 1,
+                                              error_message=f"worker lost ({silence})")
+    return (row.id, new_status) if done else None
+
+
+def cancel_run(run: TunixRun) -> TunixRun:
+    """Cancel a run: pending ones at once, running ones through their worker. RunConflict when finished."""
+    for _ in range(3):  # the run may move under us (claimed, finished); look again
+        if run.status == PENDING and transition(run.id, PENDING, CANCELLED, cancel_requested_at=func.now(),
+                                                error_message="cancelled by user"):
+            break
+        if run.status == RUNNING and transition(run.id, RUNNING, CANCELLING, cancel_requested_at=func.now()):
+            break
+        if run.status == CANCELLING:
+            break
+        if run_states.is_terminal(run.status):
+            raise RunConflict(f"run {run.id} is already {run.status}; only a pending or running run can be cancelled")
+        refresh(run)
+    return refresh(run)
+
+
+def retry_run(run: TunixRun) -> TunixRun:
+    """A new run with the same config, linked to this one; only for a finished run."""
+    if not run_states.is_terminal(run.status):
+        raise RunConflict(f"run {run.id} is {run.status}; only a finished run can be retried")
+    mode = "dry_run" if run.mode == "dry_run" else "async"
+    new_run, _ = submit_run(dict(run.config), mode, retry_of=run.id)
+    return new_run
 
 
 def plan_dry_run(run: TunixRun) -> bool:
@@ -160,71 +269,6 @@ def plan_dry_run(run: TunixRun) -> bool:
     status = run_states.COMPLETED if plan["ok"] else run_states.FAILED
     error = None if plan["ok"] else "dry run found problems: " + "; ".join(plan["problems"])
     return transition(run.id, RUNNING, status, result=plan, error_message=error, exit_code=None)
-
-
-_EMPTY_JSON = text("'{}'::jsonb")
-
-
-class ProgressRecorder:
-    """Stores a running run's progress events: its metric series and its latest progress.
-
-    Ordinary steps are batched and flushed at most every `flush_seconds`, so a trainer
-    that prints thousands of steps a second costs one small transaction a second; the
-    rare events (start, the first step, eval, checkpoint) are written at once.
-    """
-
-    def __init__(self, run_id: uuid.UUID, flush_seconds: float = 1.0):
-        import time
-
-        self._clock = time.monotonic
-        self.run_id = run_id
-        self.flush_seconds = flush_seconds
-        self._points: dict[tuple[str, int], dict[str, Any]] = {}
-        self._progress: dict[str, Any] = {}
-        self._last_flush = self._clock()
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        from app import progress_protocol
-
-        kind = event.get("event")
-        point = progress_protocol.metric_point(event)
-        if point is not None:
-            self._points[(point["split"], point["step"])] = point
-        if kind == "start":
-            self._progress.update(total_steps=event.get("total_steps"), started=True)
-        elif kind == "step":
-            self._progress.update(step=event.get("step"), loss=event.get("loss"),
-                                  elapsed_seconds=event.get("elapsed_seconds"),
-                                  tokens_per_second=event.get("tokens_per_second"))
-        elif kind == "eval":
-            self._progress.update(eval_loss=event.get("loss"))
-        elif kind == "checkpoint":
-            self._progress.update(last_checkpoint_step=event.get("step"))
-        if kind in ("start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1):
-            self.flush()
-
-    def on_tick(self) -> None:
-        if self._clock() - self._last_flush >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        self._last_flush = self._clock()
-        if not self._points and not self._progress:
-            return
-        points, progress = list(self._points.values()), dict(self._progress)
-        self._points.clear()
-        with metrics.timed_db_write("record_progress"):
-            if points:
-                stmt = pg_insert(RunMetric).values([{"run_id": self.run_id, **p} for p in points])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["run_id", "split", "step"],
-                    set_={"loss": stmt.excluded.loss, "learning_rate": stmt.excluded.learning_rate,
-                          "tokens_per_second": stmt.excluded.tokens_per_second})
-                db.session.execute(stmt)
-            if progress:
-                db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id)
-                                   .values(progress=func.coalesce(TunixRun.progress, _EMPTY_JSON).op("||")(progress)))
-            db.session.commit()
 
 
 def prepare_run_directory(run: TunixRun, artifacts_root) -> Path:
@@ -341,7 +385,17 @@ def run_to_dict(run: TunixRun) -> dict[str, Any]:
         "error_message": run.error_message, "worker_id": run.worker_id,
         "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail,
         "result": run.result, "progress": run.progress,
+        "attempt": run.attempt, "max_attempts": run.max_attempts, "recoveries": run.recoveries,
+        "heartbeat_at": _iso(run.heartbeat_at), "cancel_requested_at": _iso(run.cancel_requested_at),
+        "retry_of": str(run.retry_of) if run.retry_of else None,
+        "retries": [str(r) for r in retries_of(run.id)],
     }
+
+
+def retries_of(run_id: uuid.UUID) -> list[uuid.UUID]:
+    """Runs started as retries of this one, oldest first."""
+    return list(db.session.scalars(select(TunixRun.id).where(TunixRun.retry_of == run_id)
+                                   .order_by(TunixRun.created_at)))
 
 
 def _iso(value: datetime | None) -> str | None:

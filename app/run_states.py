@@ -3,22 +3,28 @@ from __future__ import annotations
 
 PENDING = "pending"
 RUNNING = "running"
+CANCELLING = "cancelling"
 COMPLETED = "completed"
 FAILED = "failed"
 TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED)
+STATUSES = (PENDING, RUNNING, CANCELLING, COMPLETED, FAILED, TIMEOUT, CANCELLED)
 TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, TIMEOUT, CANCELLED})
+# A run in one of these has a live execution that holds its lease.
+LEASED_STATUSES = (RUNNING, CANCELLING)
 
 MODES = ("sync", "async", "dry_run")
 DEFAULT_MODE = "sync"
 
-# A run enters at PENDING (async) or RUNNING (sync and dry_run, which execute
-# in the request). Terminal states have no way out.
+# A run enters at PENDING (async) or RUNNING (sync and dry_run, which execute in the
+# request). RUNNING -> PENDING is recovery of a lost worker's run, or a worker handing
+# its run back on shutdown. A CANCELLING run may still end on its own before the stop
+# lands. Terminal states have no way out.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     PENDING: frozenset({RUNNING, CANCELLED}),
-    RUNNING: frozenset({COMPLETED, FAILED, TIMEOUT, CANCELLED}),
+    RUNNING: frozenset({PENDING, CANCELLING, COMPLETED, FAILED, TIMEOUT, CANCELLED}),
+    CANCELLING: frozenset({CANCELLED, COMPLETED, FAILED, TIMEOUT}),
     COMPLETED: frozenset(),
     FAILED: frozenset(),
     TIMEOUT: frozenset(),

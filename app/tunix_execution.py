@@ -1,12 +1,14 @@
 """Running the trainer: one module shared by the sync path and the worker. No database here.
 
 `run_tunix_subprocess` starts the trainer in its own process group inside the run's
-directory, keeps bounded tails of its output, hands progress events to the caller as
-they arrive, and kills the whole group on timeout. `parse_execution_result` turns that
-into a status. `execute_tunix_run_sync` is the two together, for the API's sync mode.
+directory, keeps bounded tails of its output, hands progress events and output to the
+caller as they arrive, stops the whole group when the caller asks (cancel, lost lease,
+shutdown) or on timeout, and ties the trainer's life to its parent's. `parse_execution_result`
+turns that into a status. `execute_tunix_run_sync` is the two together, for the API's sync mode.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -30,6 +32,19 @@ READ_CHUNK = 64 * 1024
 MAX_KEPT_EVENTS = 2000
 
 EventHandler = Callable[[dict[str, Any]], None]
+OutputHandler = Callable[[str, bytes], None]
+
+STOP_CANCEL = "cancel"  # the user cancelled the run
+STOP_LEASE_LOST = "lease_lost"  # another worker recovered the run: this execution must end
+STOP_SHUTDOWN = "shutdown"  # the worker is shutting down and hands the run back
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """What `on_tick` returns to have the trainer's process group stopped."""
+
+    reason: str
+    grace_seconds: float
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class ProcessOutcome:
     stderr_tail: bytes
     stderr_dropped_bytes: int
     events: list[dict[str, Any]] = field(default_factory=list)  # every event but "step"
+    stop_reason: str | None = None  # set when the caller had the process group stopped
 
 
 @dataclass
@@ -123,15 +139,28 @@ class _TailBuffer:
         return bytes(self._data)
 
 
-def _pump(stream, tail: _TailBuffer, events: "queue.Queue | None") -> None:
+def _pump(stream, name: str, tail: _TailBuffer, inbox: queue.Queue) -> None:
     # readline with a size bound: a line without newlines cannot grow without limit.
     for line in iter(lambda: stream.readline(READ_CHUNK), b""):
-        event = progress_protocol.parse_line(line) if events is not None else None
+        event = progress_protocol.parse_line(line) if name == "stdout" else None
         if event is not None:
-            events.put(event)
+            inbox.put(("event", event))
         else:
             tail.write(line)
+            inbox.put(("output", (name, line)))
     stream.close()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # If the worker dies (even by SIGKILL), the kernel kills its trainer: no orphan keeps
+    # training a run that another worker may be about to take over.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the lease still guards against a double run
+        pass
 
 
 def _child_environment() -> dict[str, str]:
@@ -162,28 +191,31 @@ def _stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
 
 def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_seconds: float,
                          output_max_bytes: int, kill_grace_seconds: float = 10.0,
-                         on_event: EventHandler | None = None, on_tick: Callable[[], None] | None = None,
+                         on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
+                         on_tick: Callable[[], StopRequest | None] | None = None,
                          tick_seconds: float = 0.25) -> ProcessOutcome:
     """Run the trainer on `run_dir` and wait for it; pure execution, no database.
 
-    The run directory is appended to `command`. `on_event` is called in the caller's
-    thread for every progress event the trainer prints; `on_tick` about every
-    `tick_seconds` while it runs.
+    The run directory is appended to `command`. In the caller's thread, `on_event` gets
+    every progress event, `on_output` every other line, and `on_tick` is called about
+    every `tick_seconds`; when it returns a StopRequest the process group is stopped
+    (SIGTERM, its grace period, SIGKILL) and the outcome carries the reason.
     """
     argv = [*command, str(run_dir)]
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_child_environment(), start_new_session=True)
-    except OSError as exc:
+                                stderr=subprocess.PIPE, env=_child_environment(), start_new_session=True,
+                                preexec_fn=_die_with_parent)
+    except (OSError, subprocess.SubprocessError) as exc:
         return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,
                               b"", 0, b"", 0)
     log.info("trainer started pid=%s run_dir=%s", proc.pid, run_dir)
 
     stdout_tail, stderr_tail = _TailBuffer(output_max_bytes), _TailBuffer(output_max_bytes)
-    events: queue.Queue = queue.Queue()
-    readers = [threading.Thread(target=_pump, args=(proc.stdout, stdout_tail, events), daemon=True),
-               threading.Thread(target=_pump, args=(proc.stderr, stderr_tail, None), daemon=True)]
+    inbox: queue.Queue = queue.Queue()
+    readers = [threading.Thread(target=_pump, args=(proc.stdout, "stdout", stdout_tail, inbox), daemon=True),
+               threading.Thread(target=_pump, args=(proc.stderr, "stderr", stderr_tail, inbox), daemon=True)]
     for reader in readers:
         reader.start()
 
@@ -192,16 +224,20 @@ def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_secon
     def drain() -> None:
         while True:
             try:
-                event = events.get_nowait()
+                kind, item = inbox.get_nowait()
             except queue.Empty:
                 return
-            if event.get("event") != "step" and len(kept_events) < MAX_KEPT_EVENTS:
-                kept_events.append(event)
+            if kind == "output":
+                if on_output is not None:
+                    on_output(*item)
+                continue
+            if item.get("event") != "step" and len(kept_events) < MAX_KEPT_EVENTS:
+                kept_events.append(item)
             if on_event is not None:
-                on_event(event)
+                on_event(item)
 
     deadline = started + timeout_seconds
-    timed_out = False
+    timed_out, stop_reason = False, None
     while True:
         try:
             proc.wait(timeout=tick_seconds)
@@ -209,8 +245,12 @@ def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_secon
         except subprocess.TimeoutExpired:
             pass
         drain()
-        if on_tick is not None:
-            on_tick()
+        stop = on_tick() if on_tick is not None else None
+        if stop is not None:
+            stop_reason = stop.reason
+            log.info("trainer pid=%s: stopping its process group (%s)", proc.pid, stop.reason)
+            _stop_process_group(proc, stop.grace_seconds)
+            break
         if time.monotonic() >= deadline:
             timed_out = True
             log.warning("trainer pid=%s timed out after %.0f s; killing its process group", proc.pid,
@@ -225,7 +265,7 @@ def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_secon
     drain()
     return ProcessOutcome(argv, proc.returncode, timed_out, None, time.monotonic() - started,
                           stdout_tail.value(), stdout_tail.dropped, stderr_tail.value(), stderr_tail.dropped,
-                          kept_events)
+                          kept_events, stop_reason)
 
 
 def truncate_output(data: bytes, dropped_bytes: int, max_bytes: int) -> str:
@@ -254,7 +294,7 @@ def _last_line(text: str) -> str:
 def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
                            output_max_bytes: int) -> ExecutionResult:
     """Turn what the trainer process did into a stored outcome: status, exit code, error, tails."""
-    from app.run_states import COMPLETED, FAILED, TIMEOUT
+    from app.run_states import CANCELLED, COMPLETED, FAILED, TIMEOUT
 
     stdout = truncate_output(outcome.stdout_tail, outcome.stdout_dropped_bytes, output_max_bytes)
     stderr = truncate_output(outcome.stderr_tail, outcome.stderr_dropped_bytes, output_max_bytes)
@@ -267,6 +307,10 @@ def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
     if outcome.launch_error:
         return result(FAILED, f"could not start the trainer ({' '.join(outcome.command[:-1])}): "
                               f"{outcome.launch_error}")
+    if outcome.stop_reason == STOP_CANCEL:
+        return result(CANCELLED, "cancelled by user")
+    if outcome.stop_reason:
+        return result(FAILED, f"stopped by the platform ({outcome.stop_reason})")
     if outcome.timed_out:
         return result(TIMEOUT, f"timed out after {timeout_seconds:g} s; the trainer's process group was killed")
     code = outcome.exit_code
@@ -282,12 +326,12 @@ def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
 
 
 def execute_tunix_run_sync(run_dir: Path, settings: ExecutionSettings,
-                           on_event: EventHandler | None = None,
-                           on_tick: Callable[[], None] | None = None) -> ExecutionResult:
+                           on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
+                           on_tick: Callable[[], StopRequest | None] | None = None) -> ExecutionResult:
     """The API's sync path: run the trainer to the end and return the parsed result."""
     outcome = run_tunix_subprocess(run_dir, command=settings.command, timeout_seconds=settings.timeout_seconds,
                                    output_max_bytes=settings.output_max_bytes,
                                    kill_grace_seconds=settings.kill_grace_seconds, on_event=on_event,
-                                   on_tick=on_tick)
+                                   on_output=on_output, on_tick=on_tick)
     return parse_execution_result(outcome, timeout_seconds=settings.timeout_seconds,
                                   output_max_bytes=settings.output_max_bytes)

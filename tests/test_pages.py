@@ -75,7 +75,7 @@ def test_status_fragment_polls_while_active_and_stops_when_terminal(client):
     run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
     fragment = client.get(f"/runs/{run_id}/status").get_data(as_text=True)
     assert fragment.lstrip().startswith('<section id="run-status"')
-    assert f'hx-get="/runs/{run_id}/status"' in fragment and 'hx-swap="outerHTML"' in fragment
+    assert f'hx-get="/runs/{run_id}/status?log_after=0"' in fragment and 'hx-swap="outerHTML"' in fragment
     assert "<html" not in fragment
     db.session.execute(TunixRun.__table__.update().values(status="running"))
     db.session.commit()

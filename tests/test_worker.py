@@ -37,7 +37,7 @@ def test_async_run_is_carried_out_by_a_worker_process(client, worker_env, start_
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=30)
     assert worker.returncode == 0
-    assert f"claimed run {run_id}" in output and f"run {run_id}: running -> completed" in output
+    assert f"claimed run {run_id}" in output and f"run {run_id}: running/cancelling -> completed" in output
     assert "SIGTERM received" in output
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,18 @@ def encode(examples: list[tuple[str, str]], tokenizer, max_seq_length: int) -> E
 
 
 class TrainBatches:
-    """Epochs of shuffled full batches; records the real (non-pad) tokens of each batch it yields."""
+    """Epochs of shuffled full batches; records the real (non-pad) tokens of each batch it yields.
+
+    Setting `stop` ends the iteration early: Tunix then leaves its loop as at the end of
+    the data and saves its final checkpoint.
+    """
 
     def __init__(self, data: EncodedDataset, indices: list[int], batch_size: int, num_epochs: int, seed: int,
                  pad_id: int):
         self.data, self.indices, self.batch_size = data, np.asarray(indices), batch_size
         self.num_epochs, self.seed, self.pad_id = num_epochs, seed, pad_id
         self.tokens_per_batch: list[int] = []
+        self.stop = threading.Event()
 
     def __iter__(self):
         from tunix.sft.peft_trainer import TrainingInput
@@ -50,6 +56,8 @@ class TrainBatches:
         for epoch in range(self.num_epochs):
             order = np.random.default_rng(self.seed + epoch).permutation(self.indices)
             for b in range(per_epoch):
+                if self.stop.is_set():
+                    return
                 rows = order[b * self.batch_size:(b + 1) * self.batch_size]
                 tokens = self.data.tokens[rows]
                 self.tokens_per_batch.append(int((tokens != self.pad_id).sum()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     trainer = trainer.with_gen_model_input_fn(_model_inputs(tokenizer.pad_id))
     hooks = ProgressHooks(train_batches, total_steps)
     trainer.with_training_hooks(hooks)
+    _stop_on_sigterm(train_batches)
     resumed_from = trainer.train_steps
 
     progress_protocol.emit(
@@ -172,7 +174,8 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
         hooks._report_checkpoint(trainer)
 
     summary = _summary(hooks, trainer, total_steps, started)
-    if config["finetune"] == "full":
+    summary["stopped_early"] = train_batches.stop.is_set()
+    if config["finetune"] == "full" and not summary["stopped_early"]:
         source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
         hf_checkpoint.export(trainer.model, tokenizer, run_dir / "model", source)
         summary["exported_model"] = "model"
@@ -183,6 +186,17 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
           f"{summary['tokens_per_second']} tokens/s", flush=True)
     return summary
+
+
+def _stop_on_sigterm(train_batches: run_data.TrainBatches) -> None:
+    # The platform sends SIGTERM to cancel, time out or hand a run back, then waits its
+    # grace period: stop feeding batches so Tunix saves a final checkpoint and returns.
+    def stop(signum, _frame):
+        print(f"trainer: {signal.Signals(signum).name} received; stopping after this step and saving a checkpoint",
+              flush=True)
+        train_batches.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _summary(hooks: ProgressHooks, trainer, total_steps: int, started: float) -> dict:

@@ -1,10 +1,10 @@
 """The JSON API: submit runs in three modes, read them back, manage datasets, health."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, request, url_for
+from flask import Blueprint, abort, current_app, jsonify, request, url_for
 from sqlalchemy import text
 
-from app import datasets, run_service
+from app import datasets, run_logs, run_service, worker_registry
 from app.extensions import db
 from app.run_launcher import carry_out_in_request
 from app.run_states import DEFAULT_MODE, MODES, STATUSES
@@ -84,6 +84,61 @@ def get_run_metrics(run_id: str):
     run = _run_or_404(run_id)
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
                     **run_service.metric_series(run.id)})
+
+
+@bp.post("/tunix/runs/<run_id>/cancel")
+def cancel_run(run_id: str):
+    """Pending runs are cancelled at once (200); running ones become cancelling (202)."""
+    try:
+        run = run_service.cancel_run(_run_or_404(run_id))
+    except run_service.RunConflict as exc:
+        return api_error(409, str(exc), {"status": "is terminal"})
+    body = {"run_id": str(run.id), "status": run.status, "error_message": run.error_message}
+    return jsonify(body), (200 if run.status == "cancelled" else 202)
+
+
+@bp.post("/tunix/runs/<run_id>/retry")
+def retry_run(run_id: str):
+    """A new run with the same config, linked to the original (async; dry runs re-plan at once)."""
+    original = _run_or_404(run_id)
+    try:
+        run = run_service.retry_run(original)
+    except run_service.RunConflict as exc:
+        return api_error(409, str(exc), {"status": "is not terminal"})
+    except run_service.RunSubmissionError as exc:
+        return api_error(422, "the original config is no longer valid", exc.details)
+    if run.mode == "dry_run":
+        run = carry_out_in_request(run)
+    body = {"run_id": str(run.id), "status": run.status, "retry_of": str(original.id)}
+    return jsonify(body), 202 if run.mode == "async" else 200, {"Location": url_for("api.get_run", run_id=run.id)}
+
+
+@bp.get("/tunix/runs/<run_id>/logs")
+def get_run_logs(run_id: str):
+    """Stored output: the tail, or with ?after=SEQ the lines after that chunk."""
+    run = _run_or_404(run_id)
+    raw_after = request.args.get("after")
+    try:
+        after = int(raw_after) if raw_after is not None else None
+        if after is not None and after < 0:
+            raise ValueError
+    except ValueError:
+        return api_error(422, "invalid query", {"after": "must be a whole number of 0 or more"})
+    max_lines = current_app.config["LOG_TAIL_LINES"]
+    piece = run_logs.tail(run.id, max_lines) if after is None else run_logs.after(run.id, after, max_lines)
+    return jsonify({"run_id": str(run.id), "lines": [{"stream": s, "text": t} for s, t in piece.lines],
+                    "next_after": piece.last_seq, "log_bytes": run.log_bytes})
+
+
+@bp.get("/workers")
+def list_workers():
+    alive_within = current_app.config["LEASE_TIMEOUT_SECONDS"]
+    now = db.session.scalar(text("SELECT now()"))
+    return jsonify({"workers": [{
+        "id": w.id, "host": w.host, "pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat(),
+        "last_seen_at": w.last_seen_at.isoformat(), "current_run_id": str(w.current_run_id) if w.current_run_id else None,
+        "runs_done": w.runs_done, "alive": worker_registry.is_alive(w, alive_within, now),
+    } for w in worker_registry.list_workers()]})
 
 
 def _list_filters() -> tuple[dict, dict[str, str]]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 
-from flask import (Blueprint, abort, current_app, redirect, render_template, request, send_from_directory,
-                   url_for)
+from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request,
+                   send_from_directory, stream_with_context, url_for)
+from sqlalchemy import text
 
-from app import artifacts, datasets, loss_chart, model_catalog, run_config, run_service
+from app import artifacts, datasets, loss_chart, model_catalog, run_config, run_logs, run_service, worker_registry
+from app.extensions import db
 from app.run_launcher import carry_out_in_request
 from app.run_states import MODES, STATUSES, TERMINAL_STATUSES
 from app.sample_dataset import SAMPLE_KEY
@@ -108,24 +110,88 @@ def _run_or_404(run_id: str):
     return run
 
 
-def _status_context(run) -> dict:
+def _worker_note(run) -> str | None:
+    """Why a pending run waits, when the reason is that no worker is around."""
+    if run.status != "pending":
+        return None
+    last_seen = worker_registry.last_seen_any()
+    if last_seen is None:
+        return "No worker is running: start one with `python worker.py`."
+    quiet = worker_registry.seconds_since(last_seen)
+    config = current_app.config
+    if quiet > max(3 * config["HEARTBEAT_SECONDS"], 2 * config["WORKER_POLL_SECONDS"]):
+        return f"No worker has been seen for {quiet:.0f} s."
+    return None
+
+
+def _status_context(run, log_after: int | None = None) -> dict:
     series = run_service.metric_series(run.id)
+    max_lines = current_app.config["LOG_TAIL_LINES"]
+    log = run_logs.tail(run.id, max_lines) if log_after is None else run_logs.after(run.id, log_after, max_lines)
     return {"run": run, "series": series, "chart": loss_chart.render_svg(series),
-            "queue_position": run_service.queue_position(run), "poll_failures": 0}
+            "queue_position": run_service.queue_position(run), "worker_note": _worker_note(run), "log": log}
 
 
 @bp.get("/runs/<run_id>")
 def show_run(run_id: str):
     run = _run_or_404(run_id)
     files = artifacts.list_files(current_app.config["ARTIFACTS_ROOT"], run.id)
-    return render_template("runs/detail.html", files=files, **_status_context(run))
+    return render_template("runs/detail.html", files=files, retries=run_service.retries_of(run.id),
+                           **_status_context(run))
 
 
 @bp.get("/runs/<run_id>/status")
 def run_status_fragment(run_id: str):
-    """The fragment the run page polls; it stops polling itself once the run is terminal."""
+    """The fragment the run page polls; it stops polling itself once the run is terminal.
+
+    With ?log_after=SEQ it also carries the output stored since that chunk, appended
+    to the page's log out of band.
+    """
     run = _run_or_404(run_id)
-    return render_template("runs/_status.html", **_status_context(run))
+    try:
+        log_after = max(0, int(request.args.get("log_after", "")))
+    except ValueError:
+        log_after = None
+    return render_template("runs/_status.html", log_increment=log_after is not None,
+                           **_status_context(run, log_after))
+
+
+@bp.post("/runs/<run_id>/cancel")
+def cancel_run(run_id: str):
+    try:
+        run_service.cancel_run(_run_or_404(run_id))
+    except run_service.RunConflict as exc:
+        abort(409, description=str(exc))
+    return redirect(url_for("pages.show_run", run_id=run_id), code=303)
+
+
+@bp.post("/runs/<run_id>/retry")
+def retry_run(run_id: str):
+    try:
+        run = run_service.retry_run(_run_or_404(run_id))
+    except run_service.RunConflict as exc:
+        abort(409, description=str(exc))
+    except run_service.RunSubmissionError as exc:
+        abort(422, description="The original config is no longer valid: " +
+              "; ".join(f"{k}: {v}" for k, v in exc.details.items()))
+    if run.mode == "dry_run":
+        carry_out_in_request(run)
+    return redirect(url_for("pages.show_run", run_id=run.id), code=303)
+
+
+@bp.get("/runs/<run_id>/log.txt")
+def download_log(run_id: str):
+    run = _run_or_404(run_id)
+    return Response(stream_with_context(run_logs.full_text(run.id)), mimetype="text/plain",
+                    headers={"Content-Disposition": f'attachment; filename="run-{run.id}.log"'})
+
+
+@bp.get("/workers")
+def list_workers():
+    now = db.session.scalar(text("SELECT now()"))
+    alive_within = current_app.config["LEASE_TIMEOUT_SECONDS"]
+    workers = [(w, worker_registry.is_alive(w, alive_within, now)) for w in worker_registry.list_workers()]
+    return render_template("workers.html", workers=workers, now=now)
 
 
 @bp.get("/runs/<run_id>/artifacts/<path:relative>")

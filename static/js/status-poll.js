@@ -2,6 +2,7 @@
 // A successful poll swaps in a fresh fragment, which schedules its own poll 4 s later.
 // A failed poll (network error or 4xx/5xx) swaps nothing, so we schedule the retry here,
 // waiting twice as long after each failure in a row: 8, 16, 32 s ... capped at 60 s.
+// Each poll may also append output lines to #run-log; the oldest are dropped past a cap.
 (function () {
   "use strict";
 
@@ -26,5 +27,17 @@
         window.htmx.trigger(elt, "status-poll:retry");
       }
     }, delay);
+  });
+
+  document.addEventListener("htmx:oobAfterSwap", function () {
+    var log = document.getElementById("run-log");
+    if (!log) {
+      return;
+    }
+    var max = Number(log.dataset.maxLines || 1000);
+    while (log.children.length > max) {
+      log.removeChild(log.firstElementChild);
+    }
+    log.scrollTop = log.scrollHeight;
   });
 })();

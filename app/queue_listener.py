@@ -1,0 +1,125 @@
+"""The worker's LISTEN connection: wakes it the moment a run is queued or a cancel is asked.
+
+LISTEN needs a session-mode connection to Postgres: behind a transaction-mode pooler
+(PgBouncer in transaction mode) notifications never arrive, and the worker falls back
+to polling every TUNIX_WORKER_POLL_SECONDS. A dropped connection is noticed, logged and
+re-established; until then the worker polls.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+
+import psycopg2
+import psycopg2.extensions
+
+from app.queue_channels import CANCEL_CHANNEL, QUEUE_CHANNEL
+
+log = logging.getLogger("tunix_rt.worker")
+
+SLICE_SECONDS = 0.25  # how often a blocked wait looks at the stop flag
+RECONNECT_MAX_SECONDS = 30.0
+
+
+class QueueListener:
+    """One autocommit connection LISTENing on the queue and cancel channels."""
+
+    def __init__(self, dsn: str, channels: tuple[str, ...] = (QUEUE_CHANNEL, CANCEL_CHANNEL)):
+        self.dsn, self.channels = dsn, channels
+        self.conn: psycopg2.extensions.connection | None = None
+        self._pending: list[tuple[str, str]] = []
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self.reconnects = 0
+        self._connect()
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def _connect(self) -> None:
+        try:
+            conn = psycopg2.connect(self.dsn, keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                                    keepalives_count=3, connect_timeout=5)
+            conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+            with conn.cursor() as cur:
+                for channel in self.channels:
+                    cur.execute(f"LISTEN {channel}")
+        except psycopg2.Error as exc:
+            self.conn = None
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("LISTEN connection unavailable (%s); polling, retrying in %.0f s",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, self._backoff)
+            self._backoff = min(self._backoff * 2, RECONNECT_MAX_SECONDS)
+            return
+        if self.reconnects or self._backoff > 1.0:
+            log.info("LISTEN connection re-established on %s", ", ".join(self.channels))
+        self.conn, self._backoff = conn, 1.0
+        self.reconnects += 1
+
+    def _broken(self, exc: Exception) -> None:
+        log.warning("LISTEN connection lost (%s); polling until it is back", type(exc).__name__)
+        try:
+            self.conn.close()
+        except psycopg2.Error:
+            pass
+        self.conn = None
+        self._retry_at = time.monotonic()
+
+    def _ensure(self) -> None:
+        if not self.connected and time.monotonic() >= self._retry_at:
+            self._connect()
+
+    def _collect(self) -> None:
+        self.conn.poll()
+        while self.conn.notifies:
+            note = self.conn.notifies.pop(0)
+            self._pending.append((note.channel, note.payload))
+
+    def poll(self) -> list[tuple[str, str]]:
+        """Notifications that arrived so far, without waiting."""
+        self._ensure()
+        if self.connected:
+            try:
+                self._collect()
+            except psycopg2.Error as exc:
+                self._broken(exc)
+        found, self._pending = self._pending, []
+        return found
+
+    def wait(self, timeout: float, stop: threading.Event) -> list[tuple[str, str]]:
+        """Block until a notification, `timeout` seconds, or `stop`; returns what arrived."""
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            found = self.poll()
+            if found:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._check_alive()
+                return []
+            if not self.connected:
+                stop.wait(min(SLICE_SECONDS, remaining))
+                continue
+            try:
+                select.select([self.conn], [], [], min(SLICE_SECONDS, remaining))
+            except (OSError, ValueError) as exc:
+                self._broken(exc)
+        return []
+
+    def _check_alive(self) -> None:
+        # A connection can die without a word (server restart, network): ask it something.
+        if not self.connected:
+            return
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            self._collect()
+        except psycopg2.Error as exc:
+            self._broken(exc)
+
+    def close(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            self.conn.close()

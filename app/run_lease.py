@@ -1,0 +1,55 @@
+"""Keeping one execution's claim on its run alive, and telling it when it must stop."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app import run_service
+from app.extensions import db
+from app.run_states import CANCELLING
+from app.tunix_execution import STOP_CANCEL, STOP_LEASE_LOST, StopRequest
+
+log = logging.getLogger(__name__)
+
+
+class RunLease:
+    """Renews the run's heartbeat every `heartbeat_seconds` while the trainer runs.
+
+    `tick()` returns a StopRequest when the run was cancelled (stop with the grace period
+    so the trainer can checkpoint) or when the lease was lost to a recovering worker
+    (stop at once: someone else owns the run now). A database outage only skips
+    renewals; if it outlasts the lease, the first renewal after it finds the lease lost.
+    """
+
+    def __init__(self, run_id: uuid.UUID, holder: str, attempt: int, heartbeat_seconds: float,
+                 kill_grace_seconds: float):
+        self.run_id, self.holder, self.attempt = run_id, holder, attempt
+        self.heartbeat_seconds, self.kill_grace_seconds = heartbeat_seconds, kill_grace_seconds
+        self._next_renewal = time.monotonic() + heartbeat_seconds
+        self.lost = False
+
+    def check_now(self) -> None:
+        """Renew at the next tick (e.g. a cancel notification arrived)."""
+        self._next_renewal = 0.0
+
+    def tick(self) -> StopRequest | None:
+        if time.monotonic() < self._next_renewal:
+            return None
+        self._next_renewal = time.monotonic() + self.heartbeat_seconds
+        try:
+            status = run_service.renew_lease(self.run_id, self.holder, self.attempt)
+        except (OperationalError, InterfaceError) as exc:
+            db.session.rollback()
+            log.warning("run %s: heartbeat failed (%s); the trainer keeps running", self.run_id,
+                        type(exc).__name__)
+            return None
+        if status is None:
+            self.lost = True
+            log.error("run %s: lease lost (another worker recovered it); stopping this execution", self.run_id)
+            return StopRequest(STOP_LEASE_LOST, grace_seconds=1.0)
+        if status == CANCELLING:
+            return StopRequest(STOP_CANCEL, grace_seconds=self.kill_grace_seconds)
+        return None

@@ -1,0 +1,122 @@
+"""Recording a running run: its progress, metric series and output, written while it runs."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app import metrics, progress_protocol
+from app.extensions import db
+from app.models import RunLogChunk, RunMetric, TunixRun
+
+log = logging.getLogger(__name__)
+
+_EMPTY_JSON = text("'{}'::jsonb")
+LOG_NOTICE = "[... output beyond TUNIX_LOG_MAX_BYTES ({limit} bytes) is not stored here; the run directory has it ...]\n"
+
+
+class ProgressRecorder:
+    """Stores a running run's progress events, metric series and output while it runs.
+
+    Ordinary steps and output are batched and flushed at most every `flush_seconds`, so a
+    trainer that prints thousands of lines a second costs one small transaction a second;
+    the rare events (start, the first step, eval, checkpoint) are written at once. Stored
+    output stops at `log_max_bytes` per run. A database outage only delays the writes.
+    """
+
+    def __init__(self, run_id: uuid.UUID, flush_seconds: float = 1.0, log_max_bytes: int = 5 * 1024 * 1024):
+        self._clock = time.monotonic
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self.log_max_bytes = log_max_bytes
+        self._points: dict[tuple[str, int], dict[str, Any]] = {}
+        self._progress: dict[str, Any] = {}
+        self._output: list[tuple[str, str]] = []
+        self._log_bytes = 0
+        self._log_capped = False
+        self._next_seq: int | None = None
+        self._last_flush = self._clock()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        point = progress_protocol.metric_point(event)
+        if point is not None:
+            self._points[(point["split"], point["step"])] = point
+        if kind == "start":
+            self._progress.update(total_steps=event.get("total_steps"), started=True)
+        elif kind == "step":
+            self._progress.update(step=event.get("step"), loss=event.get("loss"),
+                                  elapsed_seconds=event.get("elapsed_seconds"),
+                                  tokens_per_second=event.get("tokens_per_second"))
+        elif kind == "eval":
+            self._progress.update(eval_loss=event.get("loss"))
+        elif kind == "checkpoint":
+            self._progress.update(last_checkpoint_step=event.get("step"))
+        if kind in ("start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1):
+            self.flush()
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        if self._log_capped:
+            return
+        text_ = data.decode("utf-8", errors="replace")
+        size = len(text_.encode())
+        if self._log_bytes + size > self.log_max_bytes:
+            self._log_capped = True
+            text_ = LOG_NOTICE.format(limit=self.log_max_bytes)
+            size = len(text_)
+        self._log_bytes += size
+        if self._output and self._output[-1][0] == stream:
+            self._output[-1] = (stream, self._output[-1][1] + text_)
+        else:
+            self._output.append((stream, text_))
+
+    def on_tick(self) -> None:
+        if self._clock() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write what is buffered; False (keeping the buffer) when the database is unreachable."""
+        self._last_flush = self._clock()
+        if not self._points and not self._progress and not self._output:
+            return True
+        try:
+            self._write()
+        except (OperationalError, InterfaceError) as exc:
+            db.session.rollback()
+            log.warning("run %s: progress not stored yet (%s); will retry", self.run_id, type(exc).__name__)
+            return False
+        self._points.clear()
+        self._output.clear()
+        return True
+
+    def _write(self) -> None:
+        points, progress = list(self._points.values()), dict(self._progress)
+        with metrics.timed_db_write("record_progress"):
+            if points:
+                stmt = pg_insert(RunMetric).values([{"run_id": self.run_id, **p} for p in points])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["run_id", "split", "step"],
+                    set_={"loss": stmt.excluded.loss, "learning_rate": stmt.excluded.learning_rate,
+                          "tokens_per_second": stmt.excluded.tokens_per_second})
+                db.session.execute(stmt)
+            if progress:
+                db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id)
+                                   .values(progress=func.coalesce(TunixRun.progress, _EMPTY_JSON).op("||")(progress)))
+            if self._output:
+                if self._next_seq is None:  # a re-queued run continues the log of its earlier attempt
+                    self._next_seq = (db.session.scalar(select(func.max(RunLogChunk.seq))
+                                                        .where(RunLogChunk.run_id == self.run_id)) or 0) + 1
+                rows = [{"run_id": self.run_id, "seq": self._next_seq + i, "stream": stream, "text": chunk}
+                        for i, (stream, chunk) in enumerate(self._output)]
+                db.session.execute(pg_insert(RunLogChunk).values(rows))
+                added = sum(len(chunk.encode()) for _, chunk in self._output)
+                db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id)
+                                   .values(log_bytes=TunixRun.log_bytes + added))
+            db.session.commit()
+        if self._output:
+            self._next_seq += len(self._output)
