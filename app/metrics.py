@@ -2,8 +2,9 @@
 
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set (see gunicorn.conf.py) and every
 process writes its samples there; /metrics aggregates them. Workers serve their own
-metrics on TUNIX_WORKER_METRICS_PORT. Runs by status come from the database at
-scrape time, so they count what every web process and every worker did.
+metrics on TUNIX_WORKER_METRICS_PORT. The queue gauges (runs by status, oldest pending
+run, workers alive, recoveries, cancellations) come from the database at scrape time,
+so they count what every web process and every worker did.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
 
-from app.run_states import MODES, STATUSES
+from app.run_states import MODES, STATUSES, TERMINAL_STATUSES
 
 RUN_DURATION = Histogram(
     "tunix_run_duration_seconds",
@@ -51,31 +52,44 @@ def observe_run_finished(mode: str, status: str, duration_seconds: float | None)
         RUN_DURATION.labels(mode=mode, status=status).observe(duration_seconds)
 
 
-class _RunCountCollector:
-    """Exports tunix_runs_total{status,mode} from a counting function, cached briefly."""
+class _QueueCollector:
+    """Gauges read from the database at scrape time (cached briefly): they count what every
+    web process and every worker did, on any host."""
 
-    def __init__(self, count_runs: Callable[[], dict[tuple[str, str], int]], cache_seconds: float):
-        self._count_runs = count_runs
+    def __init__(self, read_stats: Callable[[], object], cache_seconds: float):
+        self._read_stats = read_stats
         self._cache_seconds = cache_seconds
         self._lock = threading.Lock()
-        self._cached: tuple[float, dict] | None = None
+        self._cached: tuple[float, object] | None = None
 
-    def counts(self) -> dict[tuple[str, str], int]:
+    def stats(self):
         with self._lock:
             now = time.monotonic()
             if self._cached is None or now - self._cached[0] >= self._cache_seconds:
-                self._cached = (now, self._count_runs())
+                self._cached = (now, self._read_stats())
             return self._cached[1]
 
     def collect(self):
-        family = GaugeMetricFamily(
-            "tunix_runs_total", "Number of runs in each status, by mode (read from the database).",
-            labels=["status", "mode"])
-        counts = self.counts()
+        stats = self.stats()
+        runs = GaugeMetricFamily("tunix_runs_total", "Number of runs in each status, by mode.",
+                                 labels=["status", "mode"])
+        depth = GaugeMetricFamily("tunix_queue_depth", "Runs not yet finished, by status.", labels=["status"])
         for status in STATUSES:
             for mode in MODES:
-                family.add_metric([status, mode], counts.get((status, mode), 0))
-        yield family
+                runs.add_metric([status, mode], stats.runs.get((status, mode), 0))
+            if status not in TERMINAL_STATUSES:
+                depth.add_metric([status], sum(stats.runs.get((status, m), 0) for m in MODES))
+        yield runs
+        yield depth
+        yield GaugeMetricFamily("tunix_queue_oldest_pending_age_seconds",
+                                "Age of the oldest pending run (0 when none waits).",
+                                value=stats.oldest_pending_age_seconds)
+        yield GaugeMetricFamily("tunix_workers_alive", "Workers that heartbeated within the lease timeout.",
+                                value=stats.workers_alive)
+        yield GaugeMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
+                                value=stats.runs_recovered)
+        yield GaugeMetricFamily("tunix_runs_cancelled", "Runs that ended cancelled.",
+                                value=sum(stats.runs.get(("cancelled", m), 0) for m in MODES))
 
 
 class _Chain:
@@ -100,8 +114,8 @@ def init_app(app: Flask) -> None:
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       excluded_paths=["^/static/", "^/metrics$"])
-    run_counts = _RunCountCollector(run_service.count_runs_by_status_and_mode,
-                                    app.config["METRICS_CACHE_SECONDS"])
+    lease = app.config["LEASE_TIMEOUT_SECONDS"]
+    queue = _QueueCollector(lambda: run_service.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
@@ -110,11 +124,10 @@ def init_app(app: Flask) -> None:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry.register(_Chain(REGISTRY, exporter_registry))
-        registry.register(run_counts)
+        registry.register(queue)
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         return Response(encoder(registry), content_type=content_type)
 
-    app.extensions["tunix_run_counts"] = run_counts
 
 
 def start_worker_metrics_server(port: int) -> None:
@@ -123,8 +136,3 @@ def start_worker_metrics_server(port: int) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(port, addr="0.0.0.0", registry=REGISTRY)
-
-
-def current_run_counts() -> dict[tuple[str, str], int]:
-    """The cached run counts of the current app (for tests and the health page)."""
-    return current_app.extensions["tunix_run_counts"].counts()

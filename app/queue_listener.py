@@ -26,8 +26,9 @@ RECONNECT_MAX_SECONDS = 30.0
 class QueueListener:
     """One autocommit connection LISTENing on the queue and cancel channels."""
 
-    def __init__(self, dsn: str, channels: tuple[str, ...] = (QUEUE_CHANNEL, CANCEL_CHANNEL)):
-        self.dsn, self.channels = dsn, channels
+    def __init__(self, dsn: str, channels: tuple[str, ...] = (QUEUE_CHANNEL, CANCEL_CHANNEL),
+                 application_name: str = "tunix-rt-worker-listen"):
+        self.dsn, self.channels, self.application_name = dsn, channels, application_name
         self.conn: psycopg2.extensions.connection | None = None
         self._pending: list[tuple[str, str]] = []
         self._retry_at = 0.0
@@ -41,7 +42,7 @@ class QueueListener:
 
     def _connect(self) -> None:
         try:
-            conn = psycopg2.connect(self.dsn, keepalives=1, keepalives_idle=30, keepalives_interval=10,
+            conn = psycopg2.connect(self.dsn, application_name=self.application_name[:63], keepalives=1, keepalives_idle=30, keepalives_interval=10,
                                     keepalives_count=3, connect_timeout=5)
             conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:

@@ -349,12 +349,30 @@ def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key
     return RunPage(runs[:limit], next_cursor)
 
 
-def count_runs_by_status_and_mode() -> dict[tuple[str, str], int]:
-    """How many runs each (status, mode) pair holds."""
-    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count())
+@dataclass
+class QueueStats:
+    """What /metrics reports about the queue, read from the database in one go."""
+
+    runs: dict[tuple[str, str], int]  # (status, mode) -> count
+    oldest_pending_age_seconds: float
+    workers_alive: int
+    runs_recovered: int
+
+
+def queue_stats(alive_within_seconds: float) -> QueueStats:
+    """Run counts, the oldest pending run's age, live workers and recoveries."""
+    from app.models import Worker
+
+    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count(), func.sum(TunixRun.recoveries))
                               .group_by(TunixRun.status, TunixRun.mode)).all()
+    oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
+                               .where(TunixRun.status == PENDING))
+    alive = db.session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.state != "stopped", Worker.last_seen_at >= func.now() - func.make_interval(
+            0, 0, 0, 0, 0, 0, alive_within_seconds)))
     db.session.rollback()  # end the read transaction; the scrape holds no locks
-    return {(row[0], row[1]): row[2] for row in rows}
+    return QueueStats(runs={(r[0], r[1]): r[2] for r in rows}, oldest_pending_age_seconds=float(oldest or 0.0),
+                      workers_alive=int(alive or 0), runs_recovered=int(sum(r[3] or 0 for r in rows)))
 
 
 def queue_position(run: TunixRun) -> int | None:

@@ -90,7 +90,8 @@ class Worker:
         if self.use_listen:
             from app.queue_listener import QueueListener
 
-            self.listener = QueueListener(db.engine.url.set(drivername="postgresql").render_as_string(False))
+            self.listener = QueueListener(db.engine.url.set(drivername="postgresql").render_as_string(False),
+                                          application_name=f"tunix-rt-listen {self.worker_id}")
         log.info("worker %s: started (%s, fallback poll every %.1f s, lease %.0f s, heartbeat %.0f s)",
                  self.worker_id, "LISTEN/NOTIFY" if self.use_listen else "polling only", self.poll_seconds,
                  self.lease_timeout_seconds, self.heartbeat_seconds)

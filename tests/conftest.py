@@ -118,7 +118,7 @@ def app(app_config):
 
     app = create_app(app_config)
     with app.app_context():
-        db.session.execute(text("TRUNCATE run_metrics, tunix_runs, dataset_examples, datasets CASCADE"))
+        db.session.execute(text("TRUNCATE run_log_chunks, run_metrics, tunix_runs, dataset_examples, datasets, workers CASCADE"))
         db.session.commit()
         ensure_sample_dataset()
         yield app

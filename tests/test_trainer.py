@@ -65,16 +65,18 @@ def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worke
     run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
     start_worker(worker_env(REAL_TRAINER))
     wait_for(lambda: len(metrics_of(client, run_id)["train"]) >= 3, timeout=180)
-    # The checkpoint directory disappears under the trainer, as when a disk goes away.
+    # The checkpoint directory goes away under the trainer, as when a disk is lost, and stays
+    # gone: whatever orbax recreates is removed again until the trainer gives up.
     checkpoints = artifacts_root / run_id / "checkpoints"
-    deadline = time.monotonic() + 30
-    while not checkpoints.is_file() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while run_status(client, run_id) == "running" and time.monotonic() < deadline:
         shutil.rmtree(checkpoints, ignore_errors=True)
-        try:
-            checkpoints.write_text("not a directory")
-        except IsADirectoryError:
-            pass
-    wait_for(lambda: run_status(client, run_id) != "running", timeout=120)
+        if not checkpoints.is_symlink():
+            try:
+                checkpoints.symlink_to("/proc/tunix-rt-no-such-directory")
+            except FileExistsError:
+                pass
+        time.sleep(0.05)
     run = client.get(f"/api/tunix/runs/{run_id}").get_json()
     assert run["status"] == "failed" and run["exit_code"] == 1
     assert run["error_message"].startswith("trainer exited with code 1: ")
@@ -113,3 +115,56 @@ def test_missing_training_stack_is_a_clear_failure(tmp_path):
     assert proc.returncode == 3
     assert "the Tunix training stack is not installed (tunix is missing)" in proc.stderr
     assert json.loads(proc.stdout)["event"] == "error"
+
+
+def _trainers_for(run_dir: Path) -> list[int]:
+    from tests.test_queue_reliability import processes_mentioning
+
+    return processes_mentioning(str(run_dir))
+
+
+def test_worker_killed_mid_training_is_recovered_and_resumed(client, worker_env, start_worker, artifacts_root):
+    lease = {"TUNIX_HEARTBEAT_SECONDS": "1", "TUNIX_LEASE_TIMEOUT_SECONDS": "5"}
+    body = {"dataset_key": SAMPLE, "max_steps": 3000, "num_epochs": 100, "checkpoint_every_n_steps": 20,
+            "eval_fraction": 0, "max_attempts": 2}
+    run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
+    doomed = start_worker(worker_env(REAL_TRAINER, **lease))
+    wait_for(lambda: (artifacts_root / run_id / "checkpoints").is_dir()
+             and len(metrics_of(client, run_id)["train"]) >= 40, timeout=240)
+    run_dir = artifacts_root / run_id
+    assert _trainers_for(run_dir), "the trainer is running"
+    doomed.kill()
+    doomed.wait()
+    wait_for(lambda: not _trainers_for(run_dir), timeout=15)  # no orphan keeps training
+
+    start_worker(worker_env(REAL_TRAINER, **lease))
+    wait_for(lambda: client.get(f"/api/tunix/runs/{run_id}").get_json()["attempt"] == 2, timeout=60)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["recoveries"] == 1
+    # Resumed from its checkpoint rather than from step 0; cancel it to keep the test short.
+    wait_for(lambda: (client.get(f"/api/tunix/runs/{run_id}").get_json()["progress"] or {}).get(
+        "step", 0) > 60, timeout=120)
+    client.post(f"/api/tunix/runs/{run_id}/cancel")
+    wait_for(lambda: run_status(client, run_id) == "cancelled", timeout=60)
+    summary = client.get(f"/api/tunix/runs/{run_id}").get_json()["result"]
+    assert summary["resumed_from_step"] >= 20 and summary["stopped_early"]
+    assert not _trainers_for(run_dir)
+    assert run_status(client, run_id) not in ("running", "cancelling")
+
+
+def test_cancel_real_training_saves_a_checkpoint_and_ends_the_group(client, worker_env, start_worker,
+                                                                    artifacts_root):
+    body = {"dataset_key": SAMPLE, "max_steps": 5000, "num_epochs": 100, "checkpoint_every_n_steps": 100000,
+            "eval_fraction": 0}
+    run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
+    start_worker(worker_env(REAL_TRAINER, TUNIX_KILL_GRACE_SECONDS="20"))
+    wait_for(lambda: len(metrics_of(client, run_id)["train"]) >= 5, timeout=240)
+    assert client.post(f"/api/tunix/runs/{run_id}/cancel").status_code == 202
+    wait_for(lambda: run_status(client, run_id) == "cancelled", timeout=60)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["error_message"] == "cancelled by user" and run["exit_code"] == 0  # it stopped on SIGTERM
+    assert run["result"]["stopped_early"] and run["result"]["steps"] < 5000
+    checkpoints = [p.name for p in (artifacts_root / run_id / "checkpoints").iterdir()]
+    assert str(run["result"]["steps"]) in checkpoints  # the final checkpoint of the stop
+    assert not _trainers_for(artifacts_root / run_id)
+    assert client.post(f"/api/tunix/runs/{run_id}/cancel").status_code == 409

@@ -8,6 +8,7 @@ STARTED = time.monotonic()  # before the heavy imports: time to first step count
 
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -49,5 +50,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    # Orbax's background checkpoint threads are not daemons: after a failure mid-save one
+    # can keep the process alive forever, and the run would hang until its timeout. The
+    # outcome is already reported and the files are written, so end the process outright.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit(main(sys.argv[1:]))
