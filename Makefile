@@ -9,6 +9,7 @@ PORT ?= 8000
 WEB_STAMP := $(VENV)/.installed-web
 TRAINER_STAMP := $(VENV)/.installed-trainer
 HTMX := static/vendor/htmx.min.js
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run test bench clean
 
@@ -38,10 +39,19 @@ $(HTMX): node_modules/.package-lock.json
 run: install
 	PORT=$(PORT) $(PY) -m app.dev_runner
 
-test: install
+# Browser tests drive Debian's chromium. Installed here when we may (root, as on CI);
+# otherwise those tests are skipped and say why.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is not installed and cannot be installed without root: browser tests will be skipped"; fi
+
+test: install $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: install
+	$(PY) bench/exactly_once.py
+	$(PY) bench/wakeup_latency.py
 	$(PY) bench/trainer_overhead.py
 
 clean:

@@ -81,5 +81,6 @@ def load_settings() -> dict:
         "WORKER_METRICS_PORT": _int("TUNIX_WORKER_METRICS_PORT", 0),
         "MAX_CONTENT_LENGTH": _int("TUNIX_MAX_UPLOAD_BYTES", 32 * 1024 * 1024),
         "RUNS_PAGE_SIZE": _int("TUNIX_RUNS_PAGE_SIZE", 25),
+        "STATUS_POLL_SECONDS": _float("TUNIX_STATUS_POLL_SECONDS", 4.0),
         "METRICS_CACHE_SECONDS": _float("TUNIX_METRICS_CACHE_SECONDS", 5.0),
     }

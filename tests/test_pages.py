@@ -27,7 +27,7 @@ def test_form_submit_async_lands_on_the_run_page(client):
     assert response.status_code == 303
     page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "pending" in page and "position 1 in the queue" in page
-    assert 'hx-trigger="load delay:4s, status-poll:retry"' in page
+    assert 'hx-trigger="load delay:4000ms, status-poll:retry"' in page and 'data-poll-base-ms="4000"' in page
 
 
 def test_form_submit_sync_shows_the_finished_run(client):
