@@ -10,24 +10,23 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _int(name: str, default: int) -> int:
+def _number(name: str, default, cast):
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        return int(raw)
+        return cast(raw)
     except ValueError:
-        raise RuntimeError(f"setting {name} must be an integer, got {raw!r}") from None
+        kind = "an integer" if cast is int else "a number"
+        raise RuntimeError(f"setting {name} must be {kind}, got {raw!r}") from None
+
+
+def _int(name: str, default: int) -> int:
+    return _number(name, default, int)
 
 
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise RuntimeError(f"setting {name} must be a number, got {raw!r}") from None
+    return _number(name, default, float)
 
 
 def instance_dir() -> Path:

@@ -109,13 +109,13 @@ def _multiprocess_enabled() -> bool:
 
 def init_app(app: Flask) -> None:
     """Attach request metrics (prometheus-flask-exporter) and the /metrics endpoint."""
-    from app import run_service
+    from app import run_queries
 
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       excluded_paths=["^/static/", "^/metrics$"])
     lease = app.config["LEASE_TIMEOUT_SECONDS"]
-    queue = _QueueCollector(lambda: run_service.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
+    queue = _QueueCollector(lambda: run_queries.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

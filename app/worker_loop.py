@@ -178,9 +178,9 @@ class Worker:
         except Exception as exc:
             log.exception("worker %s: run %s failed inside the worker", self.worker_id, run.id)
             db.session.rollback()
+            reason = f"worker error ({type(exc).__name__}: {str(exc)[:300]}); the worker log has the details"
             self._with_db_retry(lambda: run_service.transition(
-                run.id, LEASED_STATUSES, FAILED, held_by=self.worker_id, held_attempt=attempt,
-                error_message=f"worker error ({type(exc).__name__}: {str(exc)[:300]}); the worker log has the details"))
+                run.id, LEASED_STATUSES, FAILED, held_by=self.worker_id, held_attempt=attempt, error_message=reason))
             return
         self._settle(run, attempt, outcome)
 

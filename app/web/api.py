@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, jsonify, request, url_for
 from sqlalchemy import text
 
-from app import datasets, run_logs, run_service, worker_registry
+from app import datasets, run_logs, run_queries, run_service, worker_registry
 from app.extensions import db
 from app.run_launcher import carry_out_in_request
 from app.run_states import DEFAULT_MODE, MODES, STATUSES
@@ -59,11 +59,11 @@ def submit_run():
         headers["Idempotent-Replayed"] = "true"
     if mode == "async":
         return jsonify({"run_id": str(run.id), "status": run.status}), 202, headers
-    return jsonify(run_service.run_to_dict(run)), 200, headers
+    return jsonify(run_queries.run_to_dict(run)), 200, headers
 
 
 def _run_or_404(run_id: str):
-    run = run_service.get_run(run_id)
+    run = run_queries.get_run(run_id)
     if run is None:
         abort(404, description=f"no run with id {run_id!r}")
     return run
@@ -71,19 +71,19 @@ def _run_or_404(run_id: str):
 
 @bp.get("/tunix/runs/<run_id>/status")
 def get_run_status(run_id: str):
-    return jsonify(run_service.run_to_status_dict(_run_or_404(run_id)))
+    return jsonify(run_queries.run_to_status_dict(_run_or_404(run_id)))
 
 
 @bp.get("/tunix/runs/<run_id>")
 def get_run(run_id: str):
-    return jsonify(run_service.run_to_dict(_run_or_404(run_id)))
+    return jsonify(run_queries.run_to_dict(_run_or_404(run_id)))
 
 
 @bp.get("/tunix/runs/<run_id>/metrics")
 def get_run_metrics(run_id: str):
     run = _run_or_404(run_id)
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
-                    **run_service.metric_series(run.id)})
+                    **run_queries.metric_series(run.id)})
 
 
 @bp.post("/tunix/runs/<run_id>/cancel")
@@ -158,7 +158,7 @@ def _list_filters() -> tuple[dict, dict[str, str]]:
         errors["limit"] = f"must be a whole number from 1 to {MAX_PAGE_LIMIT}"
     if filters["cursor"]:
         try:
-            run_service.decode_cursor(filters["cursor"])
+            run_queries.decode_cursor(filters["cursor"])
         except ValueError as exc:
             errors["cursor"] = str(exc)
     return filters, errors
@@ -169,10 +169,10 @@ def list_runs():
     filters, errors = _list_filters()
     if errors:
         return api_error(422, "invalid query", errors)
-    page = run_service.list_runs(**filters)
+    page = run_queries.list_runs(**filters)
     summary_keys = ("run_id", "status", "mode", "dataset_key", "model_id", "created_at", "queued_at",
                     "started_at", "completed_at", "duration_seconds", "exit_code", "error_message")
-    runs = [{k: d[k] for k in summary_keys} for d in map(run_service.run_to_dict, page.runs)]
+    runs = [{k: d[k] for k in summary_keys} for d in map(run_queries.run_to_dict, page.runs)]
     return jsonify({"runs": runs, "next_cursor": page.next_cursor})
 
 

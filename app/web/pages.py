@@ -8,7 +8,8 @@ from flask import (Blueprint, Response, abort, current_app, redirect, render_tem
                    send_from_directory, stream_with_context, url_for)
 from sqlalchemy import text
 
-from app import artifacts, datasets, loss_chart, model_catalog, run_config, run_logs, run_service, worker_registry
+from app import (artifacts, datasets, loss_chart, model_catalog, run_config, run_logs, run_queries, run_service,
+                 worker_registry)
 from app.extensions import db
 from app.run_launcher import carry_out_in_request
 from app.run_states import MODES, STATUSES, TERMINAL_STATUSES
@@ -63,11 +64,11 @@ def list_runs():
         errors["mode"] = "unknown mode"
         filters["mode"] = None
     try:
-        page = run_service.list_runs(limit=current_app.config["RUNS_PAGE_SIZE"], **filters)
+        page = run_queries.list_runs(limit=current_app.config["RUNS_PAGE_SIZE"], **filters)
     except ValueError:
         errors["cursor"] = "that page link is no longer valid; showing the newest runs"
         filters["cursor"] = None
-        page = run_service.list_runs(limit=current_app.config["RUNS_PAGE_SIZE"], **filters)
+        page = run_queries.list_runs(limit=current_app.config["RUNS_PAGE_SIZE"], **filters)
     return render_template("runs/list.html", page=page, filters=filters, errors=errors,
                            datasets=datasets.list_datasets())
 
@@ -81,7 +82,7 @@ def _form_context(values: dict, errors: dict) -> dict:
 def new_run():
     values = run_config.form_defaults()
     values.update(dataset_key=request.args.get("dataset_key") or SAMPLE_KEY, mode="async")
-    source = run_service.get_run(request.args.get("clone", "")) if request.args.get("clone") else None
+    source = run_queries.get_run(request.args.get("clone", "")) if request.args.get("clone") else None
     if source is not None:
         values.update({k: ("" if v is None else v) for k, v in source.config.items()}, mode=source.mode)
     return render_template("runs/new.html", **_form_context(values, {}))
@@ -104,7 +105,7 @@ def submit_run():
 
 
 def _run_or_404(run_id: str):
-    run = run_service.get_run(run_id)
+    run = run_queries.get_run(run_id)
     if run is None:
         abort(404, description=f"No run with id {run_id}.")
     return run
@@ -125,18 +126,18 @@ def _worker_note(run) -> str | None:
 
 
 def _status_context(run, log_after: int | None = None) -> dict:
-    series = run_service.metric_series(run.id)
+    series = run_queries.metric_series(run.id)
     max_lines = current_app.config["LOG_TAIL_LINES"]
     log = run_logs.tail(run.id, max_lines) if log_after is None else run_logs.after(run.id, log_after, max_lines)
     return {"run": run, "series": series, "chart": loss_chart.render_svg(series),
-            "queue_position": run_service.queue_position(run), "worker_note": _worker_note(run), "log": log}
+            "queue_position": run_queries.queue_position(run), "worker_note": _worker_note(run), "log": log}
 
 
 @bp.get("/runs/<run_id>")
 def show_run(run_id: str):
     run = _run_or_404(run_id)
     files = artifacts.list_files(current_app.config["ARTIFACTS_ROOT"], run.id)
-    return render_template("runs/detail.html", files=files, retries=run_service.retries_of(run.id),
+    return render_template("runs/detail.html", files=files, retries=run_queries.retries_of(run.id),
                            **_status_context(run))
 
 

@@ -1,0 +1,147 @@
+"""Reading runs: one run, pages of runs, metric series, queue statistics, and their JSON shapes."""
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from app.extensions import db
+from app.models import RunMetric, TunixRun
+from app.run_states import PENDING
+
+
+def get_run(run_id: str) -> TunixRun | None:
+    """The run with this id, or None for an unknown or malformed id."""
+    try:
+        parsed = uuid.UUID(str(run_id))
+    except ValueError:
+        return None
+    return db.session.get(TunixRun, parsed)
+
+
+def metric_series(run_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+    """A run's stored metric points, train and eval, in step order."""
+    rows = db.session.scalars(select(RunMetric).where(RunMetric.run_id == run_id)
+                              .order_by(RunMetric.split, RunMetric.step))
+    series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    for row in rows:
+        series[row.split].append({"step": row.step, "loss": row.loss, "learning_rate": row.learning_rate,
+                                  "tokens_per_second": row.tokens_per_second})
+    return series
+
+
+@dataclass
+class RunPage:
+    runs: list[TunixRun]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, run_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{run_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Parse a page cursor; raises ValueError when it is not one this service made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), uuid.UUID(run_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("is not a valid page cursor") from exc
+
+
+def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key: str | None = None,
+              limit: int = 25, cursor: str | None = None) -> RunPage:
+    """Runs newest first, filtered, one keyset page at a time."""
+    stmt = select(TunixRun)
+    if status:
+        stmt = stmt.where(TunixRun.status == status)
+    if mode:
+        stmt = stmt.where(TunixRun.mode == mode)
+    if dataset_key:
+        stmt = stmt.where(TunixRun.dataset_key == dataset_key)
+    if cursor:
+        created, run_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(TunixRun.created_at < created,
+                              and_(TunixRun.created_at == created, TunixRun.id < run_id)))
+    stmt = stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
+    runs = list(db.session.scalars(stmt))
+    next_cursor = encode_cursor(runs[limit - 1].created_at, runs[limit - 1].id) if len(runs) > limit else None
+    return RunPage(runs[:limit], next_cursor)
+
+
+@dataclass
+class QueueStats:
+    """What /metrics reports about the queue, read from the database in one go."""
+
+    runs: dict[tuple[str, str], int]  # (status, mode) -> count
+    oldest_pending_age_seconds: float
+    workers_alive: int
+    runs_recovered: int
+
+
+def queue_stats(alive_within_seconds: float) -> QueueStats:
+    """Run counts, the oldest pending run's age, live workers and recoveries."""
+    from app.models import Worker
+
+    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count(), func.sum(TunixRun.recoveries))
+                              .group_by(TunixRun.status, TunixRun.mode)).all()
+    oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
+                               .where(TunixRun.status == PENDING))
+    alive = db.session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.state != "stopped", Worker.last_seen_at >= func.now() - func.make_interval(
+            0, 0, 0, 0, 0, 0, alive_within_seconds)))
+    db.session.rollback()  # end the read transaction; the scrape holds no locks
+    return QueueStats(runs={(r[0], r[1]): r[2] for r in rows}, oldest_pending_age_seconds=float(oldest or 0.0),
+                      workers_alive=int(alive or 0), runs_recovered=int(sum(r[3] or 0 for r in rows)))
+
+
+def queue_position(run: TunixRun) -> int | None:
+    """1 for the next run a worker will claim; None when the run is not pending."""
+    if run.status != PENDING or run.queued_at is None:
+        return None
+    ahead = db.session.scalar(select(func.count()).select_from(TunixRun).where(
+        TunixRun.status == PENDING,
+        or_(TunixRun.queued_at < run.queued_at, and_(TunixRun.queued_at == run.queued_at, TunixRun.id < run.id))))
+    return int(ahead) + 1
+
+
+def run_to_status_dict(run: TunixRun) -> dict[str, Any]:
+    """The small payload of GET /api/tunix/runs/<id>/status."""
+    return {
+        "run_id": str(run.id), "status": run.status,
+        "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
+        "completed_at": _iso(run.completed_at), "exit_code": run.exit_code,
+    }
+
+
+def run_to_dict(run: TunixRun) -> dict[str, Any]:
+    """The whole run, as the API returns it."""
+    return {
+        **run_to_status_dict(run),
+        "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id, "config": run.config,
+        "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
+        "error_message": run.error_message, "worker_id": run.worker_id,
+        "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail,
+        "result": run.result, "progress": run.progress,
+        "attempt": run.attempt, "max_attempts": run.max_attempts, "recoveries": run.recoveries,
+        "heartbeat_at": _iso(run.heartbeat_at), "cancel_requested_at": _iso(run.cancel_requested_at),
+        "retry_of": str(run.retry_of) if run.retry_of else None,
+        "retries": [str(r) for r in retries_of(run.id)],
+    }
+
+
+def retries_of(run_id: uuid.UUID) -> list[uuid.UUID]:
+    """Runs started as retries of this one, oldest first."""
+    return list(db.session.scalars(select(TunixRun.id).where(TunixRun.retry_of == run_id)
+                                   .order_by(TunixRun.created_at)))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
