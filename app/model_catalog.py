@@ -4,6 +4,7 @@ Kept free of JAX so the web tier can validate a model id at submission.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,6 @@ class Preset:
     """A randomly initialised model built from a small config of one of Tunix's families."""
 
     model_id: str
-    family: str
     description: str
     num_layers: int
     embed_dim: int
@@ -28,9 +28,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.model_id: p
     for p in (
-        Preset("tiny", "qwen3", "Qwen3 architecture, 2 layers, width 64, byte tokenizer (~140k parameters). "
+        Preset("tiny", "Qwen3 architecture, 2 layers, width 64, byte tokenizer (~140k parameters). "
                "Trains on a laptop CPU in about a minute.", 2, 64, 256, 4, 16, 2),
-        Preset("small", "qwen3", "Qwen3 architecture, 4 layers, width 256, byte tokenizer (~3.4M parameters). "
+        Preset("small", "Qwen3 architecture, 4 layers, width 256, byte tokenizer (~3.4M parameters). "
                "For a GPU host or a patient CPU.", 4, 256, 1024, 8, 32, 4),
     )
 }
@@ -62,4 +62,11 @@ def check_model_id(model_id: str) -> str | None:
         return f"checkpoint directory {model_id} has no *.safetensors weights"
     if not (path / "tokenizer.json").is_file():
         return f"checkpoint directory {model_id} has no tokenizer.json"
+    try:
+        model_type = json.loads((path / CHECKPOINT_CONFIG).read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return f"checkpoint directory {model_id}: {CHECKPOINT_CONFIG} is not a JSON object"
+    if model_type not in SUPPORTED_CHECKPOINT_TYPES:
+        return (f"checkpoint directory {model_id}: model_type {model_type!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_CHECKPOINT_TYPES)})")
     return None

@@ -20,7 +20,6 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
-    optional: bool = False  # an optional field may be left empty (None)
     exclusive_minimum: bool = False
 
 
@@ -35,7 +34,7 @@ FIELDS: tuple[Field, ...] = (
           minimum=0.0, maximum=1.0),
     Field("num_epochs", "int", 3, "Epochs", "Passes over the training split.", minimum=1, maximum=1000),
     Field("max_steps", "int", None, "Max steps", "Optional cap on optimizer steps; wins over epochs.",
-          minimum=1, maximum=10_000_000, optional=True),
+          minimum=1, maximum=10_000_000),
     Field("batch_size", "int", 4, "Batch size", "Examples per optimizer step.", minimum=1, maximum=4096),
     Field("max_seq_length", "int", 128, "Max sequence length", "Tokens per example; longer ones are cut.",
           minimum=8, maximum=32_768),

@@ -29,7 +29,6 @@ class RunLease:
         self.run_id, self.holder, self.attempt = run_id, holder, attempt
         self.heartbeat_seconds, self.kill_grace_seconds = heartbeat_seconds, kill_grace_seconds
         self._next_renewal = time.monotonic() + heartbeat_seconds
-        self.lost = False
 
     def check_now(self) -> None:
         """Renew at the next tick (e.g. a cancel notification arrived)."""
@@ -47,7 +46,6 @@ class RunLease:
                         type(exc).__name__)
             return None
         if status is None:
-            self.lost = True
             log.error("run %s: lease lost (another worker recovered it); stopping this execution", self.run_id)
             return StopRequest(STOP_LEASE_LOST, grace_seconds=1.0)
         if status == CANCELLING:

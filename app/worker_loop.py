@@ -98,6 +98,7 @@ class Worker:
         backoff = 1.0
         try:
             self._with_db_retry(lambda: worker_registry.register(self.worker_id, socket.gethostname(), os.getpid()))
+            self._with_db_retry(worker_registry.prune_stopped)
             while not self._stopping.is_set():
                 try:
                     self._housekeeping()

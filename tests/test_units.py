@@ -177,3 +177,14 @@ def test_state_machine():
     assert not run_states.can_transition("pending", "completed")
     for terminal in run_states.TERMINAL_STATUSES:
         assert run_states.ALLOWED_TRANSITIONS[terminal] == frozenset()
+
+
+def test_checkpoint_of_an_unsupported_family_is_rejected_at_submission(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(RunConfigError) as info:
+        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})
+    assert "model_type 'llama' is not supported (supported: qwen3)" in info.value.details["model_id"]
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
+    assert validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})["model_id"] == str(tmp_path)
