@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Integer, and_, cast, func, or_, select
 
 from app.extensions import db
 from app.models import RunMetric, TunixRun
@@ -24,12 +24,29 @@ def get_run(run_id: str) -> TunixRun | None:
     return db.session.get(TunixRun, parsed)
 
 
-def metric_series(run_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
-    """A run's stored metric points, train and eval, in step order."""
-    rows = db.session.scalars(select(RunMetric).where(RunMetric.run_id == run_id)
-                              .order_by(RunMetric.split, RunMetric.step))
+def metric_series(run_id: uuid.UUID, max_points: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """A run's stored metric points, train and eval, in step order.
+
+    With `max_points`, each series is thinned in the database to about that many points
+    (evenly spaced, first and last kept), so the status fragment, polled every 4 s by
+    every open page, never carries a long run's whole history.
+    """
+    columns = (RunMetric.split, RunMetric.step, RunMetric.loss, RunMetric.learning_rate,
+               RunMetric.tokens_per_second)
+    if max_points is None:
+        stmt = select(*columns).where(RunMetric.run_id == run_id).order_by(RunMetric.split, RunMetric.step)
+    else:
+        numbered = select(*columns,
+                          func.row_number().over(partition_by=RunMetric.split, order_by=RunMetric.step).label("n"),
+                          func.count().over(partition_by=RunMetric.split).label("total")
+                          ).where(RunMetric.run_id == run_id).subquery()
+        stride = func.greatest(1, cast(func.ceil(numbered.c.total / float(max_points)), Integer))
+        stmt = (select(numbered.c.split, numbered.c.step, numbered.c.loss, numbered.c.learning_rate,
+                       numbered.c.tokens_per_second)
+                .where(or_((numbered.c.n - 1) % stride == 0, numbered.c.n == numbered.c.total))
+                .order_by(numbered.c.split, numbered.c.step))
     series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
-    for row in rows:
+    for row in db.session.execute(stmt):
         series[row.split].append({"step": row.step, "loss": row.loss, "learning_rate": row.learning_rate,
                                   "tokens_per_second": row.tokens_per_second})
     return series

@@ -198,3 +198,23 @@ def test_metric_points_are_stored_per_run(client):
     run_id = submit(client, "sync").get_json()["run_id"]
     count = db.session.scalar(select(func.count()).select_from(RunMetric).where(RunMetric.run_id == run_id))
     assert count == 4  # three train steps and one eval
+
+
+def test_metric_series_can_be_thinned_in_the_database(client):
+    from app.run_recorder import ProgressRecorder
+
+    run_id = submit(client, "async").get_json()["run_id"]
+    recorder = ProgressRecorder(uuid.UUID(run_id))
+    for step in range(1, 1001):
+        recorder.on_event({"event": "step", "step": step, "loss": 5.0 - step / 1000})
+    recorder.flush()
+    full = client.get(f"/api/tunix/runs/{run_id}/metrics").get_json()["train"]
+    assert [p["step"] for p in full] == list(range(1, 1001))
+    thin = client.get(f"/api/tunix/runs/{run_id}/metrics?max_points=100").get_json()["train"]
+    steps = [p["step"] for p in thin]
+    assert steps[0] == 1 and steps[-1] == 1000 and 90 <= len(steps) <= 101
+    assert steps == sorted(steps) and all(b - a == 10 for a, b in zip(steps[:-2], steps[1:-1]))
+    assert client.get(f"/api/tunix/runs/{run_id}/metrics?max_points=1").status_code == 422
+    fragment = client.get(f"/runs/{run_id}/status").get_data(as_text=True)
+    points = fragment.split('class="series-train" fill="none" points="')[1].split('"')[0].split()
+    assert len(points) <= 401

@@ -81,9 +81,17 @@ def get_run(run_id: str):
 
 @bp.get("/tunix/runs/<run_id>/metrics")
 def get_run_metrics(run_id: str):
+    """The metric series; ?max_points=N thins each series to about N evenly spaced points."""
     run = _run_or_404(run_id)
+    raw = request.args.get("max_points")
+    try:
+        max_points = int(raw) if raw is not None else None
+        if max_points is not None and max_points < 2:
+            raise ValueError
+    except ValueError:
+        return api_error(422, "invalid query", {"max_points": "must be a whole number of 2 or more"})
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
-                    **run_queries.metric_series(run.id)})
+                    **run_queries.metric_series(run.id, max_points)})
 
 
 @bp.post("/tunix/runs/<run_id>/cancel")

@@ -126,7 +126,7 @@ def _worker_note(run) -> str | None:
 
 
 def _status_context(run, log_after: int | None = None) -> dict:
-    series = run_queries.metric_series(run.id)
+    series = run_queries.metric_series(run.id, max_points=loss_chart.MAX_POINTS)
     max_lines = current_app.config["LOG_TAIL_LINES"]
     log = run_logs.tail(run.id, max_lines) if log_after is None else run_logs.after(run.id, log_after, max_lines)
     return {"run": run, "series": series, "chart": loss_chart.render_svg(series),
