@@ -138,6 +138,16 @@ def run_to_status_dict(run: TunixRun) -> dict[str, Any]:
     }
 
 
+def run_to_summary_dict(run: TunixRun) -> dict[str, Any]:
+    """One run as the list endpoint shows it: no config, outputs or links (no extra query)."""
+    return {
+        **run_to_status_dict(run),
+        "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id,
+        "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
+        "error_message": run.error_message,
+    }
+
+
 def run_to_dict(run: TunixRun) -> dict[str, Any]:
     """The whole run, as the API returns it."""
     return {

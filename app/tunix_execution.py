@@ -91,7 +91,6 @@ class ExecutionResult:
     error_message: str | None
     stdout: str
     stderr: str
-    duration_seconds: float
     summary: dict[str, Any] | None
 
 
@@ -302,7 +301,7 @@ def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
     trainer_error = progress_protocol.error_from_events(outcome.events)
 
     def result(status: str, error: str | None) -> ExecutionResult:
-        return ExecutionResult(status, outcome.exit_code, error, stdout, stderr, outcome.duration_seconds, summary)
+        return ExecutionResult(status, outcome.exit_code, error, stdout, stderr, summary)
 
     if outcome.launch_error:
         return result(FAILED, f"could not start the trainer ({' '.join(outcome.command[:-1])}): "

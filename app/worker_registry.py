@@ -42,16 +42,15 @@ def list_workers(limit: int = 200) -> list[Worker]:
     return list(db.session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit)))
 
 
-def seconds_since(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    return float(db.session.scalar(select(func.extract("epoch", func.now() - value))))
+def workers_with_liveness(alive_within_seconds: float) -> tuple[datetime, list[tuple[Worker, bool]]]:
+    """(the database's now, each worker with whether it heartbeated within the given time)."""
+    now = db.session.scalar(select(func.now()))
+    return now, [(w, w.state != "stopped" and (now - w.last_seen_at).total_seconds() <= alive_within_seconds)
+                 for w in list_workers()]
 
 
-def is_alive(worker: Worker, alive_within_seconds: float, now: datetime) -> bool:
-    return worker.state != "stopped" and (now - worker.last_seen_at).total_seconds() <= alive_within_seconds
-
-
-def last_seen_any() -> datetime | None:
-    """When any worker last heartbeated (None when no worker ever registered)."""
-    return db.session.scalar(select(func.max(Worker.last_seen_at)).where(Worker.state != "stopped"))
+def seconds_since_any_worker() -> float | None:
+    """Seconds since any running worker last heartbeated; None when none is registered."""
+    quiet = db.session.scalar(select(func.extract("epoch", func.now() - func.max(Worker.last_seen_at)))
+                              .where(Worker.state != "stopped"))
+    return None if quiet is None else float(quiet)

@@ -20,6 +20,22 @@ def api_error(status: int, message: str, details: dict[str, str] | None = None):
     return jsonify({"error": message, "details": details or {}}), status
 
 
+def _whole_number_arg(name: str, minimum: int, maximum: int | None = None,
+                      default: int | None = None) -> tuple[int | None, str | None]:
+    """A whole-number query argument within bounds: (value, None), or (None, what is wrong)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default, None
+    bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
+    try:
+        value = int(raw)
+    except ValueError:
+        return None, f"must be a whole number {bounds}"
+    if value < minimum or (maximum is not None and value > maximum):
+        return None, f"must be a whole number {bounds}"
+    return value, None
+
+
 def _json_object():
     """The request body as a dict, or an API error response when it is not one."""
     if not request.data:
@@ -83,13 +99,9 @@ def get_run(run_id: str):
 def get_run_metrics(run_id: str):
     """The metric series; ?max_points=N thins each series to about N evenly spaced points."""
     run = _run_or_404(run_id)
-    raw = request.args.get("max_points")
-    try:
-        max_points = int(raw) if raw is not None else None
-        if max_points is not None and max_points < 2:
-            raise ValueError
-    except ValueError:
-        return api_error(422, "invalid query", {"max_points": "must be a whole number of 2 or more"})
+    max_points, problem = _whole_number_arg("max_points", minimum=2)
+    if problem:
+        return api_error(422, "invalid query", {"max_points": problem})
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
                     **run_queries.metric_series(run.id, max_points)})
 
@@ -125,13 +137,9 @@ def retry_run(run_id: str):
 def get_run_logs(run_id: str):
     """Stored output: the tail, or with ?after=SEQ the lines after that chunk."""
     run = _run_or_404(run_id)
-    raw_after = request.args.get("after")
-    try:
-        after = int(raw_after) if raw_after is not None else None
-        if after is not None and after < 0:
-            raise ValueError
-    except ValueError:
-        return api_error(422, "invalid query", {"after": "must be a whole number of 0 or more"})
+    after, problem = _whole_number_arg("after", minimum=0)
+    if problem:
+        return api_error(422, "invalid query", {"after": problem})
     max_lines = current_app.config["LOG_TAIL_LINES"]
     piece = run_logs.tail(run.id, max_lines) if after is None else run_logs.after(run.id, after, max_lines)
     return jsonify({"run_id": str(run.id), "lines": [{"stream": s, "text": t} for s, t in piece.lines],
@@ -140,13 +148,12 @@ def get_run_logs(run_id: str):
 
 @bp.get("/workers")
 def list_workers():
-    alive_within = current_app.config["LEASE_TIMEOUT_SECONDS"]
-    now = db.session.scalar(text("SELECT now()"))
+    _, workers = worker_registry.workers_with_liveness(current_app.config["LEASE_TIMEOUT_SECONDS"])
     return jsonify({"workers": [{
         "id": w.id, "host": w.host, "pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat(),
         "last_seen_at": w.last_seen_at.isoformat(), "current_run_id": str(w.current_run_id) if w.current_run_id else None,
-        "runs_done": w.runs_done, "alive": worker_registry.is_alive(w, alive_within, now),
-    } for w in worker_registry.list_workers()]})
+        "runs_done": w.runs_done, "alive": alive,
+    } for w, alive in workers]})
 
 
 def _list_filters() -> tuple[dict, dict[str, str]]:
@@ -157,13 +164,9 @@ def _list_filters() -> tuple[dict, dict[str, str]]:
         errors["status"] = f"must be one of {', '.join(STATUSES)}"
     if filters["mode"] and filters["mode"] not in MODES:
         errors["mode"] = f"must be one of {', '.join(MODES)}"
-    raw_limit = args.get("limit", "25")
-    try:
-        filters["limit"] = int(raw_limit)
-        if not 1 <= filters["limit"] <= MAX_PAGE_LIMIT:
-            raise ValueError
-    except ValueError:
-        errors["limit"] = f"must be a whole number from 1 to {MAX_PAGE_LIMIT}"
+    filters["limit"], problem = _whole_number_arg("limit", minimum=1, maximum=MAX_PAGE_LIMIT, default=25)
+    if problem:
+        errors["limit"] = problem
     if filters["cursor"]:
         try:
             run_queries.decode_cursor(filters["cursor"])
@@ -178,10 +181,8 @@ def list_runs():
     if errors:
         return api_error(422, "invalid query", errors)
     page = run_queries.list_runs(**filters)
-    summary_keys = ("run_id", "status", "mode", "dataset_key", "model_id", "created_at", "queued_at",
-                    "started_at", "completed_at", "duration_seconds", "exit_code", "error_message")
-    runs = [{k: d[k] for k in summary_keys} for d in map(run_queries.run_to_dict, page.runs)]
-    return jsonify({"runs": runs, "next_cursor": page.next_cursor})
+    return jsonify({"runs": [run_queries.run_to_summary_dict(r) for r in page.runs],
+                    "next_cursor": page.next_cursor})
 
 
 @bp.get("/datasets")

@@ -6,11 +6,9 @@ from datetime import datetime, timezone
 
 from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request,
                    send_from_directory, stream_with_context, url_for)
-from sqlalchemy import text
 
 from app import (artifacts, datasets, loss_chart, model_catalog, run_config, run_logs, run_queries, run_service,
                  worker_registry)
-from app.extensions import db
 from app.run_launcher import carry_out_in_request
 from app.run_states import MODES, STATUSES, TERMINAL_STATUSES
 from app.sample_dataset import SAMPLE_KEY
@@ -115,10 +113,9 @@ def _worker_note(run) -> str | None:
     """Why a pending run waits, when the reason is that no worker is around."""
     if run.status != "pending":
         return None
-    last_seen = worker_registry.last_seen_any()
-    if last_seen is None:
+    quiet = worker_registry.seconds_since_any_worker()
+    if quiet is None:
         return "No worker is running: start one with `python worker.py`."
-    quiet = worker_registry.seconds_since(last_seen)
     config = current_app.config
     if quiet > max(3 * config["HEARTBEAT_SECONDS"], 2 * config["WORKER_POLL_SECONDS"]):
         return f"No worker has been seen for {quiet:.0f} s."
@@ -189,9 +186,7 @@ def download_log(run_id: str):
 
 @bp.get("/workers")
 def list_workers():
-    now = db.session.scalar(text("SELECT now()"))
-    alive_within = current_app.config["LEASE_TIMEOUT_SECONDS"]
-    workers = [(w, worker_registry.is_alive(w, alive_within, now)) for w in worker_registry.list_workers()]
+    now, workers = worker_registry.workers_with_liveness(current_app.config["LEASE_TIMEOUT_SECONDS"])
     return render_template("workers.html", workers=workers, now=now)
 
 
