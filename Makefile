@@ -37,7 +37,7 @@ $(HTMX): node_modules/.package-lock.json
 	cp node_modules/htmx.org/dist/htmx.min.js $@
 
 run: install
-	PORT=$(PORT) $(PY) -m app.dev_runner
+	PORT=$(PORT) $(PY) -m app.dev.runner
 
 # Browser tests drive Debian's chromium. Installed here when we may (root, as on CI);
 # otherwise those tests are skipped and say why.

@@ -8,7 +8,7 @@ Worker requires Postgres due to SKIP LOCKED semantics.
 import argparse
 
 from app import create_app
-from app.worker_loop import serve
+from app.worker.lifecycle import serve
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     database_url = app.config["DATABASE_URL"]
     if not database_url:
-        from app.embedded_postgres import embedded_database_url
+        from app.dev.embedded_postgres import embedded_database_url
 
         database_url = embedded_database_url(instance_dir())
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
@@ -42,7 +42,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
 
     from app import cli, metrics
-    from app.web import api, errors, pages
+    from app.web import api, errors, formatting, pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
@@ -50,7 +50,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.register(app)
     metrics.init_app(app)
     cli.register(app)
-    app.jinja_env.globals.update(pages.template_globals())
+    app.jinja_env.globals.update(formatting.template_globals())
 
     # One proxy (nginx) sits in front in the documented deployment.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1)

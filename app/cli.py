@@ -10,7 +10,7 @@ def register(app: Flask) -> None:
     @app.cli.command("init-db")
     def init_db() -> None:
         """Apply every migration, then create the sample dataset if it is missing."""
-        from app.sample_dataset import SAMPLE_KEY, ensure_sample_dataset
+        from app.datasets.sample import SAMPLE_KEY, ensure_sample_dataset
 
         upgrade()
         created = ensure_sample_dataset()

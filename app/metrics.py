@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
 
-from app.run_states import MODES, STATUSES, TERMINAL_STATUSES
+from app.runs.states import CANCELLED, MODES, STATUSES, TERMINAL_STATUSES
 
 RUN_DURATION = Histogram(
     "tunix_run_duration_seconds",
@@ -89,7 +89,7 @@ class _QueueCollector:
         yield GaugeMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
                                 value=stats.runs_recovered)
         yield GaugeMetricFamily("tunix_runs_cancelled", "Runs that ended cancelled.",
-                                value=sum(stats.runs.get(("cancelled", m), 0) for m in MODES))
+                                value=sum(stats.runs.get((CANCELLED, m), 0) for m in MODES))
 
 
 class _Chain:
@@ -109,13 +109,13 @@ def _multiprocess_enabled() -> bool:
 
 def init_app(app: Flask) -> None:
     """Attach request metrics (prometheus-flask-exporter) and the /metrics endpoint."""
-    from app import run_queries
+    from app.queue import registry
 
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       excluded_paths=["^/static/", "^/metrics$"])
     lease = app.config["LEASE_TIMEOUT_SECONDS"]
-    queue = _QueueCollector(lambda: run_queries.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
+    queue = _QueueCollector(lambda: registry.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
@@ -127,7 +127,6 @@ def init_app(app: Flask) -> None:
         registry.register(queue)
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         return Response(encoder(registry), content_type=content_type)
-
 
 
 def start_worker_metrics_server(port: int) -> None:

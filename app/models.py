@@ -8,7 +8,7 @@ from sqlalchemy import CheckConstraint, Index, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from app.extensions import db
-from app.run_states import MODES, PENDING, STATUSES, TERMINAL_STATUSES
+from app.runs.states import CANCELLABLE_STATUSES, MODES, PENDING, RUNNING, STATUSES, TERMINAL_STATUSES
 
 
 def utcnow() -> datetime:
@@ -98,7 +98,22 @@ class TunixRun(db.Model):
 
     @property
     def is_terminal(self) -> bool:
+        """True once the run can no longer change."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_cancellable(self) -> bool:
+        """True while a user may still cancel the run."""
+        return self.status in CANCELLABLE_STATUSES
+
+    @property
+    def time_left_seconds(self) -> float | None:
+        """Estimated seconds to the last step, from the pace so far; None when there is no estimate."""
+        progress = self.progress or {}
+        step, total, elapsed = progress.get("step"), progress.get("total_steps"), progress.get("elapsed_seconds")
+        if self.status != RUNNING or not step or not total or not elapsed:
+            return None
+        return elapsed / step * max(0, total - step)
 
 
 class RunMetric(db.Model):

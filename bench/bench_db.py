@@ -27,7 +27,7 @@ def scratch_database() -> Iterator[str]:
 
         from app import create_app
         from app.extensions import db
-        from app.sample_dataset import ensure_sample_dataset
+        from app.datasets.sample import ensure_sample_dataset
 
         app = create_app({"DATABASE_URL": url})
         with app.app_context():

@@ -36,12 +36,15 @@ def main() -> None:
         os.environ.update(TUNIX_INSTANCE_DIR=tmp)
         from sqlalchemy import text
 
-        from app import create_app, datasets, run_service
+        from app import create_app
+        from app.datasets import store as dataset_store
+        from app.datasets.parsing import Example
+        from app.runs import service as run_service
         from app.extensions import db
 
         app = create_app({"DATABASE_URL": url})
         with app.app_context():
-            datasets.create_dataset("one", [datasets.Example("ping", "pong")])
+            dataset_store.create_dataset("one", [Example("ping", "pong")])
             started = time.monotonic()
             run_ids = {str(run_service.submit_run({"dataset_key": "one-v1"}, "async")[0].id)
                        for _ in range(args.runs)}

@@ -31,11 +31,12 @@ TRAINER = [sys.executable, "-m", "app.trainer"]
 
 
 def run_direct(config: dict, artifacts: Path, index: int) -> dict:
-    from app import datasets
-    from app.tunix_execution import _child_environment, write_run_directory
+    from app.datasets import store as dataset_store
+    from app.execution.run_directory import write_run_directory
+    from app.execution.tunix_execution import _child_environment
 
     run_dir = write_run_directory(artifacts, f"direct-{index}", config,
-                                  list(datasets.iter_examples(config["dataset_key"])))
+                                  list(dataset_store.iter_examples(config["dataset_key"])))
     start = time.monotonic()
     proc = subprocess.Popen([*TRAINER, str(run_dir)], cwd=run_dir, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=_child_environment(), text=True)
@@ -77,14 +78,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    body = {"dataset_key": "arithmetic-v1", "model_id": "tiny", "max_steps": args.steps, "num_epochs": 100,
+    body = {"dataset_key": None, "model_id": "tiny", "max_steps": args.steps, "num_epochs": 100,
             "eval_fraction": 0, "checkpoint_every_n_steps": 1_000_000}
 
     with scratch_database() as url, tempfile.TemporaryDirectory(prefix="tunix-bench-") as tmp:
         artifacts = Path(tmp)
         os.environ.update(DATABASE_URL=url, TUNIX_ARTIFACTS_ROOT=str(artifacts), TUNIX_INSTANCE_DIR=tmp)
         from app import create_app
-        from app.run_config import validate_run_config
+        from app.datasets.sample import SAMPLE_KEY
+        from app.runs.validation import validate_run_config
 
         app = create_app({"DATABASE_URL": url, "ARTIFACTS_ROOT": str(artifacts), "TRAIN_COMMAND": TRAINER})
         worker_env = dict(os.environ, TUNIX_TRAIN_COMMAND=shlex.join(TRAINER), TUNIX_WORKER_POLL_SECONDS="0.05")
@@ -92,6 +94,7 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with app.app_context():
+                body["dataset_key"] = SAMPLE_KEY
                 config = validate_run_config(body)
                 client = app.test_client()
                 direct, platform = [], []

@@ -33,7 +33,7 @@ def percentile(values: list[float], q: float) -> float:
 def measure(app, url: str, tmp: str, runs: int, listen: bool) -> list[float]:
     from sqlalchemy import text
 
-    from app import run_service
+    from app.runs import service as run_service
     from app.extensions import db
 
     env = dict(os.environ, DATABASE_URL=url, TUNIX_ARTIFACTS_ROOT=str(Path(tmp) / "artifacts"),
@@ -73,11 +73,13 @@ def main() -> None:
     args = parser.parse_args()
     with scratch_database() as url, tempfile.TemporaryDirectory(prefix="tunix-bench-") as tmp:
         os.environ.update(TUNIX_INSTANCE_DIR=tmp)
-        from app import create_app, datasets
+        from app import create_app
+        from app.datasets import store as dataset_store
+        from app.datasets.parsing import Example
 
         app = create_app({"DATABASE_URL": url})
         with app.app_context():
-            datasets.create_dataset("one", [datasets.Example("ping", "pong")])
+            dataset_store.create_dataset("one", [Example("ping", "pong")])
         listen = measure(app, url, tmp, args.runs, listen=True)
         poll = measure(app, url, tmp, args.poll_runs, listen=False)
     print(f"enqueue commit -> claim, idle worker ({os.cpu_count()} CPU cores, database clock)")

@@ -78,7 +78,7 @@ def app_config(database_url, artifacts_root) -> dict:
 def app(app_config):
     from app import create_app
     from app.extensions import db
-    from app.sample_dataset import ensure_sample_dataset
+    from app.datasets.sample import ensure_sample_dataset
 
     app = create_app(app_config)
     with app.app_context():

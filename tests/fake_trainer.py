@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE
+
 
 def emit(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
@@ -28,8 +30,8 @@ def main():
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir)
-    config = json.loads((run_dir / "run_config.json").read_text())
-    examples = sum(1 for _ in (run_dir / "dataset.jsonl").open())
+    config = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
+    examples = sum(1 for _ in (run_dir / DATASET_FILE).open())
     if args.record_dir:
         record = Path(args.record_dir) / f"{config['run_id']}.{os.getpid()}"
         record.write_text(str(time.time()))

@@ -9,12 +9,7 @@ from app.extensions import db
 from app.models import RunMetric, TunixRun
 from tests.conftest import fake_trainer_command
 
-SAMPLE = "arithmetic-v1"
-
-
-def submit(client, mode=None, **body):
-    path = "/api/tunix/run" + (f"?mode={mode}" if mode else "")
-    return client.post(path, json={"dataset_key": SAMPLE, **body})
+from tests.helpers import SAMPLE, post_run as submit
 
 
 def test_sync_is_the_default_and_returns_the_finished_run(client):
@@ -201,7 +196,7 @@ def test_metric_points_are_stored_per_run(client):
 
 
 def test_metric_series_can_be_thinned_in_the_database(client):
-    from app.run_recorder import ProgressRecorder
+    from app.execution.recorder import ProgressRecorder
 
     run_id = submit(client, "async").get_json()["run_id"]
     recorder = ProgressRecorder(uuid.UUID(run_id))

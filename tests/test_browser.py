@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from app.extensions import db
+from tests.helpers import submit
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -41,7 +42,7 @@ def page():
 
 
 def pending_run(client) -> str:
-    return client.post("/api/tunix/run?mode=async", json={"dataset_key": "arithmetic-v1"}).get_json()["run_id"]
+    return submit(client)["run_id"]
 
 
 def set_status(run_id: str, status: str) -> None:

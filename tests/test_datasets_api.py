@@ -1,6 +1,8 @@
 """Datasets through the JSON API."""
 import io
 
+from tests.helpers import SAMPLE
+
 
 def test_upload_json_versions_and_preview(client):
     body = {"name": "qa", "examples": [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(12)]}
@@ -13,7 +15,7 @@ def test_upload_json_versions_and_preview(client):
     assert detail["num_examples"] == 12 and len(detail["preview"]) == 5
     assert detail["preview"][0] == {"prompt": "q0", "response": "a0"}
     keys = [d["key"] for d in client.get("/api/datasets").get_json()["datasets"]]
-    assert {"qa-v1", "qa-v2", "arithmetic-v1"} <= set(keys)
+    assert {"qa-v1", "qa-v2", SAMPLE} <= set(keys)
 
 
 def test_upload_multipart(client):
@@ -40,4 +42,4 @@ def test_bad_uploads(client):
         assert message in details[key], (body, details)
     assert client.post("/api/datasets", data="{oops", content_type="application/json").status_code == 400
     assert client.get("/api/datasets/missing-v1").status_code == 404
-    assert [d["key"] for d in client.get("/api/datasets").get_json()["datasets"]] == ["arithmetic-v1"]
+    assert [d["key"] for d in client.get("/api/datasets").get_json()["datasets"]] == [SAMPLE]

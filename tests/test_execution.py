@@ -6,9 +6,11 @@ import time
 
 import pytest
 
-from app.tunix_execution import (ExecutionSettings, execute_tunix_run_sync, parse_execution_result,
-                                 run_tunix_subprocess, truncate_output, write_run_directory)
-from app.datasets import Example
+from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE
+from app.datasets.parsing import Example
+from app.execution.run_directory import write_run_directory
+from app.execution.tunix_execution import (ExecutionSettings, execute_tunix_run_sync, parse_execution_result,
+                                           run_tunix_subprocess, truncate_output)
 from tests.conftest import fake_trainer_command
 
 
@@ -19,7 +21,7 @@ def run_dir(tmp_path):
 
 
 def _settings(command, tmp_path, timeout=30.0, max_bytes=10240):
-    return ExecutionSettings(tuple(command), tmp_path, timeout, max_bytes, 1.0)
+    return ExecutionSettings(tuple(command), tmp_path, timeout, max_bytes, kill_grace_seconds=1.0)
 
 
 def _alive(pid: int) -> bool:
@@ -33,8 +35,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_run_directory_holds_config_and_dataset(run_dir):
-    assert json.loads((run_dir / "run_config.json").read_text())["run_id"] == "run-1"
-    lines = (run_dir / "dataset.jsonl").read_text().splitlines()
+    assert json.loads((run_dir / RUN_CONFIG_FILE).read_text())["run_id"] == "run-1"
+    lines = (run_dir / DATASET_FILE).read_text().splitlines()
     assert [json.loads(line) for line in lines] == [{"prompt": "p", "response": "r"},
                                                     {"prompt": "p2", "response": "r2"}]
 
@@ -94,7 +96,8 @@ def test_a_missing_trainer_is_a_clear_failure(run_dir, tmp_path):
 
 def test_killed_trainer_is_explained(run_dir, tmp_path):
     command = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
-    outcome = run_tunix_subprocess(run_dir, command=command, timeout_seconds=30, output_max_bytes=100)
-    result = parse_execution_result(outcome, timeout_seconds=30, output_max_bytes=100)
+    settings = _settings(command, tmp_path, timeout=30, max_bytes=100)
+    outcome = run_tunix_subprocess(run_dir, settings)
+    result = parse_execution_result(outcome, settings)
     assert result.status == "failed" and result.exit_code == -9
     assert result.error_message == "killed by SIGKILL (likely out of memory)"

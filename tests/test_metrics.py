@@ -1,7 +1,7 @@
 """/metrics: the three required families, with values that move."""
 import re
 
-SAMPLE = "arithmetic-v1"
+from tests.helpers import SAMPLE
 
 
 def sample(text: str, name: str, **labels) -> float:

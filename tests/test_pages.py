@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import Dataset, TunixRun
 
-SAMPLE = "arithmetic-v1"
+from tests.helpers import SAMPLE
 
 
 def test_home_redirects_to_runs(client):

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from tests.conftest import ROOT, fake_trainer_command
 
-SAMPLE = "arithmetic-v1"
+from tests.helpers import SAMPLE
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_runs_survive_a_postgres_restart(private_postgres, artifacts_root, tmp_p
 
     from app import create_app
     from app.extensions import db
-    from app.sample_dataset import ensure_sample_dataset
+    from app.datasets.sample import ensure_sample_dataset
 
     url = private_postgres.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
     app = create_app({"DATABASE_URL": url, "ARTIFACTS_ROOT": str(artifacts_root), "METRICS_CACHE_SECONDS": 0.0})

@@ -9,44 +9,15 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from app import run_queue, run_service
+from app.queue import store as queue_store
+from app.runs import lifecycle
+from app.runs.lifecycle import Lease
 from app.extensions import db
 from app.models import TunixRun
 from tests.conftest import fake_trainer_command
-from tests.test_worker import run_status, wait_for
+from tests.helpers import SAMPLE, alive, processes_mentioning, run_json, run_status, submit, wait_for
 
-SAMPLE = "arithmetic-v1"
 FAST_LEASE = {"TUNIX_HEARTBEAT_SECONDS": "0.5", "TUNIX_LEASE_TIMEOUT_SECONDS": "3"}
-
-
-def submit(client, mode="async", **body):
-    return client.post(f"/api/tunix/run?mode={mode}", json={"dataset_key": SAMPLE, **body}).get_json()
-
-
-def run_json(client, run_id):
-    return client.get(f"/api/tunix/runs/{run_id}").get_json()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def processes_mentioning(fragment: str) -> list[int]:
-    """Live processes whose command line contains `fragment` (e.g. a run directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if fragment.encode() in f.read() and alive(int(entry)):
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 # -- state machine and leases, in process ------------------------------------------------
@@ -54,21 +25,22 @@ def processes_mentioning(fragment: str) -> list[int]:
 def test_terminal_runs_never_change(client):
     run_id = submit(client, "sync")["run_id"]
     for target in ("pending", "cancelling", "failed", "timeout", "cancelled"):
-        assert not run_service.transition(uuid.UUID(run_id), "running", target)
+        assert not lifecycle.transition(uuid.UUID(run_id), "running", target)
     assert run_json(client, run_id)["status"] == "completed"
-    with pytest.raises(run_service.InvalidTransition):
-        run_service.transition(uuid.UUID(run_id), "completed", "running")
+    with pytest.raises(lifecycle.InvalidTransition):
+        lifecycle.transition(uuid.UUID(run_id), "completed", "running")
 
 
 def test_only_the_lease_holder_can_write(client):
     run_id = uuid.UUID(submit(client)["run_id"])
-    run = run_queue.claim_next_run("worker-a")
-    assert run.id == run_id and run.attempt == 1 and run.heartbeat_at is not None
-    assert run_service.renew_lease(run_id, "worker-a", 1) == "running"
-    assert run_service.renew_lease(run_id, "worker-b", 1) is None  # not its run
-    assert run_service.renew_lease(run_id, "worker-a", 2) is None  # a stale attempt
-    assert not run_service.transition(run_id, "running", "completed", held_by="worker-b", held_attempt=1)
-    assert run_service.transition(run_id, "running", "completed", held_by="worker-a", held_attempt=1)
+    run = queue_store.claim_next_run("worker-a")
+    assert run.id == run_id and run.lease == Lease("worker-a", 1)
+    assert run_json(client, str(run_id))["heartbeat_at"] is not None
+    assert queue_store.renew_lease(run_id, Lease("worker-a", 1)) == "running"
+    assert queue_store.renew_lease(run_id, Lease("worker-b", 1)) is None  # not its run
+    assert queue_store.renew_lease(run_id, Lease("worker-a", 2)) is None  # a stale attempt
+    assert not lifecycle.finish(run_id, "completed", lease=Lease("worker-b", 1))
+    assert lifecycle.finish(run_id, "completed", lease=Lease("worker-a", 1))
 
 
 def _age_heartbeat(run_id, seconds: float):
@@ -79,26 +51,26 @@ def _age_heartbeat(run_id, seconds: float):
 
 def test_expired_lease_is_requeued_while_attempts_remain_then_fails(client):
     run_id = uuid.UUID(submit(client, max_attempts=2)["run_id"])
-    run_queue.claim_next_run("worker-a")
+    queue_store.claim_next_run("worker-a")
     _age_heartbeat(run_id, 30)
-    assert run_service.recover_one_expired_lease(60) is None  # still within the lease
-    assert run_service.recover_one_expired_lease(10) == (run_id, "pending")
+    assert queue_store.recover_one_expired_lease(60) is None  # still within the lease
+    assert queue_store.recover_one_expired_lease(10) == (run_id, "pending")
     run = run_json(client, str(run_id))
     assert run["status"] == "pending" and run["worker_id"] is None and run["recoveries"] == 1
     assert "re-queued: worker lost (no heartbeat from worker-a" in run["error_message"]
     # The lost worker comes back: its lease is gone, so it cannot write.
-    assert run_service.renew_lease(run_id, "worker-a", 1) is None
-    assert run_queue.claim_next_run("worker-b").attempt == 2
+    assert queue_store.renew_lease(run_id, Lease("worker-a", 1)) is None
+    assert queue_store.claim_next_run("worker-b").lease.attempt == 2
     _age_heartbeat(run_id, 30)
-    assert run_service.recover_one_expired_lease(10) == (run_id, "failed")
+    assert queue_store.recover_one_expired_lease(10) == (run_id, "failed")
     run = run_json(client, str(run_id))
     assert run["status"] == "failed" and run["error_message"].startswith("worker lost (no heartbeat from worker-b")
 
 
 def test_hand_back_does_not_count_the_attempt(client):
     run_id = uuid.UUID(submit(client)["run_id"])
-    run_queue.claim_next_run("worker-a")
-    assert run_service.hand_back(run_id, "worker-a", 1, "handed back by worker-a on shutdown")
+    queue_store.claim_next_run("worker-a")
+    assert queue_store.hand_back(run_id, Lease("worker-a", 1), "handed back by worker-a on shutdown")
     run = run_json(client, str(run_id))
     assert run["status"] == "pending" and run["attempt"] == 0 and run["worker_id"] is None
 
@@ -223,18 +195,24 @@ def _listen_backends() -> list[int]:
         "AND application_name LIKE 'tunix-rt-listen %'")))
 
 
-def test_idle_worker_wakes_on_notify_and_survives_a_dropped_listen(client, worker_env, start_worker):
+def test_idle_worker_wakes_on_notify_and_claims_at_once_when_listen_comes_back(client, worker_env, start_worker):
     # A poll this slow cannot be what picks the runs up within the test's timeouts.
     worker = start_worker(worker_env(fake_trainer_command("--steps", "0"), TUNIX_WORKER_POLL_SECONDS="300"))
-    wait_for(lambda: _listen_backends(), timeout=30)
+    first_connections = set(wait_for(lambda: _listen_backends(), timeout=30))
     first = submit(client)["run_id"]
     wait_for(lambda: run_status(client, first) == "completed", timeout=20)
-    for pid in _listen_backends():
+
+    for pid in first_connections:
         db.session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     db.session.commit()
-    wait_for(lambda: _listen_backends(), timeout=30)  # re-established
-    second = submit(client)["run_id"]
-    wait_for(lambda: run_status(client, second) == "completed", timeout=20)
+    # Queued while LISTEN is down or coming back: its NOTIFY may reach no connection at all.
+    # The worker must still claim it when LISTEN is back, not at its next poll in 300 s.
+    in_the_gap = submit(client)["run_id"]
+    wait_for(lambda: set(_listen_backends()) - first_connections, timeout=30)  # a new LISTEN connection
+    wait_for(lambda: run_status(client, in_the_gap) == "completed", timeout=20)
+
+    after = submit(client)["run_id"]  # and NOTIFY works again on the new connection
+    wait_for(lambda: run_status(client, after) == "completed", timeout=20)
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=30)
     assert "LISTEN connection lost" in output and "LISTEN connection re-established" in output

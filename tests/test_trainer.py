@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.config import default_train_command
-from tests.test_worker import run_status, wait_for
+from tests.helpers import SAMPLE, run_status, wait_for
 
 pytestmark = pytest.mark.trainer
-SAMPLE = "arithmetic-v1"
 REAL_TRAINER = [sys.executable, "-m", "app.trainer"]
 
 

@@ -3,10 +3,13 @@ import math
 
 import pytest
 
-from app import loss_chart, progress_protocol, run_states, training_plan
-from app.datasets import DatasetError, Example, check_name, parse_example_list, parse_jsonl
-from app.run_config import FIELDS, RunConfigError, validate_run_config
-from app.text_tokenizers import ByteTokenizer
+from app.contract import progress_protocol, training_plan
+from app.contract.text_tokenizers import ByteTokenizer
+from app.datasets.parsing import Example, check_name, parse_example_list, parse_jsonl
+from app.errors import ValidationError
+from app.runs import states as run_states
+from app.runs.validation import FIELDS, validate_run_config
+from app.web import loss_chart
 
 
 def test_defaults_fill_every_field():
@@ -38,14 +41,14 @@ def test_form_strings_are_coerced():
     ("seed", -1, "at least 0"),
 ])
 def test_each_bad_value_is_named(field, value, message):
-    with pytest.raises(RunConfigError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_run_config({"dataset_key": "d-v1", field: value})
     assert message in info.value.details[field]
     assert set(info.value.details) == {field}
 
 
 def test_every_problem_is_reported_at_once():
-    with pytest.raises(RunConfigError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_run_config({"learning_rate": -1, "model_id": "gpt-17", "extra": 1})
     assert set(info.value.details) == {"dataset_key", "learning_rate", "model_id", "extra"}
     assert "unknown model" in info.value.details["model_id"]
@@ -53,16 +56,16 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_warmup_must_fit_under_max_steps():
-    with pytest.raises(RunConfigError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_run_config({"dataset_key": "d-v1", "max_steps": 10, "warmup_steps": 10})
     assert "smaller than max_steps" in info.value.details["warmup_steps"]
 
 
 def test_checkpoint_model_id_must_be_a_checkpoint_directory(tmp_path):
-    with pytest.raises(RunConfigError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path / "missing")})
     assert "does not exist" in info.value.details["model_id"]
-    with pytest.raises(RunConfigError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})
     assert "config.json" in info.value.details["model_id"]
 
@@ -75,7 +78,7 @@ def test_jsonl_parses_and_skips_blank_lines():
 def test_jsonl_reports_every_bad_line_by_number():
     data = "\n".join(['{"prompt": "a", "response": "b"}', "not json", '{"prompt": "a"}',
                       '{"prompt": 1, "response": "x"}', '["a"]', '{"prompt": "a", "response": " "}'])
-    with pytest.raises(DatasetError) as info:
+    with pytest.raises(ValidationError) as info:
         parse_jsonl(data)
     message = info.value.details["file"]
     assert "line 2: invalid JSON" in message
@@ -87,19 +90,19 @@ def test_jsonl_reports_every_bad_line_by_number():
 
 
 def test_jsonl_rejects_empty_and_non_utf8():
-    with pytest.raises(DatasetError, match="no examples"):
+    with pytest.raises(ValidationError, match="no examples"):
         parse_jsonl(b"\n\n")
-    with pytest.raises(DatasetError, match="UTF-8"):
+    with pytest.raises(ValidationError, match="UTF-8"):
         parse_jsonl(b"\xff\xfe")
 
 
 def test_example_list_and_names():
     assert parse_example_list([{"prompt": "p", "response": "r"}]) == [Example("p", "r")]
-    with pytest.raises(DatasetError, match="item 1"):
+    with pytest.raises(ValidationError, match="item 1"):
         parse_example_list([{"prompt": "p", "response": "r"}, {"prompt": "p"}])
     assert check_name(" my_data.set ") == "my_data.set"
     for bad in ("", "-x", "a b", "x" * 49, "data-v2"):
-        with pytest.raises(DatasetError):
+        with pytest.raises(ValidationError):
             check_name(bad)
 
 
@@ -183,7 +186,7 @@ def test_checkpoint_of_an_unsupported_family_is_rejected_at_submission(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(RunConfigError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})
     assert "model_type 'llama' is not supported (supported: qwen3)" in info.value.details["model_id"]
     (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')

@@ -1,6 +1,5 @@
 """Real `worker.py` processes against the test database."""
 import signal
-import time
 from collections import Counter
 
 from sqlalchemy import select
@@ -9,21 +8,7 @@ from app.extensions import db
 from app.models import TunixRun
 from tests.conftest import fake_trainer_command
 
-SAMPLE = "arithmetic-v1"
-
-
-def wait_for(predicate, timeout=60.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-def run_status(client, run_id):
-    return client.get(f"/api/tunix/runs/{run_id}/status").get_json()["status"]
+from tests.helpers import SAMPLE, run_status, wait_for
 
 
 def test_async_run_is_carried_out_by_a_worker_process(client, worker_env, start_worker):

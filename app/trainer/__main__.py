@@ -13,7 +13,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from app import progress_protocol
+from app.contract import progress_protocol
+from app.contract.run_files import RUN_CONFIG_FILE
 
 EXIT_TRAINING_ERROR, EXIT_BAD_RUN_DIR, EXIT_MISSING_STACK = 1, 2, 3
 
@@ -29,9 +30,9 @@ def main(argv: list[str]) -> int:
         return _fail(EXIT_BAD_RUN_DIR, "usage: python -m app.trainer RUN_DIR")
     run_dir = Path(argv[0])
     try:
-        config = json.loads((run_dir / "run_config.json").read_text())
+        config = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
-        return _fail(EXIT_BAD_RUN_DIR, f"cannot read {run_dir / 'run_config.json'}: {exc}")
+        return _fail(EXIT_BAD_RUN_DIR, f"cannot read {run_dir / RUN_CONFIG_FILE}: {exc}")
     try:
         import jax  # noqa: F401
         import tunix  # noqa: F401

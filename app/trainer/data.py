@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app import training_plan
+from app.contract import training_plan
 
 
 @dataclass

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from app.text_tokenizers import ByteTokenizer
+from app.contract.model_catalog import CHECKPOINT_CONFIG
+from app.contract.text_tokenizers import ByteTokenizer
 
 
 def model_config_from_hf(checkpoint_dir: Path):
     """A Tunix Qwen3 ModelConfig from a checkpoint's config.json."""
     from tunix.models.qwen3 import model as qwen3
 
-    hf = json.loads((checkpoint_dir / "config.json").read_text())
+    hf = json.loads((checkpoint_dir / CHECKPOINT_CONFIG).read_text())
     if hf.get("model_type") != "qwen3":
         raise ValueError(f"{checkpoint_dir}: model_type {hf.get('model_type')!r} is not supported (only qwen3)")
     return qwen3.ModelConfig(
@@ -104,7 +105,7 @@ def export(model, tokenizer, out_dir: Path, source_checkpoint: Path | None) -> P
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(_hf_tensors(model), str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps(_hf_config(model.config, tokenizer), indent=2))
+    (out_dir / CHECKPOINT_CONFIG).write_text(json.dumps(_hf_config(model.config, tokenizer), indent=2))
     if source_checkpoint is not None:
         (out_dir / "tokenizer.json").write_bytes((source_checkpoint / "tokenizer.json").read_bytes())
     else:

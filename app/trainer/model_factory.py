@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from app import model_catalog
+from app.contract import model_catalog
 from app.trainer import hf_checkpoint
 
 # Projections LoRA adapts. A random preset also adapts lm_head: with random, untied

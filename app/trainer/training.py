@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import optax
 
-from app import model_catalog, progress_protocol, training_plan
-from app.text_tokenizers import load_tokenizer
+from app.contract import model_catalog, progress_protocol, run_files, training_plan
+from app.contract.text_tokenizers import load_tokenizer
 from app.trainer import data as run_data
 from app.trainer import hf_checkpoint, model_factory
 
@@ -97,7 +97,7 @@ class ProgressHooks:
         latest = trainer.checkpoint_manager.latest_step()
         if latest is not None and latest != self.last_checkpoint:
             self.last_checkpoint = latest
-            progress_protocol.emit("checkpoint", step=int(latest), path="checkpoints")
+            progress_protocol.emit("checkpoint", step=int(latest), path=run_files.CHECKPOINTS_DIR)
 
 
 def _latest(trainer, name: str, mode: str):
@@ -130,7 +130,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     from tunix.sft import metrics_logger, peft_trainer
 
     tokenizer = load_tokenizer(config["model_id"])
-    examples = run_data.read_examples(run_dir / "dataset.jsonl")
+    examples = run_data.read_examples(run_dir / run_files.DATASET_FILE)
     if not examples:
         raise ValueError("the dataset export holds no examples")
     encoded = run_data.encode(examples, tokenizer, config["max_seq_length"])
@@ -148,7 +148,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
         learning_rate=learning_rate_schedule(config, total_steps), weight_decay=config["weight_decay"])
     training_config = peft_trainer.TrainingConfig(
         eval_every_n_steps=config["eval_every_n_steps"], max_steps=total_steps,
-        checkpoint_root_directory=str(run_dir / "checkpoints"),
+        checkpoint_root_directory=str(run_dir / run_files.CHECKPOINTS_DIR),
         checkpointing_options=ocp.CheckpointManagerOptions(
             save_interval_steps=config["checkpoint_every_n_steps"], max_to_keep=2),
         metrics_logging_options=metrics_logger.MetricsLoggerOptions(log_dir=str(run_dir / "tensorboard")),
@@ -177,10 +177,10 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     summary["stopped_early"] = train_batches.stop.is_set()
     if config["finetune"] == "full" and not summary["stopped_early"]:
         source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
-        hf_checkpoint.export(trainer.model, tokenizer, run_dir / "model", source)
-        summary["exported_model"] = "model"
-    _write_json(run_dir / "summary.json", summary)
-    _write_json(run_dir / "metrics.json", {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
+        hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source)
+        summary["exported_model"] = run_files.MODEL_DIR
+    _write_json(run_dir / run_files.SUMMARY_FILE, summary)
+    _write_json(run_dir / run_files.METRICS_FILE, {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
                                            "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
     progress_protocol.emit("end", **summary)
     print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "

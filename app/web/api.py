@@ -1,39 +1,27 @@
-"""The JSON API: submit runs in three modes, read them back, manage datasets, health."""
+"""The JSON API: submit runs in three modes, read them back, manage datasets, health.
+
+Refusals raised by the services (`app.errors`) become JSON errors in `app.web.errors`.
+"""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 from sqlalchemy import text
 
-from app import datasets, run_logs, run_queries, run_service, worker_registry
+from app.datasets import parsing, store as dataset_store
+from app.errors import ValidationError
+from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
-from app.run_launcher import carry_out_in_request
-from app.run_states import DEFAULT_MODE, MODES, STATUSES
+from app.queue import registry
+from app.runs import logs, queries, service
+from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
+from app.web import serializers
+from app.web.errors import api_error
+from app.web.lookups import dataset_or_404, run_or_404, whole_number_arg
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_PAGE_LIMIT = 200
 MAX_IDEMPOTENCY_KEY = 255
-
-
-def api_error(status: int, message: str, details: dict[str, str] | None = None):
-    """The one shape of every API error: {"error": ..., "details": {field: message}}."""
-    return jsonify({"error": message, "details": details or {}}), status
-
-
-def _whole_number_arg(name: str, minimum: int, maximum: int | None = None,
-                      default: int | None = None) -> tuple[int | None, str | None]:
-    """A whole-number query argument within bounds: (value, None), or (None, what is wrong)."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default, None
-    bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
-    try:
-        value = int(raw)
-    except ValueError:
-        return None, f"must be a whole number {bounds}"
-    if value < minimum or (maximum is not None and value > maximum):
-        return None, f"must be a whole number {bounds}"
-    return value, None
 
 
 def _json_object():
@@ -58,105 +46,73 @@ def submit_run():
         return error
     idempotency_key = request.headers.get("Idempotency-Key", "").strip() or None
     if idempotency_key and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        return api_error(422, "invalid Idempotency-Key",
-                         {"Idempotency-Key": f"must be at most {MAX_IDEMPOTENCY_KEY} characters"})
-    try:
-        run, created = run_service.submit_run(body, mode, idempotency_key)
-    except run_service.RunSubmissionError as exc:
-        return api_error(422, "invalid run configuration", exc.details)
-    except run_service.IdempotencyConflict as exc:
-        return api_error(409, "Idempotency-Key already used for a different submission",
-                         {"Idempotency-Key": f"belongs to run {exc.run.id}"})
-    if created and mode != "async":
-        run = carry_out_in_request(run)
-    location = url_for("api.get_run", run_id=run.id)
-    headers = {"Location": location}
+        raise ValidationError("invalid Idempotency-Key",
+                              {"Idempotency-Key": f"must be at most {MAX_IDEMPOTENCY_KEY} characters"})
+    run, created = submit_and_carry_out(body, mode, idempotency_key)
+    headers = {"Location": url_for("api.get_run", run_id=run.id)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    if mode == "async":
+    if mode == ASYNC:
         return jsonify({"run_id": str(run.id), "status": run.status}), 202, headers
-    return jsonify(run_queries.run_to_dict(run)), 200, headers
-
-
-def _run_or_404(run_id: str):
-    run = run_queries.get_run(run_id)
-    if run is None:
-        abort(404, description=f"no run with id {run_id!r}")
-    return run
+    return jsonify(serializers.run_detail(run, queries.retries_of(run.id))), 200, headers
 
 
 @bp.get("/tunix/runs/<run_id>/status")
 def get_run_status(run_id: str):
-    return jsonify(run_queries.run_to_status_dict(_run_or_404(run_id)))
+    return jsonify(serializers.run_status(run_or_404(run_id)))
 
 
 @bp.get("/tunix/runs/<run_id>")
 def get_run(run_id: str):
-    return jsonify(run_queries.run_to_dict(_run_or_404(run_id)))
+    run = run_or_404(run_id)
+    return jsonify(serializers.run_detail(run, queries.retries_of(run.id)))
 
 
 @bp.get("/tunix/runs/<run_id>/metrics")
 def get_run_metrics(run_id: str):
     """The metric series; ?max_points=N thins each series to about N evenly spaced points."""
-    run = _run_or_404(run_id)
-    max_points, problem = _whole_number_arg("max_points", minimum=2)
-    if problem:
-        return api_error(422, "invalid query", {"max_points": problem})
+    run = run_or_404(run_id)
+    max_points = whole_number_arg("max_points", minimum=2)
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
-                    **run_queries.metric_series(run.id, max_points)})
+                    **queries.metric_series(run.id, max_points)})
 
 
 @bp.post("/tunix/runs/<run_id>/cancel")
 def cancel_run(run_id: str):
     """Pending runs are cancelled at once (200); running ones become cancelling (202)."""
-    try:
-        run = run_service.cancel_run(_run_or_404(run_id))
-    except run_service.RunConflict as exc:
-        return api_error(409, str(exc), {"status": "is terminal"})
+    run = service.cancel_run(run_or_404(run_id))
     body = {"run_id": str(run.id), "status": run.status, "error_message": run.error_message}
-    return jsonify(body), (200 if run.status == "cancelled" else 202)
+    return jsonify(body), (200 if run.status == CANCELLED else 202)
 
 
 @bp.post("/tunix/runs/<run_id>/retry")
 def retry_run(run_id: str):
     """A new run with the same config, linked to the original (async; dry runs re-plan at once)."""
-    original = _run_or_404(run_id)
-    try:
-        run = run_service.retry_run(original)
-    except run_service.RunConflict as exc:
-        return api_error(409, str(exc), {"status": "is not terminal"})
-    except run_service.RunSubmissionError as exc:
-        return api_error(422, "the original config is no longer valid", exc.details)
-    if run.mode == "dry_run":
-        run = carry_out_in_request(run)
+    original = run_or_404(run_id)
+    run = retry_and_carry_out(original)
     body = {"run_id": str(run.id), "status": run.status, "retry_of": str(original.id)}
-    return jsonify(body), 202 if run.mode == "async" else 200, {"Location": url_for("api.get_run", run_id=run.id)}
+    return jsonify(body), 202 if run.mode == ASYNC else 200, {"Location": url_for("api.get_run", run_id=run.id)}
 
 
 @bp.get("/tunix/runs/<run_id>/logs")
 def get_run_logs(run_id: str):
     """Stored output: the tail, or with ?after=SEQ the lines after that chunk."""
-    run = _run_or_404(run_id)
-    after, problem = _whole_number_arg("after", minimum=0)
-    if problem:
-        return api_error(422, "invalid query", {"after": problem})
+    run = run_or_404(run_id)
+    after = whole_number_arg("after", minimum=0)
     max_lines = current_app.config["LOG_TAIL_LINES"]
-    piece = run_logs.tail(run.id, max_lines) if after is None else run_logs.after(run.id, after, max_lines)
+    piece = logs.tail(run.id, max_lines) if after is None else logs.after(run.id, after, max_lines)
     return jsonify({"run_id": str(run.id), "lines": [{"stream": s, "text": t} for s, t in piece.lines],
                     "next_after": piece.last_seq, "log_bytes": run.log_bytes})
 
 
 @bp.get("/workers")
 def list_workers():
-    _, workers = worker_registry.workers_with_liveness(current_app.config["LEASE_TIMEOUT_SECONDS"])
-    return jsonify({"workers": [{
-        "id": w.id, "host": w.host, "pid": w.pid, "state": w.state, "started_at": w.started_at.isoformat(),
-        "last_seen_at": w.last_seen_at.isoformat(), "current_run_id": str(w.current_run_id) if w.current_run_id else None,
-        "runs_done": w.runs_done, "alive": alive,
-    } for w, alive in workers]})
+    _, workers = registry.workers_with_liveness(current_app.config["LEASE_TIMEOUT_SECONDS"])
+    return jsonify({"workers": [serializers.worker(w, alive) for w, alive in workers]})
 
 
-def _list_filters() -> tuple[dict, dict[str, str]]:
+def _list_filters() -> dict:
+    """The list's filters from the query string; ValidationError naming every bad one."""
     args, errors = request.args, {}
     filters = {"status": args.get("status") or None, "mode": args.get("mode") or None,
                "dataset_key": args.get("dataset_key") or None, "cursor": args.get("cursor") or None}
@@ -164,52 +120,52 @@ def _list_filters() -> tuple[dict, dict[str, str]]:
         errors["status"] = f"must be one of {', '.join(STATUSES)}"
     if filters["mode"] and filters["mode"] not in MODES:
         errors["mode"] = f"must be one of {', '.join(MODES)}"
-    filters["limit"], problem = _whole_number_arg("limit", minimum=1, maximum=MAX_PAGE_LIMIT, default=25)
-    if problem:
-        errors["limit"] = problem
+    try:
+        filters["limit"] = whole_number_arg("limit", minimum=1, maximum=MAX_PAGE_LIMIT, default=25)
+    except ValidationError as exc:
+        errors.update(exc.details)
     if filters["cursor"]:
         try:
-            run_queries.decode_cursor(filters["cursor"])
+            queries.decode_cursor(filters["cursor"])
         except ValueError as exc:
             errors["cursor"] = str(exc)
-    return filters, errors
+    if errors:
+        raise ValidationError("invalid query", errors)
+    return filters
 
 
 @bp.get("/tunix/runs")
 def list_runs():
-    filters, errors = _list_filters()
-    if errors:
-        return api_error(422, "invalid query", errors)
-    page = run_queries.list_runs(**filters)
-    return jsonify({"runs": [run_queries.run_to_summary_dict(r) for r in page.runs],
-                    "next_cursor": page.next_cursor})
+    page = queries.list_runs(**_list_filters())
+    return jsonify({"runs": [serializers.run_summary(r) for r in page.runs], "next_cursor": page.next_cursor})
 
 
 @bp.get("/datasets")
 def list_datasets():
-    return jsonify({"datasets": [datasets.dataset_to_dict(d) for d in datasets.list_datasets()]})
+    return jsonify({"datasets": [serializers.dataset(d) for d in dataset_store.list_datasets()]})
 
 
 def _examples_from_request() -> tuple[str | None, str, list]:
-    """(name, description, examples) from a JSON body or a multipart upload; raises DatasetError."""
+    """(name, description, examples) from a JSON body or a multipart upload; raises ValidationError."""
     if request.files or request.form:
         upload = request.files.get("file")
         if upload is None or not upload.filename:
-            raise datasets.DatasetError({"file": "is required (a .jsonl file)"})
-        return request.form.get("name"), request.form.get("description", ""), datasets.parse_jsonl(upload.read())
+            raise ValidationError(parsing.INVALID_DATASET, {"file": "is required (a .jsonl file)"})
+        return request.form.get("name"), request.form.get("description", ""), parsing.parse_jsonl(upload.read())
     body = request.get_json(silent=True, force=True)
     if not isinstance(body, dict):
-        raise datasets.DatasetError({"body": "must be a JSON object with name and examples (or jsonl)"})
+        raise ValidationError(parsing.INVALID_DATASET,
+                              {"body": "must be a JSON object with name and examples (or jsonl)"})
     name = body.get("name") if isinstance(body.get("name"), str) else None
     description = body.get("description") if isinstance(body.get("description"), str) else ""
-    datasets.check_name(name)
+    parsing.check_name(name)
     if "jsonl" in body:
         if not isinstance(body["jsonl"], str):
-            raise datasets.DatasetError({"jsonl": "must be a string of JSON lines"})
-        return name, description, datasets.parse_jsonl(body["jsonl"])
+            raise ValidationError(parsing.INVALID_DATASET, {"jsonl": "must be a string of JSON lines"})
+        return name, description, parsing.parse_jsonl(body["jsonl"])
     if "examples" not in body:
-        raise datasets.DatasetError({"examples": "is required (or give jsonl)"})
-    return name, description, datasets.parse_example_list(body["examples"])
+        raise ValidationError(parsing.INVALID_DATASET, {"examples": "is required (or give jsonl)"})
+    return name, description, parsing.parse_example_list(body["examples"])
 
 
 @bp.post("/datasets")
@@ -218,22 +174,16 @@ def create_dataset():
         return api_error(400, "request body must be a JSON object or a multipart upload", {"body": "is empty"})
     if request.is_json and request.get_json(silent=True) is None:
         return api_error(400, "malformed JSON", {"body": "is not valid JSON"})
-    try:
-        name, description, examples = _examples_from_request()
-        dataset = datasets.create_dataset(name, examples, description)
-    except datasets.DatasetError as exc:
-        return api_error(422, "invalid dataset", exc.details)
-    return jsonify(datasets.dataset_to_dict(dataset)), 201, {
-        "Location": url_for("api.get_dataset", key=dataset.key)}
+    name, description, examples = _examples_from_request()
+    dataset = dataset_store.create_dataset(name, examples, description)
+    return jsonify(serializers.dataset(dataset)), 201, {"Location": url_for("api.get_dataset", key=dataset.key)}
 
 
 @bp.get("/datasets/<key>")
 def get_dataset(key: str):
-    dataset = datasets.get_dataset(key)
-    if dataset is None:
-        abort(404, description=f"no dataset with key {key!r}")
-    preview = [{"prompt": e.prompt, "response": e.response} for e in datasets.preview_examples(key, 5)]
-    return jsonify({**datasets.dataset_to_dict(dataset), "preview": preview})
+    dataset = dataset_or_404(key)
+    preview = [{"prompt": e.prompt, "response": e.response} for e in dataset_store.preview_examples(key, 5)]
+    return jsonify({**serializers.dataset(dataset), "preview": preview})
 
 
 @bp.get("/health")

@@ -1,4 +1,4 @@
-"""Reading runs: one run, pages of runs, metric series, queue statistics, and their JSON shapes."""
+"""Reading runs: one run, pages of runs, metric series, queue position, retries."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +12,7 @@ from sqlalchemy import Integer, and_, cast, func, or_, select
 
 from app.extensions import db
 from app.models import RunMetric, TunixRun
-from app.run_states import PENDING
+from app.runs.states import PENDING
 
 
 def get_run(run_id: str) -> TunixRun | None:
@@ -93,32 +93,6 @@ def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key
     return RunPage(runs[:limit], next_cursor)
 
 
-@dataclass
-class QueueStats:
-    """What /metrics reports about the queue, read from the database in one go."""
-
-    runs: dict[tuple[str, str], int]  # (status, mode) -> count
-    oldest_pending_age_seconds: float
-    workers_alive: int
-    runs_recovered: int
-
-
-def queue_stats(alive_within_seconds: float) -> QueueStats:
-    """Run counts, the oldest pending run's age, live workers and recoveries."""
-    from app.models import Worker
-
-    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count(), func.sum(TunixRun.recoveries))
-                              .group_by(TunixRun.status, TunixRun.mode)).all()
-    oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
-                               .where(TunixRun.status == PENDING))
-    alive = db.session.scalar(select(func.count()).select_from(Worker).where(
-        Worker.state != "stopped", Worker.last_seen_at >= func.now() - func.make_interval(
-            0, 0, 0, 0, 0, 0, alive_within_seconds)))
-    db.session.rollback()  # end the read transaction; the scrape holds no locks
-    return QueueStats(runs={(r[0], r[1]): r[2] for r in rows}, oldest_pending_age_seconds=float(oldest or 0.0),
-                      workers_alive=int(alive or 0), runs_recovered=int(sum(r[3] or 0 for r in rows)))
-
-
 def queue_position(run: TunixRun) -> int | None:
     """1 for the next run a worker will claim; None when the run is not pending."""
     if run.status != PENDING or run.queued_at is None:
@@ -129,46 +103,7 @@ def queue_position(run: TunixRun) -> int | None:
     return int(ahead) + 1
 
 
-def run_to_status_dict(run: TunixRun) -> dict[str, Any]:
-    """The small payload of GET /api/tunix/runs/<id>/status."""
-    return {
-        "run_id": str(run.id), "status": run.status,
-        "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
-        "completed_at": _iso(run.completed_at), "exit_code": run.exit_code,
-    }
-
-
-def run_to_summary_dict(run: TunixRun) -> dict[str, Any]:
-    """One run as the list endpoint shows it: no config, outputs or links (no extra query)."""
-    return {
-        **run_to_status_dict(run),
-        "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id,
-        "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
-        "error_message": run.error_message,
-    }
-
-
-def run_to_dict(run: TunixRun) -> dict[str, Any]:
-    """The whole run, as the API returns it."""
-    return {
-        **run_to_status_dict(run),
-        "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id, "config": run.config,
-        "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
-        "error_message": run.error_message, "worker_id": run.worker_id,
-        "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail,
-        "result": run.result, "progress": run.progress,
-        "attempt": run.attempt, "max_attempts": run.max_attempts, "recoveries": run.recoveries,
-        "heartbeat_at": _iso(run.heartbeat_at), "cancel_requested_at": _iso(run.cancel_requested_at),
-        "retry_of": str(run.retry_of) if run.retry_of else None,
-        "retries": [str(r) for r in retries_of(run.id)],
-    }
-
-
 def retries_of(run_id: uuid.UUID) -> list[uuid.UUID]:
     """Runs started as retries of this one, oldest first."""
     return list(db.session.scalars(select(TunixRun.id).where(TunixRun.retry_of == run_id)
                                    .order_by(TunixRun.created_at)))
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None

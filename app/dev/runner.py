@@ -21,7 +21,7 @@ def _prepare_database() -> bool:
     """Point DATABASE_URL at a server, migrate it, seed it; True when we started the embedded one."""
     started_embedded = False
     if not os.environ.get("DATABASE_URL"):
-        from app.embedded_postgres import embedded_database_url
+        from app.dev.embedded_postgres import embedded_database_url
 
         os.environ["DATABASE_URL"] = embedded_database_url(instance_dir())
         started_embedded = True
@@ -29,7 +29,7 @@ def _prepare_database() -> bool:
     from flask_migrate import upgrade
 
     from app import create_app
-    from app.sample_dataset import ensure_sample_dataset
+    from app.datasets.sample import ensure_sample_dataset
 
     app = create_app()
     with app.app_context():
@@ -79,7 +79,7 @@ def main() -> int:
             child.wait()
         code = code or (child.returncode if not stopping else 0)
     if started_embedded:
-        from app.embedded_postgres import stop_embedded_database
+        from app.dev.embedded_postgres import stop_embedded_database
 
         stop_embedded_database(instance_dir())
     return code

@@ -9,7 +9,6 @@ turns that into a status. `execute_tunix_run_sync` is the two together, for the 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import queue
@@ -19,15 +18,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
-from app import progress_protocol
 from app.config import PROJECT_ROOT
+from app.contract import progress_protocol
+from app.runs.states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED, TIMEOUT
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_FILE = "run_config.json"
-DATASET_FILE = "dataset.jsonl"
 READ_CHUNK = 64 * 1024
 MAX_KEPT_EVENTS = 2000
 
@@ -55,14 +53,18 @@ class ExecutionSettings:
     artifacts_root: Path
     timeout_seconds: float
     output_max_bytes: int
-    kill_grace_seconds: float
+    kill_grace_seconds: float = 10.0
+    heartbeat_seconds: float = 10.0  # lease renewal while the trainer runs
+    log_max_bytes: int = 5 * 1024 * 1024  # output stored in the database per run
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ExecutionSettings":
         return cls(command=tuple(config["TRAIN_COMMAND"]), artifacts_root=Path(config["ARTIFACTS_ROOT"]),
                    timeout_seconds=float(config["RUN_TIMEOUT_SECONDS"]),
                    output_max_bytes=int(config["OUTPUT_MAX_BYTES"]),
-                   kill_grace_seconds=float(config["KILL_GRACE_SECONDS"]))
+                   kill_grace_seconds=float(config["KILL_GRACE_SECONDS"]),
+                   heartbeat_seconds=float(config["HEARTBEAT_SECONDS"]),
+                   log_max_bytes=int(config["LOG_MAX_BYTES"]))
 
 
 @dataclass
@@ -92,31 +94,6 @@ class ExecutionResult:
     stdout: str
     stderr: str
     summary: dict[str, Any] | None
-
-
-def run_directory(artifacts_root: Path, run_id: str) -> Path:
-    """Where one run's files live: a folder named after its id under the artifacts root."""
-    return Path(artifacts_root) / str(run_id)
-
-
-def write_run_directory(artifacts_root: Path, run_id: str, config: dict[str, Any],
-                        examples: Iterable[Any]) -> Path:
-    """Create the run directory with its config and its dataset exported as JSONL."""
-    run_dir = run_directory(artifacts_root, run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(run_dir / RUN_CONFIG_FILE, json.dumps({"run_id": str(run_id), **config}, indent=2))
-    tmp = run_dir / (DATASET_FILE + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        for example in examples:
-            out.write(json.dumps({"prompt": example.prompt, "response": example.response}) + "\n")
-    tmp.replace(run_dir / DATASET_FILE)
-    return run_dir
-
-
-def _write_atomically(path: Path, content: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.replace(path)
 
 
 class _TailBuffer:
@@ -188,19 +165,18 @@ def _stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
     proc.wait()
 
 
-def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_seconds: float,
-                         output_max_bytes: int, kill_grace_seconds: float = 10.0,
+def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
                          on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
                          on_tick: Callable[[], StopRequest | None] | None = None,
                          tick_seconds: float = 0.25) -> ProcessOutcome:
     """Run the trainer on `run_dir` and wait for it; pure execution, no database.
 
-    The run directory is appended to `command`. In the caller's thread, `on_event` gets
+    The run directory is appended to `settings.command`. In the caller's thread, `on_event` gets
     every progress event, `on_output` every other line, and `on_tick` is called about
     every `tick_seconds`; when it returns a StopRequest the process group is stopped
     (SIGTERM, its grace period, SIGKILL) and the outcome carries the reason.
     """
-    argv = [*command, str(run_dir)]
+    argv = [*settings.command, str(run_dir)]
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -211,7 +187,7 @@ def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_secon
                               b"", 0, b"", 0)
     log.info("trainer started pid=%s run_dir=%s", proc.pid, run_dir)
 
-    stdout_tail, stderr_tail = _TailBuffer(output_max_bytes), _TailBuffer(output_max_bytes)
+    stdout_tail, stderr_tail = _TailBuffer(settings.output_max_bytes), _TailBuffer(settings.output_max_bytes)
     inbox: queue.Queue = queue.Queue()
     readers = [threading.Thread(target=_pump, args=(proc.stdout, "stdout", stdout_tail, inbox), daemon=True),
                threading.Thread(target=_pump, args=(proc.stderr, "stderr", stderr_tail, inbox), daemon=True)]
@@ -235,7 +211,7 @@ def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_secon
             if on_event is not None:
                 on_event(item)
 
-    deadline = started + timeout_seconds
+    deadline = started + settings.timeout_seconds
     timed_out, stop_reason = False, None
     while True:
         try:
@@ -253,8 +229,8 @@ def run_tunix_subprocess(run_dir: Path, *, command: Iterable[str], timeout_secon
         if time.monotonic() >= deadline:
             timed_out = True
             log.warning("trainer pid=%s timed out after %.0f s; killing its process group", proc.pid,
-                        timeout_seconds)
-            _stop_process_group(proc, kill_grace_seconds)
+                        settings.timeout_seconds)
+            _stop_process_group(proc, settings.kill_grace_seconds)
             break
 
     # Children the trainer left behind would keep the pipes open: end the whole group.
@@ -290,13 +266,10 @@ def _last_line(text: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
-def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
-                           output_max_bytes: int) -> ExecutionResult:
+def parse_execution_result(outcome: ProcessOutcome, settings: ExecutionSettings) -> ExecutionResult:
     """Turn what the trainer process did into a stored outcome: status, exit code, error, tails."""
-    from app.run_states import CANCELLED, COMPLETED, FAILED, TIMEOUT
-
-    stdout = truncate_output(outcome.stdout_tail, outcome.stdout_dropped_bytes, output_max_bytes)
-    stderr = truncate_output(outcome.stderr_tail, outcome.stderr_dropped_bytes, output_max_bytes)
+    stdout = truncate_output(outcome.stdout_tail, outcome.stdout_dropped_bytes, settings.output_max_bytes)
+    stderr = truncate_output(outcome.stderr_tail, outcome.stderr_dropped_bytes, settings.output_max_bytes)
     summary = progress_protocol.summary_from_events(outcome.events)
     trainer_error = progress_protocol.error_from_events(outcome.events)
 
@@ -307,11 +280,11 @@ def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
         return result(FAILED, f"could not start the trainer ({' '.join(outcome.command[:-1])}): "
                               f"{outcome.launch_error}")
     if outcome.stop_reason == STOP_CANCEL:
-        return result(CANCELLED, "cancelled by user")
+        return result(CANCELLED, CANCELLED_BY_USER)
     if outcome.stop_reason:
         return result(FAILED, f"stopped by the platform ({outcome.stop_reason})")
     if outcome.timed_out:
-        return result(TIMEOUT, f"timed out after {timeout_seconds:g} s; the trainer's process group was killed")
+        return result(TIMEOUT, f"timed out after {settings.timeout_seconds:g} s; the trainer's process group was killed")
     code = outcome.exit_code
     if code == 0:
         return result(COMPLETED, None)
@@ -327,10 +300,6 @@ def parse_execution_result(outcome: ProcessOutcome, *, timeout_seconds: float,
 def execute_tunix_run_sync(run_dir: Path, settings: ExecutionSettings,
                            on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
                            on_tick: Callable[[], StopRequest | None] | None = None) -> ExecutionResult:
-    """The API's sync path: run the trainer to the end and return the parsed result."""
-    outcome = run_tunix_subprocess(run_dir, command=settings.command, timeout_seconds=settings.timeout_seconds,
-                                   output_max_bytes=settings.output_max_bytes,
-                                   kill_grace_seconds=settings.kill_grace_seconds, on_event=on_event,
-                                   on_output=on_output, on_tick=on_tick)
-    return parse_execution_result(outcome, timeout_seconds=settings.timeout_seconds,
-                                  output_max_bytes=settings.output_max_bytes)
+    """Run the trainer to the end and return the parsed result (the sync path's primitive)."""
+    outcome = run_tunix_subprocess(run_dir, settings, on_event=on_event, on_output=on_output, on_tick=on_tick)
+    return parse_execution_result(outcome, settings)

@@ -21,15 +21,15 @@ import uuid
 from flask import Flask
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app import metrics, run_queue, run_service, worker_registry
+from app import metrics
+from app.execution.lease import RunLease
+from app.execution.runner import execute_leased_run
+from app.execution.tunix_execution import STOP_SHUTDOWN, ExecutionSettings, StopRequest
 from app.extensions import db
-from app.models import TunixRun
-from app.queue_channels import CANCEL_CHANNEL
-from app.run_lease import RunLease
-from app.run_recorder import ProgressRecorder
-from app.run_states import FAILED, LEASED_STATUSES
-from app.tunix_execution import (STOP_LEASE_LOST, STOP_SHUTDOWN, ExecutionSettings, ProcessOutcome, StopRequest,
-                                 parse_execution_result, run_tunix_subprocess)
+from app.queue import registry, store as queue_store
+from app.queue.listener import RECONNECTED
+from app.runs.channels import CANCEL_CHANNEL
+from app.runs.lifecycle import LeasedRun
 
 log = logging.getLogger("tunix_rt.worker")
 
@@ -55,13 +55,13 @@ class Worker:
         self.heartbeat_seconds = float(config["HEARTBEAT_SECONDS"])
         self.lease_timeout_seconds = float(config["LEASE_TIMEOUT_SECONDS"])
         self.shutdown_grace_seconds = float(config["WORKER_SHUTDOWN_GRACE_SECONDS"])
-        self.log_max_bytes = int(config["LOG_MAX_BYTES"])
         self.listener = None
         self.runs_done = 0
-        self.current_run: TunixRun | None = None
+        self.current_run: LeasedRun | None = None
         self._stopping = threading.Event()
         self._hurry = threading.Event()
         self._next_housekeeping = 0.0
+        self._shutdown_deadline: float | None = None
 
     # -- signals -----------------------------------------------------------------------
     def request_stop(self, signum: int | None = None, _frame=None) -> None:
@@ -86,9 +86,9 @@ class Worker:
     def run(self) -> None:
         """Loop until asked to stop (or, with exit_when_idle, until the queue is empty)."""
         if db.engine.dialect.name != "postgresql":
-            raise SystemExit("worker.py needs Postgres: the queue relies on SELECT ... FOR UPDATE SKIP LOCKED")
+            raise SystemExit("worker.py needs Postgres: the queue claims runs with SKIP LOCKED")
         if self.use_listen:
-            from app.queue_listener import QueueListener
+            from app.queue.listener import QueueListener
 
             self.listener = QueueListener(db.engine.url.set(drivername="postgresql").render_as_string(False),
                                           application_name=f"tunix-rt-listen {self.worker_id}")
@@ -97,8 +97,8 @@ class Worker:
                  self.lease_timeout_seconds, self.heartbeat_seconds)
         backoff = 1.0
         try:
-            self._with_db_retry(lambda: worker_registry.register(self.worker_id, socket.gethostname(), os.getpid()))
-            self._with_db_retry(worker_registry.prune_stopped)
+            self._with_db_retry(lambda: registry.register(self.worker_id, socket.gethostname(), os.getpid()))
+            self._with_db_retry(registry.prune_stopped)
             while not self._stopping.is_set():
                 try:
                     self._housekeeping()
@@ -127,18 +127,40 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and carry out one run; False when none was pending."""
-        run = run_queue.claim_next_run(self.worker_id)
+        run = queue_store.claim_next_run(self.worker_id)
         if run is None:
             return False
-        log.info("worker %s: claimed run %s (attempt %d of %d)", self.worker_id, run.id, run.attempt,
+        log.info("worker %s: claimed run %s (attempt %d of %d)", self.worker_id, run.id, run.lease.attempt,
                  run.max_attempts)
-        self.current_run = run
+        self.current_run, self._shutdown_deadline = run, None
         try:
-            self.execute(run)
+            outcome = execute_leased_run(run, self.settings, where="worker", extra_tick=self._tick,
+                                         persist=self._with_db_retry)
         finally:
             self.current_run = None
+        if self._stopping.is_set():
+            log.info("worker %s: run %s ended within the shutdown grace", self.worker_id, run.id)
+        log.info("worker %s: run %s %s", self.worker_id, run.id, outcome)
         self.runs_done += 1
         return True
+
+    def _tick(self, lease: RunLease) -> StopRequest | None:
+        """What the worker adds to a run's execution: wake-ups, its shutdown stop, its housekeeping."""
+        if self.listener is not None and any(
+                channel == RECONNECTED or (channel == CANCEL_CHANNEL and payload == str(lease.run_id))
+                for channel, payload in self.listener.poll()):
+            lease.check_now()  # a cancel may have been asked (or missed while LISTEN was down)
+        if self._stopping.is_set():
+            if self._shutdown_deadline is None:
+                self._shutdown_deadline = time.monotonic() + self.shutdown_grace_seconds
+            if self._hurry.is_set() or time.monotonic() >= self._shutdown_deadline:
+                grace = self.settings.kill_grace_seconds
+                return StopRequest(STOP_SHUTDOWN, grace_seconds=min(grace, 2.0) if self._hurry.is_set() else grace)
+        try:
+            self._housekeeping()
+        except DB_ERRORS:
+            db.session.rollback()
+        return None
 
     # -- housekeeping: own heartbeat, recovering others' expired leases -----------------------
     def _housekeeping(self) -> None:
@@ -146,91 +168,21 @@ class Worker:
             return
         self._next_housekeeping = time.monotonic() + self.heartbeat_seconds
         run = self.current_run
-        worker_registry.heartbeat(self.worker_id, "stopping" if self._stopping.is_set() else
-                                  ("running" if run else "idle"), run.id if run else None, self.runs_done)
+        state = registry.STOPPING if self._stopping.is_set() else (registry.RUNNING if run else registry.IDLE)
+        registry.heartbeat(self.worker_id, state, run.id if run else None, self.runs_done)
         for _ in range(100):  # bounded per pass; the next pass takes the rest
-            recovered = run_service.recover_one_expired_lease(self.lease_timeout_seconds)
+            recovered = queue_store.recover_one_expired_lease(self.lease_timeout_seconds)
             if recovered is None:
                 break
             log.warning("worker %s: recovered run %s from a lost worker: now %s", self.worker_id, *recovered)
 
     def _deregister(self) -> None:
         try:
-            worker_registry.heartbeat(self.worker_id, "stopped", None, self.runs_done)
+            registry.heartbeat(self.worker_id, registry.STOPPED, None, self.runs_done)
         except DB_ERRORS:
             db.session.rollback()
         if self.listener is not None:
             self.listener.close()
-
-    # -- one run -------------------------------------------------------------------------
-    def execute(self, run: TunixRun) -> None:
-        """Run the trainer for a claimed run and persist the outcome; the run never stays running."""
-        attempt = run.attempt
-        lease = RunLease(run.id, self.worker_id, attempt, self.heartbeat_seconds, self.settings.kill_grace_seconds)
-        try:
-            run_dir = run_service.prepare_run_directory(run, self.settings.artifacts_root)
-            recorder = ProgressRecorder(run.id, log_max_bytes=self.log_max_bytes)
-            outcome = run_tunix_subprocess(
-                run_dir, command=self.settings.command, timeout_seconds=self.settings.timeout_seconds,
-                output_max_bytes=self.settings.output_max_bytes, kill_grace_seconds=self.settings.kill_grace_seconds,
-                on_event=recorder.on_event, on_output=recorder.on_output,
-                on_tick=self._tick_handler(run, lease, recorder))
-            recorder.flush()
-        except Exception as exc:
-            log.exception("worker %s: run %s failed inside the worker", self.worker_id, run.id)
-            db.session.rollback()
-            reason = f"worker error ({type(exc).__name__}: {str(exc)[:300]}); the worker log has the details"
-            self._with_db_retry(lambda: run_service.transition(
-                run.id, LEASED_STATUSES, FAILED, held_by=self.worker_id, held_attempt=attempt, error_message=reason))
-            return
-        self._settle(run, attempt, outcome)
-
-    def _tick_handler(self, run: TunixRun, lease: RunLease, recorder: ProgressRecorder):
-        shutdown_deadline: list[float] = []
-
-        def on_tick() -> StopRequest | None:
-            recorder.on_tick()
-            if self.listener is not None and any(
-                    channel == CANCEL_CHANNEL and payload == str(run.id) for channel, payload in self.listener.poll()):
-                lease.check_now()
-            stop = lease.tick()
-            if stop is not None:
-                return stop
-            if self._stopping.is_set():
-                if not shutdown_deadline:
-                    shutdown_deadline.append(time.monotonic() + self.shutdown_grace_seconds)
-                if self._hurry.is_set() or time.monotonic() >= shutdown_deadline[0]:
-                    grace = min(self.settings.kill_grace_seconds, 2.0) if self._hurry.is_set() \
-                        else self.settings.kill_grace_seconds
-                    return StopRequest(STOP_SHUTDOWN, grace_seconds=grace)
-            try:
-                self._housekeeping()
-            except DB_ERRORS:
-                db.session.rollback()
-            return None
-
-        return on_tick
-
-    def _settle(self, run: TunixRun, attempt: int, outcome: ProcessOutcome) -> None:
-        """Persist what the execution came to, as long as this worker still holds the run."""
-        if outcome.stop_reason == STOP_LEASE_LOST:
-            log.error("worker %s: run %s: lease lost; its trainer was killed and nothing is stored by this worker",
-                      self.worker_id, run.id)
-            return
-        if outcome.stop_reason == STOP_SHUTDOWN:
-            handed = self._with_db_retry(lambda: run_service.hand_back(
-                run.id, self.worker_id, attempt, f"handed back by worker {self.worker_id} on shutdown"))
-            log.info("worker %s: run %s handed back to the queue (pending again, attempt not counted)%s",
-                     self.worker_id, run.id, "" if handed else ": refused, it had moved on")
-            return
-        result = parse_execution_result(outcome, timeout_seconds=self.settings.timeout_seconds,
-                                        output_max_bytes=self.settings.output_max_bytes)
-        stored = self._with_db_retry(lambda: run_service.finish_run(run, result, held_by=self.worker_id,
-                                                                    attempt=attempt))
-        if self._stopping.is_set():
-            log.info("worker %s: run %s finished within the shutdown grace", self.worker_id, run.id)
-        log.info("worker %s: run %s finished %s (exit code %s)%s", self.worker_id, run.id, result.status,
-                 result.exit_code, "" if stored else "; not stored: the run had moved on")
 
     def _with_db_retry(self, write):
         # An outcome must not be lost to a brief database outage: keep trying, with backoff.

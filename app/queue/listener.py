@@ -3,7 +3,9 @@
 LISTEN needs a session-mode connection to Postgres: behind a transaction-mode pooler
 (PgBouncer in transaction mode) notifications never arrive, and the worker falls back
 to polling every TUNIX_WORKER_POLL_SECONDS. A dropped connection is noticed, logged and
-re-established; until then the worker polls.
+re-established; until then the worker polls. A notification sent while the connection was
+down is lost, so a re-established connection reports RECONNECTED: the worker then looks at
+the queue (and at its run's cancel flag) at once instead of waiting for the next poll.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-from app.queue_channels import CANCEL_CHANNEL, QUEUE_CHANNEL
+from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
 
 log = logging.getLogger("tunix_rt.worker")
 
 SLICE_SECONDS = 0.25  # how often a blocked wait looks at the stop flag
 RECONNECT_MAX_SECONDS = 30.0
+# Not a Postgres channel: the listener's own word that notifications may have been missed.
+RECONNECTED = "tunix_rt_listen_reconnected"
 
 
 class QueueListener:
@@ -57,6 +61,7 @@ class QueueListener:
             return
         if self.reconnects or self._backoff > 1.0:
             log.info("LISTEN connection re-established on %s", ", ".join(self.channels))
+            self._pending.append((RECONNECTED, ""))
         self.conn, self._backoff = conn, 1.0
         self.reconnects += 1
 
@@ -80,7 +85,7 @@ class QueueListener:
             self._pending.append((note.channel, note.payload))
 
     def poll(self) -> list[tuple[str, str]]:
-        """Notifications that arrived so far, without waiting."""
+        """Notifications that arrived so far (and RECONNECTED after a reconnection), without waiting."""
         self._ensure()
         if self.connected:
             try:

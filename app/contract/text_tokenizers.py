@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from app import model_catalog
+from app.contract import model_catalog
 
 
 class TextTokenizer(Protocol):

@@ -7,10 +7,11 @@ import uuid
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app import run_service
+from app.execution.tunix_execution import STOP_CANCEL, STOP_LEASE_LOST, StopRequest
 from app.extensions import db
-from app.run_states import CANCELLING
-from app.tunix_execution import STOP_CANCEL, STOP_LEASE_LOST, StopRequest
+from app.queue import store as queue_store
+from app.runs.lifecycle import Lease
+from app.runs.states import CANCELLING
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,8 @@ class RunLease:
     renewals; if it outlasts the lease, the first renewal after it finds the lease lost.
     """
 
-    def __init__(self, run_id: uuid.UUID, holder: str, attempt: int, heartbeat_seconds: float,
-                 kill_grace_seconds: float):
-        self.run_id, self.holder, self.attempt = run_id, holder, attempt
+    def __init__(self, run_id: uuid.UUID, lease: Lease, heartbeat_seconds: float, kill_grace_seconds: float):
+        self.run_id, self.lease = run_id, lease
         self.heartbeat_seconds, self.kill_grace_seconds = heartbeat_seconds, kill_grace_seconds
         self._next_renewal = time.monotonic() + heartbeat_seconds
 
@@ -35,11 +35,12 @@ class RunLease:
         self._next_renewal = 0.0
 
     def tick(self) -> StopRequest | None:
+        """Renew when due; a StopRequest when the run must stop (cancelled, or the lease lost)."""
         if time.monotonic() < self._next_renewal:
             return None
         self._next_renewal = time.monotonic() + self.heartbeat_seconds
         try:
-            status = run_service.renew_lease(self.run_id, self.holder, self.attempt)
+            status = queue_store.renew_lease(self.run_id, self.lease)
         except (OperationalError, InterfaceError) as exc:
             db.session.rollback()
             log.warning("run %s: heartbeat failed (%s); the trainer keeps running", self.run_id,

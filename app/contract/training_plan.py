@@ -64,7 +64,7 @@ def eval_batch_size(num_eval: int, batch_size: int) -> int:
 
 def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None) -> dict[str, Any]:
     """What a run would do: split, token counts, steps, and every problem that would stop it."""
-    from app.text_tokenizers import load_tokenizer
+    from app.contract.text_tokenizers import load_tokenizer
 
     if tokenizer is None:
         try:

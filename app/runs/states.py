@@ -14,8 +14,20 @@ TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, TIMEOUT, CANCELLED})
 # A run in one of these has a live execution that holds its lease.
 LEASED_STATUSES = (RUNNING, CANCELLING)
 
-MODES = ("sync", "async", "dry_run")
-DEFAULT_MODE = "sync"
+SYNC = "sync"  # carried out inside the request; the response carries the result
+ASYNC = "async"  # queued; a worker claims it
+DRY_RUN = "dry_run"  # validated and planned inside the request; nothing is trained
+MODES = (SYNC, ASYNC, DRY_RUN)
+DEFAULT_MODE = SYNC
+# How the form offers each mode, in the order it lists them.
+MODE_CHOICES = ((ASYNC, "queue it for a worker"), (SYNC, "run it now, in this request"),
+                (DRY_RUN, "validate and plan only"))
+# Only a queued run is re-queued when its worker is lost; a request's run gets one start.
+REQUEUEABLE_MODES = frozenset({ASYNC})
+# The reason stored on a run the user cancelled.
+CANCELLED_BY_USER = "cancelled by user"
+# A user may cancel a run in one of these; a cancelling run is already on its way out.
+CANCELLABLE_STATUSES = frozenset({PENDING, RUNNING})
 
 # A run enters at PENDING (async) or RUNNING (sync and dry_run, which execute in the
 # request). RUNNING -> PENDING is recovery of a lost worker's run, or a worker handing

@@ -5,7 +5,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from app import model_catalog
+from app.contract import model_catalog
+from app.errors import ValidationError
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,7 @@ TOP_LEVEL = ("dataset_key", "model_id")
 KNOWN_KEYS = frozenset(TOP_LEVEL) | frozenset(FIELDS_BY_NAME)
 
 
-class RunConfigError(ValueError):
-    """The submitted configuration is invalid; `details` maps each field to its problem."""
-
-    def __init__(self, details: dict[str, str]):
-        super().__init__("invalid run configuration")
-        self.details = details
+INVALID_CONFIG = "invalid run configuration"
 
 
 def _describe_range(field: Field) -> str:
@@ -115,12 +111,12 @@ def _is_blank(value: Any) -> bool:
 
 
 def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> dict[str, Any]:
-    """Return the full run config with defaults filled in, or raise RunConfigError naming every bad field.
+    """Return the full run config with defaults filled in, or raise ValidationError naming every bad field.
 
     Checks shape and bounds only; whether the dataset exists is the run service's business.
     """
     if not isinstance(raw, dict):
-        raise RunConfigError({"body": "must be a JSON object"})
+        raise ValidationError(INVALID_CONFIG, {"body": "must be a JSON object"})
     errors: dict[str, str] = {}
     config: dict[str, Any] = {}
 
@@ -161,7 +157,7 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> 
     if not errors:
         errors.update(_cross_field_problems(config))
     if errors:
-        raise RunConfigError(errors)
+        raise ValidationError(INVALID_CONFIG, errors)
     return config
 
 

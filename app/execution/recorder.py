@@ -10,7 +10,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app import metrics, progress_protocol
+from app import metrics
+from app.contract import progress_protocol
 from app.extensions import db
 from app.models import RunLogChunk, RunMetric, TunixRun
 

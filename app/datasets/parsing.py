@@ -1,0 +1,111 @@
+"""Parsing and checking dataset uploads: pure functions, no database."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from app.errors import ValidationError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+MAX_REPORTED_LINE_ERRORS = 20
+INSERT_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str
+
+
+INVALID_DATASET = "invalid dataset"
+
+
+def _invalid(field: str, problem: str) -> ValidationError:
+    return ValidationError(INVALID_DATASET, {field: problem})
+
+
+def check_name(name: str | None) -> str:
+    """Return the cleaned dataset name or raise ValidationError."""
+    name = (name or "").strip()
+    if not name:
+        raise _invalid("name", "is required")
+    if not NAME_PATTERN.match(name):
+        raise _invalid("name", "use 1-48 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if re.search(r"-v\d+$", name):
+        raise _invalid("name", "must not end in -vN: versions are added for you")
+    return name
+
+
+def _example_problem(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a JSON object with \"prompt\" and \"response\""
+    for key in ("prompt", "response"):
+        if key not in value:
+            return f"missing \"{key}\""
+        if not isinstance(value[key], str):
+            return f"\"{key}\" must be a string"
+    if not value["response"].strip():
+        return "\"response\" must not be empty"
+    return None
+
+
+def parse_jsonl(data: bytes | str) -> list[Example]:
+    """Parse a JSONL upload, one {"prompt", "response"} object per line.
+
+    Blank lines are skipped. Every bad line is reported with its number (the first
+    20 of them) and nothing is returned when any line is bad.
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _invalid("file", f"is not UTF-8 text (byte {exc.start})") from None
+    examples: list[Example] = []
+    problems: list[str] = []
+    bad_lines = 0
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"invalid JSON ({exc.msg} at column {exc.colno})"
+        else:
+            problem = _example_problem(value)
+        if problem:
+            bad_lines += 1
+            if len(problems) < MAX_REPORTED_LINE_ERRORS:
+                problems.append(f"line {number}: {problem}")
+            continue
+        examples.append(Example(value["prompt"], value["response"]))
+    if problems:
+        more = f" (and {bad_lines - len(problems)} more bad lines)" if bad_lines > len(problems) else ""
+        raise _invalid("file", "; ".join(problems) + more)
+    if not examples:
+        raise _invalid("file", "holds no examples")
+    return examples
+
+
+def parse_example_list(items: object) -> list[Example]:
+    """Parse the `examples` array of a JSON upload, reporting bad items by index."""
+    if not isinstance(items, list):
+        raise _invalid("examples", "must be a list of {\"prompt\", \"response\"} objects")
+    problems = [f"item {i}: {p}" for i, p in ((i, _example_problem(v)) for i, v in enumerate(items)) if p]
+    if problems:
+        raise _invalid("examples", "; ".join(problems[:MAX_REPORTED_LINE_ERRORS]))
+    if not items:
+        raise _invalid("examples", "holds no examples")
+    return [Example(v["prompt"], v["response"]) for v in items]
+
+
+def compute_stats(examples: list[Example]) -> dict:
+    """Counts and sizes shown on the dataset's page."""
+    prompt_lengths = [len(e.prompt) for e in examples]
+    response_lengths = [len(e.response) for e in examples]
+    return {
+        "prompt_chars_mean": round(sum(prompt_lengths) / len(examples), 1),
+        "prompt_chars_max": max(prompt_lengths),
+        "response_chars_mean": round(sum(response_lengths) / len(examples), 1),
+        "response_chars_max": max(response_lengths),
+    }

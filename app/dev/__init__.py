@@ -1,0 +1,1 @@
+"""Local development: the embedded Postgres and `make run`."""

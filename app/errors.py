@@ -1,0 +1,35 @@
+"""The errors services raise for a caller to act on; the web layer turns each into one response shape."""
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """A request the service refuses: a message, a field -> problem map, and the HTTP status it means."""
+
+    status = 400
+
+    def __init__(self, message: str, details: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+
+    def __str__(self) -> str:
+        problems = "; ".join(f"{field}: {problem}" for field, problem in self.details.items())
+        return f"{self.message} ({problems})" if problems else self.message
+
+
+class ValidationError(AppError):
+    """Input that breaks a rule; `details` names every bad field."""
+
+    status = 422
+
+
+class ConflictError(AppError):
+    """The thing exists but is not in a state that allows the request."""
+
+    status = 409
+
+
+class NotFoundError(AppError):
+    """No such run, dataset or file."""
+
+    status = 404

@@ -1,0 +1,40 @@
+"""A run's directory: named after its id under the artifacts root, holding what the trainer reads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE
+from app.datasets import store as dataset_store
+from app.runs.lifecycle import LeasedRun
+
+
+def run_directory(artifacts_root: Path, run_id: Any) -> Path:
+    """Where one run's files live: a folder named after its id under the artifacts root."""
+    return Path(artifacts_root) / str(run_id)
+
+
+def write_run_directory(artifacts_root: Path, run_id: Any, config: dict[str, Any],
+                        examples: Iterable[Any]) -> Path:
+    """Create the run directory with its config and its dataset exported as JSONL."""
+    run_dir = run_directory(artifacts_root, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(run_dir / RUN_CONFIG_FILE, json.dumps({"run_id": str(run_id), **config}, indent=2))
+    tmp = run_dir / (DATASET_FILE + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for example in examples:
+            out.write(json.dumps({"prompt": example.prompt, "response": example.response}) + "\n")
+    tmp.replace(run_dir / DATASET_FILE)
+    return run_dir
+
+
+def prepare_run_directory(run: LeasedRun, artifacts_root: Path) -> Path:
+    """Write the directory of a run about to execute: its config and its dataset, read from the database."""
+    return write_run_directory(artifacts_root, run.id, run.config, dataset_store.iter_examples(run.dataset_key))
+
+
+def _write_atomically(path: Path, content: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,82 @@
+"""The one execution path of a leased run, for a sync request and a worker alike.
+
+`execute_leased_run` prepares the run directory, records progress and output, keeps the
+lease alive, runs the trainer subprocess, and settles what it came to: the outcome is
+stored, the run handed back (shutdown), or nothing is written (the lease was lost). The
+caller adds only what is its own: the worker its shutdown stop, its wake-ups and its
+housekeeping (`extra_tick`), and its retries of database writes through an outage (`persist`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+from app.execution.lease import RunLease
+from app.execution.recorder import ProgressRecorder
+from app.execution.run_directory import prepare_run_directory
+from app.execution.tunix_execution import (STOP_LEASE_LOST, STOP_SHUTDOWN, ExecutionSettings, ProcessOutcome,
+                                           StopRequest, parse_execution_result, run_tunix_subprocess)
+from app.extensions import db
+from app.queue import store as queue_store
+from app.runs import lifecycle
+from app.runs.lifecycle import LeasedRun
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ExtraTick = Callable[[RunLease], "StopRequest | None"]
+
+
+def _once(write: Callable[[], T]) -> T:
+    return write()
+
+
+def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: str = "server",
+                       extra_tick: ExtraTick | None = None,
+                       persist: Callable[[Callable[[], T]], T | None] = _once) -> str:
+    """Carry out a run this process holds, end to end; returns what became of it, in words for the log.
+
+    The run never stays running because of this process: an error around the trainer
+    fails the run with its reason ("`where` error (...)"), and after a lost lease the
+    compare-and-set refuses every write, since the recovering side owns the run.
+    """
+    lease = RunLease(run.id, run.lease, settings.heartbeat_seconds, settings.kill_grace_seconds)
+    try:
+        run_dir = prepare_run_directory(run, settings.artifacts_root)
+        db.session.rollback()  # end the dataset read: no transaction stays open while the trainer runs
+        recorder = ProgressRecorder(run.id, log_max_bytes=settings.log_max_bytes)
+
+        def on_tick() -> StopRequest | None:
+            recorder.on_tick()
+            stop = lease.tick()
+            if stop is None and extra_tick is not None:
+                stop = extra_tick(lease)
+            return stop
+
+        outcome = run_tunix_subprocess(run_dir, settings, on_event=recorder.on_event, on_output=recorder.on_output,
+                                       on_tick=on_tick)
+        recorder.flush()
+    except Exception as exc:
+        log.exception("run %s: failed inside the %s", run.id, where)
+        db.session.rollback()
+        reason = f"{where} error ({type(exc).__name__}: {str(exc)[:300]}); the {where} log has the details"
+        persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
+        return "failed inside the " + where
+    return _settle(run, outcome, settings, persist)
+
+
+def _settle(run: LeasedRun, outcome: ProcessOutcome, settings: ExecutionSettings, persist) -> str:
+    """Store what the execution came to, as long as this process still holds the run."""
+    if outcome.stop_reason == STOP_LEASE_LOST:
+        return "lease lost; its trainer was killed and nothing is stored by this process"
+    if outcome.stop_reason == STOP_SHUTDOWN:
+        handed = persist(lambda: queue_store.hand_back(
+            run.id, run.lease, f"handed back by worker {run.lease.holder} on shutdown"))
+        return "handed back to the queue (pending again, attempt not counted)" + (
+            "" if handed else ": refused, it had moved on")
+    result = parse_execution_result(outcome, settings)
+    stored = persist(lambda: lifecycle.finish(
+        run.id, result.status, lease=run.lease, exit_code=result.exit_code, error_message=result.error_message,
+        stdout=result.stdout, stderr=result.stderr, result=result.summary))
+    return f"finished {result.status} (exit code {result.exit_code})" + (
+        "" if stored else "; not stored: the run had moved on")

@@ -1,0 +1,92 @@
+"""The registry of workers (they register, heartbeat and say what they do; the UI lists them), and the
+queue statistics /metrics reports."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app import metrics
+from app.extensions import db
+from app.models import TunixRun, Worker
+from app.runs.states import PENDING
+
+STOPPED_ROWS_KEPT_SECONDS = 24 * 3600
+
+# What a registered worker is doing.
+IDLE = "idle"
+RUNNING = "running"
+STOPPING = "stopping"  # asked to stop; finishing or handing back its run
+STOPPED = "stopped"
+WORKER_STATES = (IDLE, RUNNING, STOPPING, STOPPED)
+
+
+def register(worker_id: str, host: str, pid: int) -> None:
+    """Add this worker to the registry (or bring its row back), idle."""
+    stmt = pg_insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=func.now(),
+                                    last_seen_at=func.now(), state=IDLE)
+    stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": func.now(), "state": IDLE})
+    with metrics.timed_db_write("worker_heartbeat"):
+        db.session.execute(stmt)
+        db.session.commit()
+
+
+def heartbeat(worker_id: str, state: str, current_run_id: uuid.UUID | None, runs_done: int) -> None:
+    """Say this worker is alive, and what it is doing."""
+    with metrics.timed_db_write("worker_heartbeat"):
+        db.session.execute(update(Worker).where(Worker.id == worker_id).values(
+            last_seen_at=func.now(), state=state, current_run_id=current_run_id, runs_done=runs_done))
+        db.session.commit()
+
+
+def prune_stopped() -> None:
+    """Forget workers that stopped (or vanished) more than a day ago."""
+    db.session.execute(delete(Worker).where(
+        Worker.last_seen_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, STOPPED_ROWS_KEPT_SECONDS)))
+    db.session.commit()
+
+
+def list_workers(limit: int = 200) -> list[Worker]:
+    """Registered workers, the most recently seen first."""
+    return list(db.session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit)))
+
+
+def workers_with_liveness(alive_within_seconds: float) -> tuple[datetime, list[tuple[Worker, bool]]]:
+    """(the database's now, each worker with whether it heartbeated within the given time)."""
+    now = db.session.scalar(select(func.now()))
+    return now, [(w, w.state != STOPPED and (now - w.last_seen_at).total_seconds() <= alive_within_seconds)
+                 for w in list_workers()]
+
+
+def seconds_since_any_worker() -> float | None:
+    """Seconds since any running worker last heartbeated; None when none is registered."""
+    quiet = db.session.scalar(select(func.extract("epoch", func.now() - func.max(Worker.last_seen_at)))
+                              .where(Worker.state != STOPPED))
+    return None if quiet is None else float(quiet)
+
+
+@dataclass
+class QueueStats:
+    """What /metrics reports about the queue, read from the database in one go."""
+
+    runs: dict[tuple[str, str], int]  # (status, mode) -> count
+    oldest_pending_age_seconds: float
+    workers_alive: int
+    runs_recovered: int
+
+
+def queue_stats(alive_within_seconds: float) -> QueueStats:
+    """Run counts, the oldest pending run's age, live workers and recoveries."""
+    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count(), func.sum(TunixRun.recoveries))
+                              .group_by(TunixRun.status, TunixRun.mode)).all()
+    oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
+                               .where(TunixRun.status == PENDING))
+    alive = db.session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.state != STOPPED, Worker.last_seen_at >= func.now() - func.make_interval(
+            0, 0, 0, 0, 0, 0, alive_within_seconds)))
+    db.session.rollback()  # end the read transaction; the scrape holds no locks
+    return QueueStats(runs={(r[0], r[1]): r[2] for r in rows}, oldest_pending_age_seconds=float(oldest or 0.0),
+                      workers_alive=int(alive or 0), runs_recovered=int(sum(r[3] or 0 for r in rows)))

@@ -1,0 +1,147 @@
+"""A run's moves between states: one compare-and-set (`transition`) and the named moves built on it.
+
+`transition` is the only code that writes a run's status. Each named move (claim,
+requeue, finish, fail, cancel) sets its own columns here and nowhere else. Every
+time it stores is the time of the event (`clock_timestamp()`), not the start of the
+caller's transaction, which may have been open for a while.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, update
+
+from app import metrics
+from app.extensions import db
+from app.models import TunixRun
+from app.runs import states
+from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL, notify
+from app.runs.states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
+                             RUNNING)
+
+log = logging.getLogger(__name__)
+
+
+class InvalidTransition(RuntimeError):
+    """A caller asked for a move the state machine does not allow."""
+
+
+def event_time():
+    """The database's clock at this statement (now() would be the transaction's start)."""
+    return func.clock_timestamp()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a running run: a worker (or a web process, for sync runs) and the attempt it claimed."""
+
+    holder: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class LeasedRun:
+    """What an execution needs of the run it holds, as plain values (no open transaction behind them)."""
+
+    id: uuid.UUID
+    mode: str
+    dataset_key: str
+    config: dict[str, Any]
+    max_attempts: int
+    lease: Lease
+
+    @classmethod
+    def of(cls, run: TunixRun) -> "LeasedRun":
+        return cls(run.id, run.mode, run.dataset_key, dict(run.config), run.max_attempts,
+                   Lease(run.worker_id, run.attempt))
+
+
+def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status: str, *,
+               lease: Lease | None = None, **fields: Any) -> bool:
+    """Move a run to `to_status` if it is still in `from_status` (compare-and-set).
+
+    `from_status` may be several statuses. With a `lease`, the run must also still be
+    that holder's claim, so an execution that lost its lease cannot write. Entering a
+    terminal state stamps completed_at and the duration; entering pending or cancelling
+    notifies the workers in the same transaction. Returns False when the run had moved on.
+    """
+    sources = (from_status,) if isinstance(from_status, str) else tuple(from_status)
+    for source in sources:
+        if not states.can_transition(source, to_status):
+            raise InvalidTransition(f"{source} -> {to_status} is not allowed")
+    values: dict[str, Any] = {"status": to_status, **fields}
+    if states.is_terminal(to_status):
+        values["completed_at"] = event_time()
+        values["duration_seconds"] = func.extract("epoch", event_time() - TunixRun.started_at)
+    conditions = [TunixRun.id == run_id, TunixRun.status.in_(sources)]
+    if lease is not None:
+        conditions += [TunixRun.worker_id == lease.holder, TunixRun.attempt == lease.attempt]
+    stmt = (update(TunixRun).where(*conditions).values(**values)
+            .returning(TunixRun.mode, TunixRun.duration_seconds))
+    with metrics.timed_db_write("transition"):
+        row = db.session.execute(stmt).first()
+        if row is not None and to_status == PENDING:
+            notify(db.session, QUEUE_CHANNEL, str(run_id))
+        elif row is not None and to_status == CANCELLING:
+            notify(db.session, CANCEL_CHANNEL, str(run_id))
+        db.session.commit()
+    wanted = "/".join(sources)
+    if row is None:
+        log.info("run %s: %s -> %s refused, it is no longer %s%s", run_id, wanted, to_status, wanted,
+                 f" held by {lease.holder}" if lease else "")
+        return False
+    log.info("run %s: %s -> %s%s", run_id, wanted, to_status,
+             f" ({fields['error_message']})" if fields.get("error_message") else "")
+    if states.is_terminal(to_status):
+        metrics.observe_run_finished(row.mode, to_status, row.duration_seconds)
+    return True
+
+
+def claim(run_id: uuid.UUID, worker_id: str) -> bool:
+    """pending -> running for this worker: a new attempt, with a fresh heartbeat."""
+    return transition(run_id, PENDING, RUNNING, worker_id=worker_id, started_at=event_time(),
+                      heartbeat_at=event_time(), attempt=TunixRun.attempt + 1, cancel_requested_at=None)
+
+
+def requeue(run_id: uuid.UUID, lease: Lease, reason: str, *, recovered: bool) -> bool:
+    """running -> pending, the lease released. A recovery counts the attempt; a hand-back does not."""
+    counters = ({"recoveries": TunixRun.recoveries + 1} if recovered
+                else {"attempt": TunixRun.attempt - 1})
+    return transition(run_id, RUNNING, PENDING, lease=lease, worker_id=None, heartbeat_at=None,
+                      queued_at=event_time(), error_message=reason, **counters)
+
+
+def finish(run_id: uuid.UUID, status: str, *, lease: Lease | None = None, exit_code: int | None = None,
+           error_message: str | None = None, stdout: str | None = None, stderr: str | None = None,
+           result: dict[str, Any] | None = None) -> bool:
+    """A leased run ends with what its execution (or its dry-run plan) came to.
+
+    The run may have been asked to cancel meanwhile; an outcome that arrived first still wins.
+    """
+    return transition(run_id, LEASED_STATUSES, status, lease=lease, exit_code=exit_code,
+                      error_message=error_message, stdout_tail=stdout, stderr_tail=stderr, result=result)
+
+
+def fail(run_id: uuid.UUID, reason: str, *, lease: Lease | None = None, recovered: bool = False) -> bool:
+    """A leased run fails for a reason outside the trainer (an internal error, a lost worker)."""
+    extra = {"recoveries": TunixRun.recoveries + 1} if recovered else {}
+    return transition(run_id, LEASED_STATUSES if not recovered else RUNNING, FAILED, lease=lease,
+                      error_message=reason, **extra)
+
+
+def cancel(run_id: uuid.UUID, status: str) -> bool:
+    """The user's cancel: a pending run ends at once, a running one is asked to stop (cancelling)."""
+    if status == PENDING:
+        return transition(run_id, PENDING, CANCELLED, cancel_requested_at=event_time(),
+                          error_message=CANCELLED_BY_USER)
+    if status == RUNNING:
+        return transition(run_id, RUNNING, CANCELLING, cancel_requested_at=event_time())
+    return False
+
+
+def confirm_cancel(run_id: uuid.UUID, lease: Lease, reason: str = CANCELLED_BY_USER) -> bool:
+    """cancelling -> cancelled, when the execution that held the run is gone or handed it back."""
+    return transition(run_id, CANCELLING, CANCELLED, lease=lease, error_message=reason)

@@ -1,0 +1,157 @@
+"""The run service: validates and creates runs, cancels and retries them, plans dry runs.
+
+Status changes go through the named moves of `app.runs.lifecycle`; reads live in
+`app.runs.queries`.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+import os
+import socket
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app import metrics
+from app.contract import training_plan
+from app.datasets import store as dataset_store
+from app.errors import ConflictError, ValidationError
+from app.extensions import db
+from app.models import TunixRun
+from app.runs import lifecycle, states, validation
+from app.runs.channels import QUEUE_CHANNEL, notify
+from app.runs.states import ASYNC, CANCELLING, DRY_RUN, PENDING, REQUEUEABLE_MODES, RUNNING
+
+log = logging.getLogger(__name__)
+
+
+class IdempotencyConflict(ConflictError):
+    """An Idempotency-Key was reused for a different submission."""
+
+    def __init__(self, run: TunixRun):
+        super().__init__("Idempotency-Key already used for a different submission",
+                         {"Idempotency-Key": f"belongs to run {run.id}"})
+        self.run = run
+
+
+def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
+    """Full validated config, or ValidationError naming every bad field (dataset included)."""
+    try:
+        config = validation.validate_run_config(raw)
+    except ValidationError as exc:
+        key = raw.get("dataset_key") if isinstance(raw, dict) else None
+        if "dataset_key" not in exc.details and isinstance(key, str) and key.strip():
+            if dataset_store.get_dataset(key.strip()) is None:
+                exc.details["dataset_key"] = f"unknown dataset {key.strip()!r}"
+        raise
+    if dataset_store.get_dataset(config["dataset_key"]) is None:
+        raise ValidationError(validation.INVALID_CONFIG,
+                              {"dataset_key": f"unknown dataset {config['dataset_key']!r}"})
+    return config
+
+
+def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = None,
+               retry_of: uuid.UUID | None = None) -> tuple[TunixRun, bool]:
+    """Validate and persist a run; returns (run, created). Does not execute it.
+
+    async runs start pending (a worker claims them); sync and dry_run runs start
+    running because the request itself carries them out.
+    """
+    if mode not in states.MODES:
+        raise ValidationError("invalid mode", {"mode": f"must be one of {', '.join(states.MODES)}, got {mode!r}"})
+    config = validate_submission(raw)
+    if idempotency_key:
+        existing = _find_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return _replay(existing, mode, config), False
+
+    now = lifecycle.event_time()
+    values = {
+        "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
+        "config": config, "idempotency_key": idempotency_key or None, "created_at": now, "retry_of": retry_of,
+        # Only a queued run can be re-queued; one carried out inside a request gets one start.
+        "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1,
+    }
+    if mode == ASYNC:
+        values.update(status=PENDING, queued_at=now)
+    else:
+        values.update(status=RUNNING, started_at=now, heartbeat_at=now, attempt=1,
+                      worker_id=f"web:{_process_label()}")
+    stmt = pg_insert(TunixRun).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    with metrics.timed_db_write("create_run"):
+        inserted = db.session.execute(stmt.returning(TunixRun.id)).scalar()
+        if inserted is not None and mode == ASYNC:
+            notify(db.session, QUEUE_CHANNEL, str(inserted))
+        db.session.commit()
+    if inserted is None:  # another request with the same key won the race
+        return _replay(_find_by_idempotency_key(idempotency_key), mode, config), False
+    run = db.session.get(TunixRun, inserted)
+    log.info("run %s created mode=%s status=%s dataset=%s model=%s", run.id, mode, run.status,
+             run.dataset_key, run.model_id)
+    return run, True
+
+
+def _replay(existing: TunixRun, mode: str, config: dict[str, Any]) -> TunixRun:
+    if existing.mode != mode or existing.config != config:
+        raise IdempotencyConflict(existing)
+    return existing
+
+
+def _find_by_idempotency_key(key: str) -> TunixRun | None:
+    return db.session.scalar(select(TunixRun).where(TunixRun.idempotency_key == key))
+
+
+def _process_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def cancel_run(run: TunixRun) -> TunixRun:
+    """Cancel a run: pending ones at once, running ones through their worker. ConflictError when finished."""
+    for _ in range(3):  # the run may move under us (claimed, finished); look again
+        if run.status == CANCELLING or lifecycle.cancel(run.id, run.status):
+            break
+        if states.is_terminal(run.status):
+            raise ConflictError(f"run {run.id} is already {run.status}; only a pending or running run can be cancelled",
+                                {"status": "is terminal"})
+        refresh(run)
+    return refresh(run)
+
+
+def retry_run(run: TunixRun) -> TunixRun:
+    """A new run with the same config, linked to this one; only for a finished run.
+
+    It is queued (async) whatever the original's mode, except that a dry run is planned again.
+    """
+    if not states.is_terminal(run.status):
+        raise ConflictError(f"run {run.id} is {run.status}; only a finished run can be retried",
+                            {"status": "is not terminal"})
+    mode = DRY_RUN if run.mode == DRY_RUN else ASYNC
+    try:
+        new_run, _ = submit_run(dict(run.config), mode, retry_of=run.id)
+    except ValidationError as exc:
+        raise ValidationError("the original config is no longer valid", exc.details) from None
+    return new_run
+
+
+def plan_dry_run(run: TunixRun) -> bool:
+    """Carry out a dry run: check the dataset and the config, store the plan, end the run."""
+    examples = list(dataset_store.iter_examples(run.dataset_key))
+    try:
+        plan = training_plan.plan_run(run.config, examples)
+    except training_plan.PlanError as exc:
+        plan = {"ok": False, "problems": [str(exc)]}
+    status = states.COMPLETED if plan["ok"] else states.FAILED
+    error = None if plan["ok"] else "dry run found problems: " + "; ".join(plan["problems"])
+    return lifecycle.finish(run.id, status, result=plan, error_message=error)
+
+
+def rollback() -> None:
+    """Drop whatever the session was in the middle of (after an error)."""
+    db.session.rollback()
+
+
+def refresh(run: TunixRun) -> TunixRun:
+    db.session.refresh(run)
+    return run

@@ -1,0 +1,41 @@
+"""How the pages write durations, sizes and times; exposed to every template."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from app.runs.states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES, TERMINAL_STATUSES
+
+
+def format_duration(seconds: float | None) -> str:
+    """'12.3 s', '4 min 05 s' or '2 h 03 min'; '—' when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def format_bytes(size: int | None) -> str:
+    """'512 B', '1.5 KB' ... '2.0 GB'; '—' when unknown."""
+    if size is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def format_time(value: datetime | None) -> str:
+    """A UTC timestamp to the second; '—' when unknown."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+def template_globals() -> dict:
+    """What every template may use."""
+    return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES, "TERMINAL_STATUSES": TERMINAL_STATUSES,
+            "PENDING": PENDING, "DRY_RUN": DRY_RUN,
+            "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time}

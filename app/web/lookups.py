@@ -1,0 +1,40 @@
+"""What the API and the pages both look up from a URL: a run, a dataset, a whole-number argument."""
+from __future__ import annotations
+
+from flask import request
+
+from app.datasets import store as dataset_store
+from app.errors import NotFoundError, ValidationError
+from app.models import Dataset, TunixRun
+from app.runs import queries
+
+
+def run_or_404(run_id: str) -> TunixRun:
+    """The run a URL names; NotFoundError (404) for an unknown or malformed id."""
+    run = queries.get_run(run_id)
+    if run is None:
+        raise NotFoundError(f"no run with id {run_id!r}")
+    return run
+
+
+def dataset_or_404(key: str) -> Dataset:
+    """The dataset a URL names; NotFoundError (404) when there is none."""
+    dataset = dataset_store.get_dataset(key)
+    if dataset is None:
+        raise NotFoundError(f"no dataset with key {key!r}")
+    return dataset
+
+
+def whole_number_arg(name: str, minimum: int, maximum: int | None = None, default: int | None = None) -> int | None:
+    """A whole-number query argument within bounds; ValidationError (422) naming it otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        raise ValidationError("invalid query", {name: f"must be a whole number {bounds}"})
+    return value

@@ -1,0 +1,65 @@
+"""Every JSON shape the API returns, built in this one place from rows already read (no queries here)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from app.models import Dataset, TunixRun, Worker
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def run_status(run: TunixRun) -> dict[str, Any]:
+    """The small payload of GET /api/tunix/runs/<id>/status."""
+    return {
+        "run_id": str(run.id), "status": run.status,
+        "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
+        "completed_at": _iso(run.completed_at), "exit_code": run.exit_code,
+    }
+
+
+def run_summary(run: TunixRun) -> dict[str, Any]:
+    """One run as the list endpoint shows it: no config, outputs or links."""
+    return {
+        **run_status(run),
+        "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id,
+        "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
+        "error_message": run.error_message,
+    }
+
+
+def run_detail(run: TunixRun, retries: list[uuid.UUID]) -> dict[str, Any]:
+    """The whole run, as the API returns it; `retries` are the runs started as its retries."""
+    return {
+        **run_summary(run),
+        "config": run.config, "worker_id": run.worker_id,
+        "stdout_tail": run.stdout_tail, "stderr_tail": run.stderr_tail,
+        "result": run.result, "progress": run.progress,
+        "attempt": run.attempt, "max_attempts": run.max_attempts, "recoveries": run.recoveries,
+        "heartbeat_at": _iso(run.heartbeat_at), "cancel_requested_at": _iso(run.cancel_requested_at),
+        "retry_of": str(run.retry_of) if run.retry_of else None,
+        "retries": [str(r) for r in retries],
+    }
+
+
+def dataset(row: Dataset) -> dict[str, Any]:
+    """A dataset's facts, without its examples."""
+    return {
+        "key": row.key, "name": row.name, "version": row.version,
+        "description": row.description, "num_examples": row.num_examples,
+        "size_bytes": row.size_bytes, "stats": row.stats,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def worker(row: Worker, alive: bool) -> dict[str, Any]:
+    """A registered worker, with whether it heartbeated recently."""
+    return {
+        "id": row.id, "host": row.host, "pid": row.pid, "state": row.state, "started_at": _iso(row.started_at),
+        "last_seen_at": _iso(row.last_seen_at),
+        "current_run_id": str(row.current_run_id) if row.current_run_id else None,
+        "runs_done": row.runs_done, "alive": alive,
+    }

@@ -1,0 +1,60 @@
+"""What many tests do: submit runs through the API, read them back, wait for a condition, inspect processes."""
+from __future__ import annotations
+
+import os
+import time
+
+SAMPLE = "arithmetic-v1"  # the sample dataset every test app starts with
+
+
+def post_run(client, mode: str | None = None, **body):
+    """POST /api/tunix/run on the sample dataset; the response."""
+    path = "/api/tunix/run" + (f"?mode={mode}" if mode else "")
+    return client.post(path, json={"dataset_key": SAMPLE, **body})
+
+
+def submit(client, mode: str = "async", **body) -> dict:
+    """Submit a run on the sample dataset (async unless told); the response's JSON."""
+    return post_run(client, mode, **body).get_json()
+
+
+def run_json(client, run_id: str) -> dict:
+    return client.get(f"/api/tunix/runs/{run_id}").get_json()
+
+
+def run_status(client, run_id: str) -> str:
+    return client.get(f"/api/tunix/runs/{run_id}/status").get_json()["status"]
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def processes_mentioning(fragment: str) -> list[int]:
+    """Live processes whose command line contains `fragment` (e.g. a run directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if fragment.encode() in f.read() and alive(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
