@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from tests.helpers import ROOT, fake_trainer_command
 from tools.scratch_postgres import execute_autocommit, server_admin_url, url_for_database
-
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
 
 # Settings read at import time by the app: keep them out of the developer's instance/.
 _INSTANCE = Path(tempfile.mkdtemp(prefix="tunix-rt-test-"))
 os.environ["TUNIX_INSTANCE_DIR"] = str(_INSTANCE)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-
-
-def fake_trainer_command(*args: str) -> list[str]:
-    """TRAIN_COMMAND for the stand-in trainer with the given options."""
-    return [sys.executable, str(FAKE_TRAINER), *args]
 
 
 @pytest.fixture(scope="session")

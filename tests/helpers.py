@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
 SAMPLE = "arithmetic-v1"  # the sample dataset every test app starts with
+
+
+def fake_trainer_command(*args: str) -> list[str]:
+    """TRAIN_COMMAND for the stand-in trainer with the given options."""
+    return [sys.executable, str(FAKE_TRAINER), *args]
 
 
 def post_run(client, mode: str | None = None, **body):

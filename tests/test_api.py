@@ -7,9 +7,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import RunMetric, TunixRun
-from tests.conftest import fake_trainer_command
-
-from tests.helpers import SAMPLE, post_run as submit
+from tests.helpers import SAMPLE, fake_trainer_command, post_run as submit
 
 
 def test_sync_is_the_default_and_returns_the_finished_run(client):

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tools.scratch_postgres import execute_autocommit, url_for_database
 
 

@@ -11,7 +11,7 @@ from app.datasets.parsing import Example
 from app.execution.run_directory import write_run_directory
 from app.execution.tunix_execution import (ExecutionSettings, execute_tunix_run_sync, parse_execution_result,
                                            run_tunix_subprocess, truncate_output)
-from tests.conftest import fake_trainer_command
+from tests.helpers import fake_trainer_command
 
 
 @pytest.fixture

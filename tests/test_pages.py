@@ -6,7 +6,6 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Dataset, TunixRun
-
 from tests.helpers import SAMPLE
 
 

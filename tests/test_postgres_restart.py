@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT, fake_trainer_command
-
-from tests.helpers import SAMPLE
+from tests.helpers import ROOT, SAMPLE, fake_trainer_command
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The queue never loses or strands a run: cancel, retry, leases, recovery, shutdown, wake-up, logs."""
 import json
-import os
 import re
 import signal
 import time
@@ -9,13 +8,12 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from app.extensions import db
+from app.models import TunixRun
 from app.queue import store as queue_store
 from app.runs import lifecycle
 from app.runs.lifecycle import Lease
-from app.extensions import db
-from app.models import TunixRun
-from tests.conftest import fake_trainer_command
-from tests.helpers import SAMPLE, alive, processes_mentioning, run_json, run_status, submit, wait_for
+from tests.helpers import alive, fake_trainer_command, run_json, run_status, submit, wait_for
 
 FAST_LEASE = {"TUNIX_HEARTBEAT_SECONDS": "0.5", "TUNIX_LEASE_TIMEOUT_SECONDS": "3"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.config import default_train_command
-from tests.helpers import SAMPLE, run_status, wait_for
+from tests.helpers import ROOT, SAMPLE, processes_mentioning, run_status, wait_for
 
 pytestmark = pytest.mark.trainer
 REAL_TRAINER = [sys.executable, "-m", "app.trainer"]
@@ -110,15 +110,13 @@ def test_missing_training_stack_is_a_clear_failure(tmp_path):
     code = ("import sys; sys.modules['tunix'] = None; from app.trainer.__main__ import main; "
             f"sys.exit(main([{str(tmp_path)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=ROOT)
     assert proc.returncode == 3
     assert "the Tunix training stack is not installed (tunix is missing)" in proc.stderr
     assert json.loads(proc.stdout)["event"] == "error"
 
 
 def _trainers_for(run_dir: Path) -> list[int]:
-    from tests.test_queue_reliability import processes_mentioning
-
     return processes_mentioning(str(run_dir))
 
 

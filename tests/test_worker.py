@@ -6,9 +6,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import TunixRun
-from tests.conftest import fake_trainer_command
-
-from tests.helpers import SAMPLE, run_status, wait_for
+from tests.helpers import SAMPLE, fake_trainer_command, run_status, wait_for
 
 
 def test_async_run_is_carried_out_by_a_worker_process(client, worker_env, start_worker):

@@ -1,4 +1,9 @@
-"""Names of the files in a run directory, written by the execution module and the trainer."""
+"""Where a run's files live and what they are called: shared by the execution module, the trainer and
+the artifacts listing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 RUN_CONFIG_FILE = "run_config.json"  # the validated config, plus run_id
 DATASET_FILE = "dataset.jsonl"  # the dataset export, one {"prompt", "response"} per line
@@ -6,3 +11,8 @@ CHECKPOINTS_DIR = "checkpoints"  # orbax checkpoints, one folder per saved step
 MODEL_DIR = "model"  # the exported model (full-weight runs), Hugging Face layout
 SUMMARY_FILE = "summary.json"  # the trainer's closing summary
 METRICS_FILE = "metrics.json"  # the loss series, train and eval
+
+
+def run_directory(artifacts_root: str | Path, run_id: Any) -> Path:
+    """Where one run's files live: a folder named after its id under the artifacts root."""
+    return Path(artifacts_root) / str(run_id)

@@ -1,18 +1,13 @@
-"""A run's directory: named after its id under the artifacts root, holding what the trainer reads."""
+"""Writing a run's directory (named after its id under the artifacts root) with what the trainer reads."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE
+from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE, run_directory
 from app.datasets import store as dataset_store
 from app.runs.lifecycle import LeasedRun
-
-
-def run_directory(artifacts_root: Path, run_id: Any) -> Path:
-    """Where one run's files live: a folder named after its id under the artifacts root."""
-    return Path(artifacts_root) / str(run_id)
 
 
 def write_run_directory(artifacts_root: Path, run_id: Any, config: dict[str, Any],

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.contract.run_files import run_directory
+
 MAX_LISTED = 500
 
 
@@ -14,7 +16,7 @@ class ArtifactFile:
 
 
 def _run_dir(root: str | Path, run_id) -> Path:
-    return (Path(root) / str(run_id)).resolve()
+    return run_directory(root, run_id).resolve()
 
 
 def list_files(root: str | Path, run_id) -> list[ArtifactFile]:
