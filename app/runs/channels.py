@@ -1,4 +1,4 @@
-"""The NOTIFY channels of the queue, and sending on them inside the caller's transaction."""
+"""The NOTIFY channels: run moves send on them inside their transaction; workers LISTEN (app.queue.listener)."""
 from __future__ import annotations
 
 from sqlalchemy import text

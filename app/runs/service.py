@@ -6,9 +6,9 @@ Status changes go through the named moves of `app.runs.lifecycle`; reads live in
 from __future__ import annotations
 
 import logging
-import uuid
 import os
 import socket
+import uuid
 from typing import Any
 
 from sqlalchemy import select

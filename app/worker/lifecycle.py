@@ -138,9 +138,8 @@ class Worker:
                                          persist=self._with_db_retry)
         finally:
             self.current_run = None
-        if self._stopping.is_set():
-            log.info("worker %s: run %s ended within the shutdown grace", self.worker_id, run.id)
-        log.info("worker %s: run %s %s", self.worker_id, run.id, outcome)
+        log.info("worker %s: run %s %s%s", self.worker_id, run.id, outcome,
+                 " (after the stop request)" if self._stopping.is_set() else "")
         self.runs_done += 1
         return True
 
