@@ -11,7 +11,7 @@ TRAINER_STAMP := $(VENV)/.installed-trainer
 HTMX := static/vendor/htmx.min.js
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench screenshots clean
 
 install: $(WEB_STAMP) $(TRAINER_STAMP) $(HTMX)
 
@@ -48,6 +48,11 @@ $(CHROMIUM):
 
 test: install $(CHROMIUM)
 	$(PY) -m pytest
+
+# Every page at 1280 px and 390 px, from the same browser test that checks them with axe-core.
+screenshots: install $(CHROMIUM)
+	rm -rf docs/screenshots
+	TUNIX_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest -q tests/test_accessibility.py
 
 bench: install
 	$(PY) bench/exactly_once.py

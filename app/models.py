@@ -5,10 +5,10 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import CheckConstraint, Index, text
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from app.extensions import db
-from app.runs.states import CANCELLABLE_STATUSES, MODES, PENDING, RUNNING, STATUSES, TERMINAL_STATUSES
+from app.runs.states import CANCELLABLE_STATUSES, DRY_RUN, MODES, PENDING, RUNNING, STATUSES, TERMINAL_STATUSES
 
 
 def utcnow() -> datetime:
@@ -79,6 +79,8 @@ class TunixRun(db.Model):
     cancel_requested_at = db.Column(db.DateTime(timezone=True))
     retry_of = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="SET NULL"))
     log_bytes = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
+    name = db.Column(db.String(120))
+    tags = db.Column(ARRAY(db.String(32)), nullable=False, default=list, server_default="{}")
 
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
@@ -94,12 +96,23 @@ class TunixRun(db.Model):
         Index("ix_tunix_runs_leased_heartbeat", "heartbeat_at",
               postgresql_where=text("status IN ('running', 'cancelling')")),
         Index("ix_tunix_runs_retry_of", "retry_of", postgresql_where=text("retry_of IS NOT NULL")),
+        Index("ix_tunix_runs_tags", "tags", postgresql_using="gin"),
     )
 
     @property
     def is_terminal(self) -> bool:
         """True once the run can no longer change."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def title(self) -> str:
+        """What the pages call the run: its name, else the start of its id."""
+        return self.name or f"Run {str(self.id)[:8]}"
+
+    @property
+    def is_plan(self) -> bool:
+        """A dry run: it ends as a plan, not as a trained model."""
+        return self.mode == DRY_RUN
 
     @property
     def is_cancellable(self) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import ROOT, fake_trainer_command
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, fake_trainer_command
 from tools.scratch_postgres import execute_autocommit, server_admin_url, url_for_database
 
 # Settings read at import time by the app: keep them out of the developer's instance/.
@@ -125,3 +125,34 @@ def start_worker():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+
+@pytest.fixture
+def live_server(app):
+    """The test app served on a loopback port, in a thread, for the browser."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, driven by Playwright (never a browser of Playwright's own)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    return browser.new_page()

@@ -1,7 +1,7 @@
 """A stand-in trainer for platform tests: prints progress, sleeps, exits with a chosen code.
 
     python tests/fake_trainer.py [--steps N] [--sleep S] [--exit-code C] [--stdout-bytes B]
-                                 [--spawn-child] [--record-dir DIR] RUN_DIR
+                                 [--spawn-child] [--record-dir DIR] [--artifacts] RUN_DIR
 """
 import argparse
 import json
@@ -11,11 +11,25 @@ import sys
 import time
 from pathlib import Path
 
-from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE
+from app.contract.run_files import CHECKPOINTS_DIR, DATASET_FILE, METRICS_FILE, MODEL_DIR, RUN_CONFIG_FILE
 
 
 def emit(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def write_artifacts(run_dir: Path, steps: int) -> None:
+    """Files where the real trainer puts them: an exported model, one checkpoint step, the metrics."""
+    model = run_dir / MODEL_DIR
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    (model / "model.safetensors").write_bytes(b"\0" * 4096)
+    (model / "tokenizer.json").write_text("{}")
+    for part in ("model_params/d/0a1b", "optimizer_state/d/2c3d", "_CHECKPOINT_METADATA"):
+        path = run_dir / CHECKPOINTS_DIR / str(steps) / part
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\1" * 1000)
+    (run_dir / METRICS_FILE).write_text(json.dumps({"train": [], "eval": []}))
 
 
 def main():
@@ -26,6 +40,8 @@ def main():
     parser.add_argument("--stdout-bytes", type=int, default=0)
     parser.add_argument("--spawn-child", action="store_true", help="start a grandchild that sleeps")
     parser.add_argument("--record-dir", help="write one file per execution here (exactly-once checks)")
+    parser.add_argument("--artifacts", action="store_true", help="write a model, a checkpoint and metrics as the "
+                                                                  "real trainer does")
     parser.add_argument("run_dir")
     args = parser.parse_args()
 
@@ -56,6 +72,8 @@ def main():
     if args.exit_code:
         print(f"fake trainer: failing on purpose with code {args.exit_code}", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
+    if args.artifacts:
+        write_artifacts(run_dir, args.steps)
     emit("end", steps=args.steps, final_loss=round(4.0 / max(args.steps, 1), 4), best_loss=4.0 / max(args.steps, 1),
          tokens_per_second=1000.0)
 

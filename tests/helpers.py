@@ -6,8 +6,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; make test installs it when run as root
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
 SAMPLE = "arithmetic-v1"  # the sample dataset every test app starts with
 
 
@@ -67,3 +72,7 @@ def processes_mentioning(fragment: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test "
+                                                                  "installs it when run as root)")

@@ -1,44 +1,21 @@
 """The run page in a real browser (Debian's chromium via Playwright): polling, its end, backoff, live log."""
-import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from app.extensions import db
-from tests.helpers import submit
+from tests.helpers import fake_trainer_command, needs_chromium, submit
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
 BASE = 0.5  # seconds between polls in these tests (4 s in production)
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test "
-                                                              "installs it when run as root)")
+pytestmark = needs_chromium
 
 
-@pytest.fixture
-def live_server(app):
-    from werkzeug.serving import make_server
-
+@pytest.fixture(autouse=True)
+def fast_polls(app):
     app.config["STATUS_POLL_SECONDS"] = BASE
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield browser.new_page()
-        browser.close()
 
 
 def pending_run(client) -> str:
@@ -69,7 +46,7 @@ def test_polls_while_active_and_stops_at_a_terminal_state(client, live_server, p
 
     set_status(run_id, "completed")
     page.wait_for_selector('#run-status[data-status="completed"]', timeout=10_000)
-    assert "no longer refreshes" in page.inner_text("#run-status")
+    assert page.get_attribute("#run-status", "hx-get") is None
     seen = len(times)
     page.wait_for_timeout(int(BASE * 1000 * 6))
     assert len(times) == seen, "polling stopped once the run was terminal"
@@ -115,3 +92,43 @@ def test_live_output_is_appended_in_order(client, live_server, page):
     page.wait_for_timeout(int(BASE * 1000 * 3))  # more polls bring nothing new
     assert page.inner_text("#run-log").split("\n")[:3] == ["first line", "second line", "third line"]
     assert page.inner_text("#run-log").count("first line") == 1
+
+
+def test_a_run_watched_from_pending_to_completed_needs_no_reload(client, live_server, page, worker_env,
+                                                                  start_worker):
+    run_id = pending_run(client)
+    page.goto(f"{live_server}/runs/{run_id}")
+    page.evaluate("window.__sameDocument = true")
+    assert page.inner_text("#run-artifacts").strip().endswith("No files yet.")
+    start_worker(worker_env(fake_trainer_command("--artifacts", "--sleep", "1")))
+    page.wait_for_selector('#run-status[data-status="completed"]', timeout=30_000)
+    page.wait_for_function("document.getElementById('run-announcer').innerText.includes('completed')")
+    assert page.evaluate("window.__sameDocument") is True, "the page was not reloaded"
+    details = page.inner_text("#run-details")
+    assert "Attempts\n1 of 1" in details.replace("\t", "\n") and "pending" not in details
+    ended = details.split("Ended")[1].strip().splitlines()[0]
+    assert ended.endswith("UTC"), details
+    assert "Download model" in page.inner_text("#run-artifacts")
+    assert "checkpoint at step 3" in page.inner_text("#run-artifacts")
+    assert "fake trainer: 240 examples" in page.inner_text("#run-tails")
+    assert "fake trainer: 240 examples" in page.inner_text("#run-log")
+    assert not page.is_visible("text=No output yet.")
+
+
+def test_the_runs_list_refreshes_its_active_rows_in_one_request_per_poll(client, live_server, page, worker_env,
+                                                                       start_worker):
+    finished = submit(client, "sync")["run_id"]
+    waiting = [pending_run(client) for _ in range(2)]
+    polls = []
+    page.on("request", lambda r: polls.append(r.url) if "/runs/rows" in r.url else None)
+    page.goto(f"{live_server}/runs")
+    page.evaluate("window.__sameDocument = true")
+    start_worker(worker_env(fake_trainer_command("--sleep", "0.5")))
+    for run_id in waiting:
+        page.wait_for_selector(f'#run-row-{run_id} .status-completed', timeout=30_000)
+    assert page.evaluate("window.__sameDocument") is True
+    assert "loss 1.3333" in page.inner_text(f"#run-row-{waiting[0]}")
+    assert polls and all(finished not in url for url in polls), "a finished row is never polled"
+    count = len(polls)
+    page.wait_for_timeout(int(BASE * 1000 * 5))
+    assert len(polls) == count, "the list stops polling once no visible run is active"

@@ -40,7 +40,7 @@ def test_form_submit_sync_shows_the_finished_run(client):
 def test_form_submit_dry_run_shows_the_plan(client):
     html = client.post("/runs/new", data={"dataset_key": SAMPLE, "mode": "dry_run"},
                        follow_redirects=True).get_data(as_text=True)
-    assert "Dry-run report" in html and "No problems found" in html and "Total steps" in html
+    assert "<h2>Plan</h2>" in html and "No problems found" in html and "Total steps" in html
 
 
 def test_invalid_form_shows_messages_next_to_fields_and_keeps_input(client):
@@ -74,7 +74,7 @@ def test_status_fragment_polls_while_active_and_stops_when_terminal(client):
     run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
     fragment = client.get(f"/runs/{run_id}/status").get_data(as_text=True)
     assert fragment.lstrip().startswith('<section id="run-status"')
-    assert f'hx-get="/runs/{run_id}/status?log_after=0"' in fragment and 'hx-swap="outerHTML"' in fragment
+    assert f'hx-get="/runs/{run_id}/status?log_after=0&amp;seen=pending"' in fragment and 'hx-swap="outerHTML"' in fragment
     assert "<html" not in fragment
     db.session.execute(TunixRun.__table__.update().values(status="running"))
     db.session.commit()
@@ -84,7 +84,7 @@ def test_status_fragment_polls_while_active_and_stops_when_terminal(client):
         db.session.commit()
         fragment = client.get(f"/runs/{run_id}/status").get_data(as_text=True)
         assert "hx-get" not in fragment and "hx-trigger" not in fragment, status
-        assert "no longer refreshes" in fragment
+        assert f'data-status="{status}"' in fragment
     assert "hx-trigger" not in client.get(f"/runs/{run_id}").get_data(as_text=True)
 
 

@@ -101,7 +101,7 @@ def test_retry_links_a_new_run_to_the_original(client):
 def test_cancel_and_retry_buttons_follow_the_status(client):
     run_id = submit(client)["run_id"]
     fragment = client.get(f"/runs/{run_id}/status").get_data(as_text=True)
-    assert f'action="/runs/{run_id}/cancel"' in fragment and "/retry" not in fragment
+    assert f'href="/runs/{run_id}/cancel"' in fragment and "/retry" not in fragment
     response = client.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 303
     fragment = client.get(f"/runs/{run_id}/status").get_data(as_text=True)

@@ -165,3 +165,23 @@ def test_cancel_real_training_saves_a_checkpoint_and_ends_the_group(client, work
     assert str(run["result"]["steps"]) in checkpoints  # the final checkpoint of the stop
     assert not _trainers_for(artifacts_root / run_id)
     assert client.post(f"/api/tunix/runs/{run_id}/cancel").status_code == 409
+
+
+def test_a_damaged_checkpoint_is_named_as_such(tmp_path):
+    from app.datasets.sample import sample_examples
+    from app.execution.run_directory import write_run_directory
+    from app.runs.validation import validate_run_config
+
+    config = validate_run_config({"dataset_key": SAMPLE, "max_steps": 4, "checkpoint_every_n_steps": 2,
+                                  "eval_fraction": 0})
+    run_dir = write_run_directory(tmp_path, "damaged", config, sample_examples())
+    assert subprocess.run([*REAL_TRAINER, str(run_dir)], cwd=ROOT, capture_output=True).returncode == 0
+    for path in (run_dir / "checkpoints" / "4").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0not a checkpoint")
+    (run_dir / "run_config.json").write_text(json.dumps({**config, "run_id": "damaged", "max_steps": 8}))
+    again = subprocess.run([*REAL_TRAINER, str(run_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 1
+    error = next(json.loads(line) for line in again.stdout.splitlines() if line.startswith('{"event":"error"'))
+    assert "could not read the checkpoint saved at step 4" in error["message"]
+    assert "Delete that folder" in error["message"]

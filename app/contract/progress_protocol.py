@@ -48,7 +48,8 @@ def parse_line(line: bytes | str) -> dict[str, Any] | None:
     return value
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """The value as a float when it is a finite number, else None."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
@@ -59,12 +60,12 @@ def metric_point(event: dict[str, Any]) -> dict[str, Any] | None:
     kind = event.get("event")
     if kind not in ("step", "eval"):
         return None
-    step, loss = event.get("step"), _finite(event.get("loss"))
+    step, loss = event.get("step"), finite(event.get("loss"))
     if not isinstance(step, int) or isinstance(step, bool) or step < 0 or loss is None:
         return None
     return {"split": "train" if kind == "step" else "eval", "step": step, "loss": loss,
-            "learning_rate": _finite(event.get("learning_rate")),
-            "tokens_per_second": _finite(event.get("tokens_per_second"))}
+            "learning_rate": finite(event.get("learning_rate")),
+            "tokens_per_second": finite(event.get("tokens_per_second"))}
 
 
 def summary_from_events(events: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -18,6 +19,7 @@ from app.models import RunLogChunk, RunMetric, TunixRun
 log = logging.getLogger(__name__)
 
 _EMPTY_JSON = text("'{}'::jsonb")
+RATE_WINDOW_STEPS = 20  # the page's tokens/s is the mean over this many recent steps
 LOG_NOTICE = "[... output beyond TUNIX_LOG_MAX_BYTES ({limit} bytes) is not stored here; the run directory has it ...]\n"
 
 
@@ -42,6 +44,7 @@ class ProgressRecorder:
         self._log_capped = False
         self._next_seq: int | None = None
         self._last_flush = self._clock()
+        self._recent_rates: deque[float] = deque(maxlen=RATE_WINDOW_STEPS)
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -51,9 +54,13 @@ class ProgressRecorder:
         if kind == "start":
             self._progress.update(total_steps=event.get("total_steps"), started=True)
         elif kind == "step":
+            rate = progress_protocol.finite(event.get("tokens_per_second"))
+            if rate is not None and event.get("step") != 1:  # the first step also traces and compiles
+                self._recent_rates.append(rate)
             self._progress.update(step=event.get("step"), loss=event.get("loss"),
                                   elapsed_seconds=event.get("elapsed_seconds"),
-                                  tokens_per_second=event.get("tokens_per_second"))
+                                  tokens_per_second=(round(sum(self._recent_rates) / len(self._recent_rates), 1)
+                                                     if self._recent_rates else None))
         elif kind == "eval":
             self._progress.update(eval_loss=event.get("loss"))
         elif kind == "checkpoint":

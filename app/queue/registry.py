@@ -61,6 +61,13 @@ def workers_with_liveness(alive_within_seconds: float) -> tuple[datetime, list[t
                  for w in list_workers()]
 
 
+def count_alive(alive_within_seconds: float) -> int:
+    """Workers that heartbeated within the given time and have not stopped."""
+    return int(db.session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.state != STOPPED, Worker.last_seen_at >= func.now() - func.make_interval(
+            0, 0, 0, 0, 0, 0, alive_within_seconds))) or 0)
+
+
 def seconds_since_any_worker() -> float | None:
     """Seconds since any running worker last heartbeated; None when none is registered."""
     quiet = db.session.scalar(select(func.extract("epoch", func.now() - func.max(Worker.last_seen_at)))
@@ -84,9 +91,7 @@ def queue_stats(alive_within_seconds: float) -> QueueStats:
                               .group_by(TunixRun.status, TunixRun.mode)).all()
     oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
                                .where(TunixRun.status == PENDING))
-    alive = db.session.scalar(select(func.count()).select_from(Worker).where(
-        Worker.state != STOPPED, Worker.last_seen_at >= func.now() - func.make_interval(
-            0, 0, 0, 0, 0, 0, alive_within_seconds)))
+    alive = count_alive(alive_within_seconds)
     db.session.rollback()  # end the read transaction; the scrape holds no locks
     return QueueStats(runs={(r[0], r[1]): r[2] for r in rows}, oldest_pending_age_seconds=float(oldest or 0.0),
-                      workers_alive=int(alive or 0), runs_recovered=int(sum(r[3] or 0 for r in rows)))
+                      workers_alive=alive, runs_recovered=int(sum(r[3] or 0 for r in rows)))

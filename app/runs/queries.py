@@ -12,7 +12,7 @@ from sqlalchemy import Integer, and_, cast, func, or_, select
 
 from app.extensions import db
 from app.models import RunMetric, TunixRun
-from app.runs.states import PENDING
+from app.runs.states import ASYNC, COMPLETED, PENDING
 
 
 def get_run(run_id: str) -> TunixRun | None:
@@ -74,9 +74,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key: str | None = None,
-              limit: int = 25, cursor: str | None = None) -> RunPage:
+              tag: str | None = None, limit: int = 25, cursor: str | None = None) -> RunPage:
     """Runs newest first, filtered, one keyset page at a time."""
     stmt = select(TunixRun)
+    if tag:
+        stmt = stmt.where(TunixRun.tags.contains([tag]))
     if status:
         stmt = stmt.where(TunixRun.status == status)
     if mode:
@@ -101,6 +103,20 @@ def queue_position(run: TunixRun) -> int | None:
         TunixRun.status == PENDING,
         or_(TunixRun.queued_at < run.queued_at, and_(TunixRun.queued_at == run.queued_at, TunixRun.id < run.id))))
     return int(ahead) + 1
+
+
+def typical_run_seconds(sample: int = 20) -> float | None:
+    """The median duration of the latest completed queued runs; None before there is one."""
+    durations = sorted(db.session.scalars(
+        select(TunixRun.duration_seconds).where(TunixRun.status == COMPLETED, TunixRun.mode == ASYNC,
+                                                TunixRun.duration_seconds.is_not(None))
+        .order_by(TunixRun.created_at.desc()).limit(sample)))
+    return float(durations[len(durations) // 2]) if durations else None
+
+
+def runs_by_ids(run_ids: list[uuid.UUID]) -> list[TunixRun]:
+    """The runs with these ids (unknown ids are left out), in no particular order."""
+    return list(db.session.scalars(select(TunixRun).where(TunixRun.id.in_(run_ids)))) if run_ids else []
 
 
 def retries_of(run_id: uuid.UUID) -> list[uuid.UUID]:

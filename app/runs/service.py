@@ -71,6 +71,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     values = {
         "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
         "config": config, "idempotency_key": idempotency_key or None, "created_at": now, "retry_of": retry_of,
+        "name": config["name"], "tags": config["tags"],
         # Only a queued run can be re-queued; one carried out inside a request gets one start.
         "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1,
     }

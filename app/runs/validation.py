@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,8 +35,8 @@ FIELDS: tuple[Field, ...] = (
     Field("weight_decay", "float", 0.0, "Weight decay", "AdamW decoupled weight decay.",
           minimum=0.0, maximum=1.0),
     Field("num_epochs", "int", 3, "Epochs", "Passes over the training split.", minimum=1, maximum=1000),
-    Field("max_steps", "int", None, "Max steps", "Optional cap on optimizer steps; wins over epochs.",
-          minimum=1, maximum=10_000_000),
+    Field("max_steps", "int", None, "Max steps", "Optional cap on optimizer steps: training stops at this step "
+          "or at the end of the last epoch, whichever comes first.", minimum=1, maximum=10_000_000),
     Field("batch_size", "int", 4, "Batch size", "Examples per optimizer step.", minimum=1, maximum=4096),
     Field("max_seq_length", "int", 128, "Max sequence length", "Tokens per example; longer ones are cut.",
           minimum=8, maximum=32_768),
@@ -56,7 +57,11 @@ FIELDS: tuple[Field, ...] = (
           "a restart resumes from the last checkpoint).", minimum=1, maximum=10),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-TOP_LEVEL = ("dataset_key", "model_id")
+TOP_LEVEL = ("dataset_key", "model_id", "name", "tags")
+NAME_MAX = 120
+TAGS_MAX = 10
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 KNOWN_KEYS = frozenset(TOP_LEVEL) | frozenset(FIELDS_BY_NAME)
 
 
@@ -144,6 +149,12 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> 
         else:
             config["model_id"] = model_id.strip()
 
+    for key, check in (("name", _check_name), ("tags", _check_tags)):
+        try:
+            config[key] = check(raw.get(key))
+        except ValueError as exc:
+            errors[key] = str(exc)
+
     for field in FIELDS:
         value = raw.get(field.name)
         if _is_blank(value):
@@ -161,6 +172,38 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> 
     return config
 
 
+def _check_name(value: Any) -> str | None:
+    """A run's optional display name: one line of at most NAME_MAX characters."""
+    if _is_blank(value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    value = value.strip()
+    if _CONTROL.search(value):
+        raise ValueError("must be one line of text, without control characters")
+    if len(value) > NAME_MAX:
+        raise ValueError(f"must be at most {NAME_MAX} characters")
+    return value
+
+
+def _check_tags(value: Any) -> list[str]:
+    """Tags from a list (the API) or a comma-separated string (the form), de-duplicated in order."""
+    if _is_blank(value):
+        return []
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise ValueError("must be a list of strings, or one string of comma-separated tags")
+    tags = list(dict.fromkeys(tag.strip() for tag in value))
+    for tag in tags:
+        if not TAG_PATTERN.match(tag):
+            raise ValueError(f"tag {tag[:40]!r} must be 1-32 letters, digits, '.', '_', ':' or '-', "
+                             "starting with a letter or digit")
+    if len(tags) > TAGS_MAX:
+        raise ValueError(f"must be at most {TAGS_MAX} tags")
+    return tags
+
+
 def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
     problems = {}
     max_steps = config.get("max_steps")
@@ -172,5 +215,12 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
 def form_defaults() -> dict[str, Any]:
     """Values the new-run form starts with."""
     values = {f.name: ("" if f.default is None else f.default) for f in FIELDS}
-    values["model_id"] = model_catalog.DEFAULT_MODEL_ID
+    values.update(model_id=model_catalog.DEFAULT_MODEL_ID, name="", tags="")
+    return values
+
+
+def form_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as the form shows it (to clone a run): blanks for none, tags comma-separated."""
+    values = {k: ("" if v is None else v) for k, v in config.items()}
+    values["tags"] = ", ".join(config.get("tags") or [])
     return values

@@ -153,7 +153,8 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
             save_interval_steps=config["checkpoint_every_n_steps"], max_to_keep=2),
         metrics_logging_options=metrics_logger.MetricsLoggerOptions(log_dir=str(run_dir / "tensorboard")),
         pbar_description=None)
-    trainer = peft_trainer.PeftTrainer(model, optimizer, training_config)
+    trainer = _trainer_resuming_if_possible(peft_trainer, model, optimizer, training_config,
+                                            run_dir / run_files.CHECKPOINTS_DIR)
     trainer = trainer.with_gen_model_input_fn(_model_inputs(tokenizer.pad_id))
     hooks = ProgressHooks(train_batches, total_steps)
     trainer.with_training_hooks(hooks)
@@ -186,6 +187,27 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
           f"{summary['tokens_per_second']} tokens/s", flush=True)
     return summary
+
+
+class CheckpointError(RuntimeError):
+    """A saved checkpoint could not be read back."""
+
+
+def _trainer_resuming_if_possible(peft_trainer, model, optimizer, training_config, checkpoints: Path):
+    # Tunix restores the latest checkpoint while it builds the trainer. A corrupt or foreign
+    # checkpoint then fails with whatever the reader hit (seen: a bare MemoryError), which reads
+    # like the host ran out of memory: say which checkpoint it was and what to do instead.
+    saved = sorted((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()), reverse=True) \
+        if checkpoints.is_dir() else []
+    try:
+        return peft_trainer.PeftTrainer(model, optimizer, training_config)
+    except Exception as exc:
+        if not saved:
+            raise
+        raise CheckpointError(
+            f"could not read the checkpoint saved at step {saved[0]} ({run_files.CHECKPOINTS_DIR}/{saved[0]}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}); it may be damaged or come from another model or config. "
+            f"Delete that folder to resume from an earlier one, or start a new run") from exc
 
 
 def _stop_on_sigterm(train_batches: run_data.TrainBatches) -> None:

@@ -12,7 +12,7 @@ from app.errors import ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
 from app.queue import registry
-from app.runs import logs, queries, service
+from app.runs import logs, queries, service, validation
 from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
 from app.web import serializers
 from app.web.errors import api_error
@@ -115,7 +115,10 @@ def _list_filters() -> dict:
     """The list's filters from the query string; ValidationError naming every bad one."""
     args, errors = request.args, {}
     filters = {"status": args.get("status") or None, "mode": args.get("mode") or None,
-               "dataset_key": args.get("dataset_key") or None, "cursor": args.get("cursor") or None}
+               "dataset_key": args.get("dataset_key") or None, "tag": args.get("tag") or None,
+               "cursor": args.get("cursor") or None}
+    if filters["tag"] and not validation.TAG_PATTERN.match(filters["tag"]):
+        errors["tag"] = "must be 1-32 letters, digits, '.', '_', ':' or '-'"
     if filters["status"] and filters["status"] not in STATUSES:
         errors["status"] = f"must be one of {', '.join(STATUSES)}"
     if filters["mode"] and filters["mode"] not in MODES:

@@ -1,13 +1,32 @@
-"""The loss curve, drawn on the server as SVG so the 4 s status poll refreshes it with no chart library."""
+"""The loss curve, drawn on the server as SVG so the 4 s status poll refreshes it with no chart library.
+
+Two sizes are drawn from the same series: a wide one, and a narrow one with larger type that
+the stylesheet shows on phones instead (an SVG scaled down to 390 px would shrink its labels
+past reading).
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 640, 240
-PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 16, 16, 32
 MAX_POINTS = 400  # per series; longer series are thinned so the fragment stays small
+SERIES = (("train", "train loss"), ("eval", "eval loss"))
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    width: int
+    height: int
+    font: int  # px, in the SVG's own units
+    x_ticks: int
+    y_ticks: int
+
+
+WIDE = Size("wide", 640, 260, 11, 6, 5)
+NARROW = Size("narrow", 360, 240, 14, 3, 4)
 
 
 def _thin(points: list[dict]) -> list[dict]:
@@ -17,50 +36,91 @@ def _thin(points: list[dict]) -> list[dict]:
     return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
 
 
-def _ticks(low: float, high: float, count: int = 4) -> list[float]:
-    if high == low:
-        return [low]
-    return [low + (high - low) * i / count for i in range(count + 1)]
+def nice_ticks(low: float, high: float, count: int) -> list[float]:
+    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
+    if high <= low:
+        high = low + 1.0
+    raw = (high - low) / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.floor(low / step) * step
+    ticks, value = [], first
+    while value < high + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < high:
+        ticks.append(round(ticks[-1] + step, 12))
+    return ticks
 
 
-def render_svg(series: dict[str, list[dict]]) -> Markup | None:
+def _label(value: float) -> str:
+    return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+
+
+def _describe(name: str, points: list[dict]) -> str:
+    best = min(points, key=lambda p: p["loss"])
+    return (f"{name}: {points[0]['loss']:.4g} at step {points[0]['step']}, {points[-1]['loss']:.4g} at step "
+            f"{points[-1]['step']}, best {best['loss']:.4g} at step {best['step']}.")
+
+
+def render_svg(series: dict[str, list[dict]], size: Size = WIDE) -> Markup | None:
     """An SVG line chart of train (and eval) loss by step, or None when nothing was recorded yet."""
-    train, evals = _thin(series.get("train", [])), _thin(series.get("eval", []))
-    everything = train + evals
+    lines = {key: _thin(series.get(key, [])) for key, _ in SERIES}
+    everything = [p for points in lines.values() for p in points]
     if not everything:
         return None
     steps = [p["step"] for p in everything]
     losses = [p["loss"] for p in everything]
-    x_low, x_high = min(steps), max(steps)
-    y_low, y_high = min(losses), max(losses)
-    if y_high == y_low:
-        y_low, y_high = y_low - 0.5, y_high + 0.5
-    plot_w, plot_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
+    y_ticks = nice_ticks(min(losses), max(losses), size.y_ticks)
+    x_ticks = [t for t in nice_ticks(min(steps), max(steps), size.x_ticks) if t == int(t)]
+    y_low, y_high = y_ticks[0], y_ticks[-1]
+    x_low, x_high = min(x_ticks[0], min(steps)), max(x_ticks[-1], max(steps))
+    font = size.font
+    left, right, top, bottom = font * 4 + 8, 12, font * 2 + 10, font * 3 + 8
+    plot_w, plot_h = size.width - left - right, size.height - top - bottom
 
     def x(step: float) -> float:
-        return PAD_LEFT + (plot_w * (step - x_low) / (x_high - x_low) if x_high > x_low else plot_w / 2)
+        return left + (plot_w * (step - x_low) / (x_high - x_low) if x_high > x_low else plot_w / 2)
 
     def y(loss: float) -> float:
-        return PAD_TOP + plot_h * (1 - (loss - y_low) / (y_high - y_low))
+        return top + plot_h * (1 - (loss - y_low) / (y_high - y_low))
 
-    parts = [f'<svg class="loss-chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="Loss by step" xmlns="http://www.w3.org/2000/svg">']
-    for tick in _ticks(y_low, y_high):
-        parts.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" y1="{y(tick):.1f}" '
-                     f'y2="{y(tick):.1f}"/><text class="tick" x="{PAD_LEFT - 6}" y="{y(tick) + 4:.1f}" '
-                     f'text-anchor="end">{tick:.3g}</text>')
-    for tick in _ticks(x_low, x_high):
-        parts.append(f'<text class="tick" x="{x(tick):.1f}" y="{HEIGHT - 10}" text-anchor="middle">'
-                     f'{int(round(tick))}</text>')
-    for name, points in (("train", train), ("eval", evals)):
+    ident = f"loss-chart-{size.name}"
+    summary = " ".join(_describe(label, lines[key]) for key, label in SERIES if lines[key])
+    parts = [f'<svg class="loss-chart {size.name}" viewBox="0 0 {size.width} {size.height}" role="img" '
+             f'aria-labelledby="{ident}-title {ident}-desc" font-size="{font}" xmlns="http://www.w3.org/2000/svg">',
+             f'<title id="{ident}-title">Loss by step</title><desc id="{ident}-desc">{escape(summary)}</desc>']
+    for tick in y_ticks:
+        parts.append(f'<line class="grid" x1="{left}" x2="{size.width - right}" y1="{y(tick):.1f}" '
+                     f'y2="{y(tick):.1f}"/><text class="tick" x="{left - 6}" y="{y(tick) + font / 3:.1f}" '
+                     f'text-anchor="end">{_label(tick)}</text>')
+    for tick in x_ticks:
+        parts.append(f'<text class="tick" x="{x(tick):.1f}" y="{top + plot_h + font + 4}" '
+                     f'text-anchor="middle">{int(tick)}</text>')
+    parts.append(f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{size.height - 6}" '
+                 f'text-anchor="middle">step</text>')
+    parts.append(f'<text class="axis-title" transform="translate({font + 2},{top + plot_h / 2:.1f}) rotate(-90)" '
+                 f'text-anchor="middle">loss</text>')
+    legend_x = left
+    for key, label in SERIES:
+        points = lines[key]
         if not points:
             continue
         coords = " ".join(f"{x(p['step']):.1f},{y(p['loss']):.1f}" for p in points)
-        parts.append(f'<polyline class="series-{name}" fill="none" points="{coords}"/>')
-        if len(points) == 1 or name == "eval":
-            parts.extend(f'<circle class="series-{name}" cx="{x(p["step"]):.1f}" cy="{y(p["loss"]):.1f}" r="3"/>'
+        parts.append(f'<polyline class="series-{key}" fill="none" points="{coords}"/>')
+        if len(points) == 1 or key == "eval":
+            parts.extend(f'<circle class="series-{key}" cx="{x(p["step"]):.1f}" cy="{y(p["loss"]):.1f}" r="3"/>'
                          for p in points)
-    parts.append(f'<text class="legend" x="{PAD_LEFT + 8}" y="{PAD_TOP + 12}">'
-                 f'{escape("— train loss")}{"  ● eval loss" if evals else ""}</text>')
+        # The legend sits above the plot, each swatch drawn like its line.
+        parts.append(f'<line class="series-{key} swatch" x1="{legend_x}" x2="{legend_x + 22}" y1="{font + 2}" '
+                     f'y2="{font + 2}"/><text class="legend legend-{key}" x="{legend_x + 28}" '
+                     f'y="{font + 2 + font / 3:.1f}">{label}</text>')
+        legend_x += 28 + int(len(label) * font * 0.62) + 18
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def render_charts(series: dict[str, list[dict]]) -> Markup | None:
+    """Both sizes of the chart, for the stylesheet to pick by screen width; None when there is no point yet."""
+    wide = render_svg(series, WIDE)
+    return None if wide is None else Markup(wide + render_svg(series, NARROW))

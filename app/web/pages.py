@@ -5,6 +5,8 @@ forms catch a ValidationError themselves to show each problem next to its field.
 """
 from __future__ import annotations
 
+import uuid
+
 from flask import (Blueprint, Response, current_app, redirect, render_template, request, send_from_directory,
                    stream_with_context, url_for)
 
@@ -15,8 +17,8 @@ from app.errors import NotFoundError, ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.queue import registry
 from app.runs import artifacts, logs, queries, service, validation
-from app.runs.states import ASYNC, MODES, PENDING, STATUSES, SYNC
-from app.web import loss_chart
+from app.runs.states import ASYNC, MODES, STATUSES, SYNC
+from app.web import run_view
 from app.web.lookups import dataset_or_404, run_or_404
 
 bp = Blueprint("pages", __name__)
@@ -29,8 +31,11 @@ def index():
 
 @bp.get("/runs")
 def list_runs():
-    filters = {k: request.args.get(k) or None for k in ("status", "mode", "dataset_key", "cursor")}
+    filters = {k: request.args.get(k) or None for k in ("status", "mode", "dataset_key", "tag", "cursor")}
     errors = {}
+    if filters["tag"] and not validation.TAG_PATTERN.match(filters["tag"]):
+        errors["tag"] = "not a tag: use letters, digits, '.', '_', ':' or '-'"
+        filters["tag"] = None
     if filters["status"] and filters["status"] not in STATUSES:
         errors["status"] = "unknown status"
         filters["status"] = None
@@ -47,6 +52,21 @@ def list_runs():
                            datasets=dataset_store.list_datasets())
 
 
+MAX_POLLED_ROWS = 100
+
+
+@bp.get("/runs/rows")
+def run_rows():
+    """The runs list's poll: the rows it names, to swap in out of band, and the next poll (if any is active)."""
+    ids = []
+    for raw in request.args.get("ids", "").split(",")[:MAX_POLLED_ROWS]:
+        try:
+            ids.append(uuid.UUID(raw))
+        except ValueError:
+            continue
+    return render_template("runs/_rows.html", runs=queries.runs_by_ids(ids), oob=True)
+
+
 def _form_context(values: dict, errors: dict) -> dict:
     return {"values": values, "errors": errors, "fields": validation.FIELDS, "presets": model_catalog.PRESETS,
             "datasets": dataset_store.list_datasets()}
@@ -58,7 +78,7 @@ def new_run():
     values.update(dataset_key=request.args.get("dataset_key") or SAMPLE_KEY, mode=ASYNC)
     source = queries.get_run(request.args.get("clone", "")) if request.args.get("clone") else None
     if source is not None:
-        values.update({k: ("" if v is None else v) for k, v in source.config.items()}, mode=source.mode)
+        values.update(validation.form_values(source.config), mode=source.mode)
     return render_template("runs/new.html", **_form_context(values, {}))
 
 
@@ -73,33 +93,10 @@ def submit_run():
     return redirect(url_for("pages.show_run", run_id=run.id), code=303)
 
 
-def _worker_note(run) -> str | None:
-    """Why a pending run waits, when the reason is that no worker is around."""
-    if run.status != PENDING:
-        return None
-    quiet = registry.seconds_since_any_worker()
-    if quiet is None:
-        return "No worker is running: start one with `python worker.py`."
-    config = current_app.config
-    if quiet > max(3 * config["HEARTBEAT_SECONDS"], 2 * config["WORKER_POLL_SECONDS"]):
-        return f"No worker has been seen for {quiet:.0f} s."
-    return None
-
-
-def _status_context(run, log_after: int | None = None) -> dict:
-    series = queries.metric_series(run.id, max_points=loss_chart.MAX_POINTS)
-    max_lines = current_app.config["LOG_TAIL_LINES"]
-    log = logs.tail(run.id, max_lines) if log_after is None else logs.after(run.id, log_after, max_lines)
-    return {"run": run, "series": series, "chart": loss_chart.render_svg(series),
-            "queue_position": queries.queue_position(run), "worker_note": _worker_note(run), "log": log}
-
-
 @bp.get("/runs/<run_id>")
 def show_run(run_id: str):
     run = run_or_404(run_id)
-    files = artifacts.list_files(current_app.config["ARTIFACTS_ROOT"], run.id)
-    return render_template("runs/detail.html", files=files, retries=queries.retries_of(run.id),
-                           **_status_context(run))
+    return render_template("runs/detail.html", **run_view.page_context(run))
 
 
 @bp.get("/runs/<run_id>/status")
@@ -114,8 +111,16 @@ def run_status_fragment(run_id: str):
         log_after = max(0, int(request.args.get("log_after", "")))
     except ValueError:
         log_after = None
+    seen = request.args.get("seen")
     return render_template("runs/_status.html", log_increment=log_after is not None,
-                           **_status_context(run, log_after))
+                           **run_view.status_context(run, log_after=log_after,
+                                                     seen_status=seen if seen in STATUSES else None))
+
+
+@bp.get("/runs/<run_id>/cancel")
+def confirm_cancel(run_id: str):
+    """Cancel asks first, in plain HTML: this page holds the form that cancels."""
+    return render_template("runs/cancel.html", run=run_or_404(run_id))
 
 
 @bp.post("/runs/<run_id>/cancel")
@@ -150,6 +155,18 @@ def download_artifact(run_id: str, relative: str):
     if path is None:
         raise NotFoundError("No such file in this run's artifacts.")
     return send_from_directory(path.parent, path.name, as_attachment=True)
+
+
+@bp.get("/runs/<run_id>/archive/<path:folder>.zip")
+def download_folder(run_id: str, folder: str):
+    """A folder of the run (its model, a checkpoint step) as one zip archive, streamed as it is written."""
+    run = run_or_404(run_id)
+    path = artifacts.resolve_folder(current_app.config["ARTIFACTS_ROOT"], run.id, folder)
+    if path is None:
+        raise NotFoundError("No such folder in this run's artifacts.")
+    name = f"run-{str(run.id)[:8]}-{folder.replace('/', '-')}"
+    return Response(stream_with_context(artifacts.stream_zip(path, name)), mimetype="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
 
 
 @bp.get("/datasets")

@@ -25,6 +25,7 @@ def run_summary(run: TunixRun) -> dict[str, Any]:
     """One run as the list endpoint shows it: no config, outputs or links."""
     return {
         **run_status(run),
+        "name": run.name, "tags": list(run.tags or []),
         "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id,
         "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
         "error_message": run.error_message,

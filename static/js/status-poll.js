@@ -1,4 +1,5 @@
-// Backoff for the run status fragment (templates/runs/_status.html), the one place that polls.
+// Backoff for the pages' polls: the run status fragment (templates/runs/_status.html) and the
+// runs list's active rows (templates/runs/_rows.html), each marked with data-poll-base-ms.
 // A successful poll swaps in a fresh fragment, which schedules its own poll 4 s later.
 // A failed poll (network error or 4xx/5xx) swaps nothing, so we schedule the retry here,
 // waiting twice as long after each failure in a row: 8, 16, 32 s ... capped at 60 s.
@@ -8,7 +9,7 @@
 
   function pollingElement(evt) {
     var elt = evt.detail && evt.detail.elt;
-    return elt && elt.id === "run-status" && elt.hasAttribute("hx-get") ? elt : null;
+    return elt && elt.dataset.pollBaseMs && elt.hasAttribute("hx-get") ? elt : null;
   }
 
   document.addEventListener("htmx:afterRequest", function (evt) {

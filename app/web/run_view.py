@@ -1,0 +1,109 @@
+"""What the run page and its polling fragment show, computed once from the run (templates only print it).
+
+Every value tolerates a partial progress record: the protocol allows any event to be the
+last one stored (a start without a step, a run without an eval split), and each must render.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from app.models import TunixRun
+from app.queue import registry
+from app.runs import artifacts, logs, queries
+from app.runs.states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
+from app.web import loss_chart
+
+STATUS_WORDS = {
+    PENDING: "Waiting for a worker", RUNNING: "Running", CANCELLING: "Stopping", COMPLETED: "Completed",
+    FAILED: "Failed", TIMEOUT: "Timed out", CANCELLED: "Cancelled",
+}
+
+
+def _number(mapping: dict[str, Any], key: str) -> float | None:
+    value = mapping.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """The progress line: every field may be missing, and then it is None."""
+
+    step: int
+    total_steps: int | None
+    loss: float | None
+    eval_loss: float | None
+    elapsed_seconds: float | None
+    time_left_seconds: float | None
+    tokens_per_second: float | None  # smoothed while running; the run's own figure once it ended
+    last_checkpoint_step: int | None
+
+    @classmethod
+    def of(cls, run: TunixRun) -> "ProgressView | None":
+        progress = run.progress if isinstance(run.progress, dict) else {}
+        total = _number(progress, "total_steps")
+        if not total:
+            return None
+        result = run.result if isinstance(run.result, dict) else {}
+        rate = _number(result, "tokens_per_second") if run.is_terminal else None
+        return cls(step=int(_number(progress, "step") or 0), total_steps=int(total),
+                   loss=_number(progress, "loss"), eval_loss=_number(progress, "eval_loss"),
+                   elapsed_seconds=_number(progress, "elapsed_seconds"), time_left_seconds=run.time_left_seconds,
+                   tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"),
+                   last_checkpoint_step=(int(_number(progress, "last_checkpoint_step"))
+                                         if _number(progress, "last_checkpoint_step") is not None else None))
+
+
+def _queue_estimate(position: int | None) -> float | None:
+    """When a pending run should start, from the typical run time and the live workers; None when unknown."""
+    if not position:
+        return None
+    typical = queries.typical_run_seconds()
+    workers = registry.count_alive(current_app.config["LEASE_TIMEOUT_SECONDS"])
+    if typical is None or workers == 0:
+        return None
+    return math.ceil(position / workers) * typical
+
+
+def _worker_note(run: TunixRun) -> str | None:
+    """Why a pending run waits, when the reason is that no worker is around."""
+    if run.status != PENDING:
+        return None
+    quiet = registry.seconds_since_any_worker()
+    if quiet is None:
+        return "No worker is running: start one with `python worker.py`."
+    config = current_app.config
+    if quiet > max(3 * config["HEARTBEAT_SECONDS"], 2 * config["WORKER_POLL_SECONDS"]):
+        return f"No worker has been seen for {quiet:.0f} s."
+    return None
+
+
+def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: str | None = None) -> dict:
+    """What the status fragment renders. When the poll saw another status than the run has now, the
+    sections around the block are rendered too, to be swapped in out of band (nothing goes stale)."""
+    series = queries.metric_series(run.id, max_points=loss_chart.MAX_POINTS)
+    max_lines = current_app.config["LOG_TAIL_LINES"]
+    log = logs.tail(run.id, max_lines) if log_after is None else logs.after(run.id, log_after, max_lines)
+    position = queries.queue_position(run)
+    context = {"run": run, "progress": ProgressView.of(run), "chart": loss_chart.render_charts(series),
+               "queue_position": position, "queue_wait_seconds": _queue_estimate(position),
+               "worker_note": _worker_note(run), "log": log, "status_words": STATUS_WORDS,
+               "changed": seen_status is not None and seen_status != run.status}
+    if context["changed"]:
+        context.update(_surroundings(run))
+    return context
+
+
+def _surroundings(run: TunixRun) -> dict:
+    return {"artifacts": artifacts.group(current_app.config["ARTIFACTS_ROOT"], run.id),
+            "retries": queries.retries_of(run.id)}
+
+
+def page_context(run: TunixRun) -> dict:
+    """What the whole run page renders: the status block and every section around it."""
+    return {**status_context(run), **_surroundings(run)}

@@ -1,0 +1,83 @@
+"""Every page in a real browser, at desktop and phone widths: no serious or critical axe-core violation,
+no sideways scrolling of the page, and (with TUNIX_SCREENSHOTS_DIR set, as `make screenshots` does)
+a screenshot of each."""
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db
+from app.queue import registry
+from tests.helpers import ROOT, SAMPLE, fake_trainer_command, needs_chromium, submit
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+WIDTHS = {"desktop": 1280, "phone": 390}
+SCREENSHOTS = os.environ.get("TUNIX_SCREENSHOTS_DIR")
+
+pytestmark = [needs_chromium, pytest.mark.skipif(not AXE.exists(), reason="axe-core is not installed "
+                                                                          "(make test installs it from npm)")]
+
+RUN_AXE = """async () => {
+  const result = await axe.run(document);
+  return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                      where: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+}"""
+
+
+def _run_pages(client, app) -> dict[str, str]:
+    """A run in each state a person can meet, by the name its screenshot gets."""
+    runs = {"run-pending": submit(client, name="waiting for a worker")["run_id"]}
+    running = submit(client, name="training now", tags=["baseline"])["run_id"]
+    db.session.execute(text(
+        "UPDATE tunix_runs SET status = 'running', started_at = now(), worker_id = 'gpu-1:4242:ab12cd', attempt = 1, "
+        "progress = CAST(:p AS jsonb) WHERE id = :id"),
+        {"id": running, "p": '{"total_steps": 120, "step": 45, "loss": 2.31, "elapsed_seconds": 30.5, '
+                             '"tokens_per_second": 18390.0, "eval_loss": 2.52}'})
+    for step in range(1, 46):
+        db.session.execute(text("INSERT INTO run_metrics (run_id, split, step, loss, recorded_at) "
+                                "VALUES (:id, 'train', :s, :l, now())"), {"id": running, "s": step, "l": 5.9 / step ** 0.4})
+    db.session.commit()
+    runs["run-running"] = running
+    app.config.update(TRAIN_COMMAND=fake_trainer_command("--artifacts", "--steps", "30"))
+    runs["run-completed"] = submit(client, "sync", name="arithmetic, lr 1e-3", tags=["baseline", "small-lr"])["run_id"]
+    cancelled = submit(client)["run_id"]
+    client.post(f"/api/tunix/runs/{cancelled}/cancel")
+    runs["run-cancelled"] = cancelled
+    app.config.update(TRAIN_COMMAND=fake_trainer_command("--exit-code", "3"))
+    runs["run-failed"] = submit(client, "sync")["run_id"]
+    runs["run-dry-run"] = submit(client, "dry_run", name="plan before training")["run_id"]
+    return {name: f"/runs/{run_id}" for name, run_id in runs.items()}
+
+
+def _check(page, name: str, width_name: str) -> list[str]:
+    page.add_script_tag(path=str(AXE))
+    problems = [f"{name} at {width_name}: {v['impact']} {v['id']} ({v['help']}) at {v['where']}"
+                for v in page.evaluate(RUN_AXE) if v["impact"] in ("serious", "critical")]
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    if overflow > 0:
+        problems.append(f"{name} at {width_name}: the page scrolls sideways by {overflow} px")
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}-{WIDTHS[width_name]}.png"), full_page=True)
+    return problems
+
+
+def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser):
+    registry.register("gpu-1:4242:ab12cd", "gpu-1", 4242)
+    pages = {"runs": "/runs", "new-run": "/runs/new", **_run_pages(client, app), "datasets": "/datasets",
+             "dataset": f"/datasets/{SAMPLE}", "workers": "/workers"}
+    problems = []
+    for width_name, width in WIDTHS.items():
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        for name, path in pages.items():
+            page.goto(live_server + path)
+            problems += _check(page, name, width_name)
+        page.goto(live_server + "/runs/new")
+        page.fill("#learning_rate", "fast")
+        page.click("button[type=submit] >> text=Start run")
+        page.wait_for_selector("#error-summary")
+        assert page.evaluate("document.activeElement.id") == "error-summary", "focus goes to the error summary"
+        problems += _check(page, "new-run-rejected", width_name)
+        page.close()
+    assert problems == [], "\n".join(problems)
