@@ -35,18 +35,25 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         "max_overflow": app.config["DB_MAX_OVERFLOW"],
     }
 
-    from app.extensions import csrf, db, migrate
+    from app.extensions import csrf, db, login_manager, migrate
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = None  # the sign-in page says enough; no flash in the session
 
     from app import cli, metrics
-    from app.web import api, errors, formatting, pages
+    from app.web import api, auth, errors, formatting, pages, security
 
+    app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    # The API authenticates every call with a bearer token, which no other site can send.
     csrf.exempt(api.bp)
+    app.before_request(auth.require_identity)
+    security.init_app(app)
     errors.register(app)
     metrics.init_app(app)
     cli.register(app)

@@ -1,17 +1,72 @@
-"""Command-line tasks: `flask --app wsgi init-db` migrates the database and adds the sample dataset."""
+"""Command-line tasks (`flask --app wsgi ...`): init-db, users and tokens. They call the same account code as the pages."""
 from __future__ import annotations
+
+import sys
 
 import click
 from flask import Flask
 from flask_migrate import upgrade
 
+from app.errors import AppError
+
+
+def _fail(exc: AppError) -> None:
+    raise click.ClickException(str(exc))
+
 
 def register(app: Flask) -> None:
+    from app.accounts import service as accounts
+
     @app.cli.command("init-db")
     def init_db() -> None:
-        """Apply every migration, then create the sample dataset if it is missing."""
+        """Apply every migration, create the sample dataset if missing, and the first admin on a fresh database."""
         from app.datasets.sample import SAMPLE_KEY, ensure_sample_dataset
 
         upgrade()
         created = ensure_sample_dataset()
         click.echo(f"database ready; sample dataset {SAMPLE_KEY} {'created' if created else 'present'}")
+        password = accounts.ensure_first_admin()
+        if password:
+            click.echo(f"first user created: sign in as admin with password {password}")
+
+    users = click.Group("users", help="Create users and set their passwords.")
+    tokens = click.Group("tokens", help="Create API tokens.")
+
+    @users.command("create")
+    @click.argument("name")
+    @click.option("--admin", is_flag=True, help="may act on every user's runs")
+    def create_user(name: str, admin: bool) -> None:
+        """Create a user; prints its generated password alone on stdout."""
+        try:
+            _, password = accounts.create_user(name, admin=admin)
+        except AppError as exc:
+            _fail(exc)
+        click.echo(password)
+
+    @users.command("set-password")
+    @click.argument("name")
+    def set_password(name: str) -> None:
+        """Set a user's password, read from stdin (one line)."""
+        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            accounts.set_password(name, password)
+        except AppError as exc:
+            _fail(exc)
+        click.echo(f"password of {name} changed", err=True)
+
+    @tokens.command("create")
+    @click.argument("name")
+    @click.option("--label", default="", help="what the token is for")
+    def create_token(name: str, label: str) -> None:
+        """Create an API token for a user; prints the token alone on stdout (it is not stored)."""
+        user = accounts.find_user(name)
+        if user is None:
+            raise click.ClickException(f"no user {name!r}")
+        try:
+            _, secret = accounts.create_token(user, label)
+        except AppError as exc:
+            _fail(exc)
+        click.echo(secret)
+
+    app.cli.add_command(users)
+    app.cli.add_command(tokens)

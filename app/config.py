@@ -82,4 +82,9 @@ def load_settings() -> dict:
         "RUNS_PAGE_SIZE": _int("TUNIX_RUNS_PAGE_SIZE", 25),
         "STATUS_POLL_SECONDS": _float("TUNIX_STATUS_POLL_SECONDS", 4.0),
         "METRICS_CACHE_SECONDS": _float("TUNIX_METRICS_CACHE_SECONDS", 5.0),
+        # Sign-in: this many failures per username or per address within the window pause it (429).
+        "SIGNIN_MAX_FAILURES": _int("TUNIX_SIGNIN_MAX_FAILURES", 10),
+        "SIGNIN_WINDOW_SECONDS": _float("TUNIX_SIGNIN_WINDOW_SECONDS", 900.0),
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_HTTPONLY": True,
     }

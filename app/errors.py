@@ -23,6 +23,12 @@ class ValidationError(AppError):
     status = 422
 
 
+class ForbiddenError(AppError):
+    """The signed-in user may not do this (e.g. cancel someone else's run)."""
+
+    status = 403
+
+
 class ConflictError(AppError):
     """The thing exists but is not in a state that allows the request."""
 

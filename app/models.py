@@ -1,4 +1,4 @@
-"""The tables: datasets, their examples, runs and their metric series."""
+"""The tables: users and their tokens, datasets and their examples, runs and their metric series, workers."""
 from __future__ import annotations
 
 import uuid
@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import CheckConstraint, Index, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+from flask_login import UserMixin
 
 from app.extensions import db
 from app.runs.states import CANCELLABLE_STATUSES, DRY_RUN, MODES, PENDING, RUNNING, STATUSES, TERMINAL_STATUSES
@@ -17,6 +19,58 @@ def utcnow() -> datetime:
 
 def _in(column: str, values) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+ADMIN, MEMBER = "admin", "member"
+
+
+class User(UserMixin, db.Model):
+    """Someone who signs in: an admin may act on anyone's runs, a member on their own."""
+
+    __tablename__ = "users"
+
+    id = db.Column(db.Integer, primary_key=True)
+    username = db.Column(db.String(64), nullable=False, unique=True)
+    password_hash = db.Column(db.String(255), nullable=False)
+    role = db.Column(db.String(16), nullable=False, default=MEMBER)
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (CheckConstraint(f"role IN ('{ADMIN}', '{MEMBER}')", name="ck_users_role"),)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+
+class ApiToken(db.Model):
+    """A bearer token for the API; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id = db.Column(db.Integer, primary_key=True)
+    user_id = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    label = db.Column(db.String(80), nullable=False)
+    token_hash = db.Column(db.String(64), nullable=False, unique=True)
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    last_used_at = db.Column(db.DateTime(timezone=True))
+
+    user = db.relationship(User, lazy="joined")
+
+    __table_args__ = (Index("ix_api_tokens_user", "user_id"),)
+
+
+class SignInFailure(db.Model):
+    """A failed sign-in, counted per username and per client address to slow down guessing."""
+
+    __tablename__ = "sign_in_failures"
+
+    id = db.Column(db.BigInteger, primary_key=True)
+    username = db.Column(db.String(64), nullable=False)
+    address = db.Column(db.String(64), nullable=False)
+    failed_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (Index("ix_sign_in_failures_username", "username", "failed_at"),
+                      Index("ix_sign_in_failures_address", "address", "failed_at"))
 
 
 class Dataset(db.Model):
@@ -32,6 +86,9 @@ class Dataset(db.Model):
     size_bytes = db.Column(db.BigInteger, nullable=False)
     stats = db.Column(JSONB, nullable=False, default=dict)
     created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+
+    creator = db.relationship(User, lazy="joined")
 
     __table_args__ = (db.UniqueConstraint("name", "version", name="uq_datasets_name_version"),)
 
@@ -81,6 +138,9 @@ class TunixRun(db.Model):
     log_bytes = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
     name = db.Column(db.String(120))
     tags = db.Column(ARRAY(db.String(32)), nullable=False, default=list, server_default="{}")
+    created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+
+    creator = db.relationship(User, lazy="joined")
 
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
@@ -97,6 +157,7 @@ class TunixRun(db.Model):
               postgresql_where=text("status IN ('running', 'cancelling')")),
         Index("ix_tunix_runs_retry_of", "retry_of", postgresql_where=text("retry_of IS NOT NULL")),
         Index("ix_tunix_runs_tags", "tags", postgresql_using="gin"),
+        Index("ix_tunix_runs_created_by_created", "created_by", "created_at", "id"),
     )
 
     @property

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, fake_trainer_command
+from tests.helpers import (CHROMIUM, CHROMIUM_FLAGS, ROOT, Credentials, fake_trainer_command, make_user, sign_in,
+                           sign_in_browser)
 from tools.scratch_postgres import execute_autocommit, server_admin_url, url_for_database
 
 # Settings read at import time by the app: keep them out of the developer's instance/.
@@ -75,7 +76,8 @@ def app(app_config):
 
     app = create_app(app_config)
     with app.app_context():
-        db.session.execute(text("TRUNCATE run_log_chunks, run_metrics, tunix_runs, dataset_examples, datasets, workers CASCADE"))
+        db.session.execute(text("TRUNCATE run_log_chunks, run_metrics, tunix_runs, dataset_examples, datasets, "
+                                "workers, api_tokens, sign_in_failures, users CASCADE"))
         db.session.commit()
         ensure_sample_dataset()
         yield app
@@ -84,8 +86,15 @@ def app(app_config):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def credentials(app) -> Credentials:
+    """The test user (a member, not an admin) and its API token."""
+    return make_user("tester")
+
+
+@pytest.fixture
+def client(app, credentials):
+    """A test client signed in as the test user: a session for pages, the bearer token for the API."""
+    return sign_in(app.test_client(), credentials)
 
 
 @pytest.fixture
@@ -154,5 +163,9 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
-    return browser.new_page()
+def page(browser, live_server, credentials):
+    """A browser page signed in as the test user. It lets the test's own scripts past the app's
+    Content-Security-Policy (Playwright evaluates them with eval); one test checks the policy itself."""
+    page = browser.new_page(bypass_csp=True)
+    sign_in_browser(page, live_server, credentials)
+    return page

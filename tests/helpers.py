@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,42 @@ SAMPLE = "arithmetic-v1"  # the sample dataset every test app starts with
 def fake_trainer_command(*args: str) -> list[str]:
     """TRAIN_COMMAND for the stand-in trainer with the given options."""
     return [sys.executable, str(FAKE_TRAINER), *args]
+
+
+@dataclass
+class Credentials:
+    username: str
+    password: str
+    token: str
+
+
+def make_user(username: str = "tester", *, admin: bool = False) -> Credentials:
+    """A user and an API token, made by the same account code the CLI and the pages use (needs an app context)."""
+    from app.accounts import service as accounts
+
+    user, password = accounts.create_user(username, admin=admin)
+    _, token = accounts.create_token(user, "tests")
+    return Credentials(username, password, token)
+
+
+def sign_in(client, credentials: Credentials):
+    """Sign the test client in through /login, as a person does, and send the token on every API call."""
+    form = client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)
+    response = client.post("/login", data={"username": credentials.username, "password": credentials.password,
+                                           **({"csrf_token": csrf[1]} if csrf else {})})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {credentials.token}"
+    return client
+
+
+def sign_in_browser(page, base_url: str, credentials: Credentials) -> None:
+    """Sign a browser page in through the sign-in form."""
+    page.goto(f"{base_url}/login")
+    page.fill("#username", credentials.username)
+    page.fill("#password", credentials.password)
+    page.click("button[type=submit] >> text=Sign in")
+    page.wait_for_url(lambda url: "/login" not in url)
 
 
 def post_run(client, mode: str | None = None, **body):

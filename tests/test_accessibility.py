@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.queue import registry
-from tests.helpers import ROOT, SAMPLE, fake_trainer_command, needs_chromium, submit
+from tests.helpers import ROOT, SAMPLE, fake_trainer_command, needs_chromium, sign_in_browser, submit
 
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = {"desktop": 1280, "phone": 390}
@@ -63,13 +63,17 @@ def _check(page, name: str, width_name: str) -> list[str]:
     return problems
 
 
-def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser):
+def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser, credentials):
     registry.register("gpu-1:4242:ab12cd", "gpu-1", 4242)
     pages = {"runs": "/runs", "new-run": "/runs/new", **_run_pages(client, app), "datasets": "/datasets",
-             "dataset": f"/datasets/{SAMPLE}", "workers": "/workers"}
+             "dataset": f"/datasets/{SAMPLE}", "workers": "/workers", "tokens": "/settings/tokens"}
     problems = []
     for width_name, width in WIDTHS.items():
-        page = browser.new_page(viewport={"width": width, "height": 900})
+        # axe is injected as a script of the test's own, which the app's CSP would refuse.
+        page = browser.new_page(viewport={"width": width, "height": 900}, bypass_csp=True)
+        page.goto(live_server + "/login")
+        problems += _check(page, "login", width_name)
+        sign_in_browser(page, live_server, credentials)
         for name, path in pages.items():
             page.goto(live_server + path)
             problems += _check(page, name, width_name)

@@ -129,13 +129,14 @@ def test_idempotent_sync_replay_does_not_train_again(client, artifacts_root):
     assert len(list(artifacts_root.iterdir())) == 1
 
 
-def test_concurrent_submissions_with_one_key_make_one_run(app):
+def test_concurrent_submissions_with_one_key_make_one_run(app, credentials):
     results = []
 
     def post():
         with app.test_client() as c:
             results.append(c.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE},
-                                  headers={"Idempotency-Key": "race"}).get_json()["run_id"])
+                                  headers={"Idempotency-Key": "race",
+                                           "Authorization": f"Bearer {credentials.token}"}).get_json()["run_id"])
 
     threads = [threading.Thread(target=post) for _ in range(8)]
     for t in threads:
@@ -181,9 +182,10 @@ def test_health_is_503_when_the_database_is_down(app_config):
     client = down.test_client()
     response = client.get("/api/health")
     assert response.status_code == 503 and response.get_json()["status"] == "unavailable"
-    api = client.get("/api/tunix/runs")
+    # The token cannot be checked without the database: the answer is 503, not 401.
+    api = client.get("/api/tunix/runs", headers={"Authorization": "Bearer trt_any"})
     assert api.status_code == 503 and "database is unavailable" in api.get_json()["error"]
-    page = client.get("/runs")
+    page = client.post("/login", data={"username": "tester", "password": "a password"})
     assert page.status_code == 503 and b"database is unavailable" in page.data and b"Traceback" not in page.data
 
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from app.extensions import db
-from tests.helpers import fake_trainer_command, needs_chromium, submit
+from tests.helpers import fake_trainer_command, needs_chromium, sign_in_browser, submit
 
 BASE = 0.5  # seconds between polls in these tests (4 s in production)
 
@@ -132,3 +132,21 @@ def test_the_runs_list_refreshes_its_active_rows_in_one_request_per_poll(client,
     count = len(polls)
     page.wait_for_timeout(int(BASE * 1000 * 5))
     assert len(polls) == count, "the list stops polling once no visible run is active"
+
+
+def test_the_content_security_policy_leaves_the_pages_working(client, live_server, browser, credentials):
+    page = browser.new_page()  # the policy enforced, as for a user
+    refused = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    sign_in_browser(page, live_server, credentials)
+    run_id = pending_run(client)
+    polls = poll_times(page, run_id)
+    page.goto(f"{live_server}/runs/{run_id}")
+    page.wait_for_selector('#run-status[data-status="pending"]')
+    set_status(run_id, "completed")
+    page.wait_for_selector('#run-status[data-status="completed"]', timeout=10_000)
+    assert polls, "htmx polled under the policy"
+    for path in ("/runs", "/runs/new", "/datasets", "/workers", "/settings/tokens"):
+        page.goto(live_server + path)
+    assert refused == []

@@ -16,7 +16,7 @@ import pytest
 APP = Path(__file__).resolve().parent.parent / "app"
 BASE = "base"
 # The layers, top to bottom: each may import the ones below it.
-LAYERS = ("execution", "queue", "runs", "datasets", "contract")
+LAYERS = ("execution", "queue", "runs", "datasets", "accounts", "contract")
 ALLOWED: dict[str, set[str]] = {
     **{layer: {BASE, *LAYERS[i:]} for i, layer in enumerate(LAYERS)},
     "contract": {"contract"},
@@ -25,8 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "trainer": {"trainer", "contract"},
 }
 # What the base modules may reach beyond each other: pure state names, the scrape-time
-# queue gauges, and the sample dataset the CLI seeds.
-BASE_MAY_IMPORT = {"app.runs.states", "app.queue.registry", "app.datasets.sample"}
+# queue gauges, and what the CLI manages (the sample dataset, users and tokens).
+BASE_MAY_IMPORT = {"app.runs.states", "app.queue.registry", "app.datasets.sample", "app.accounts.service"}
 UNLIMITED = {"factory", "dev"}
 JAX_STACK = {"jax", "jaxlib", "flax", "optax", "orbax", "qwix", "tunix"}
 SKIP_LOCKED = re.compile(r"FOR\s+UPDATE(\s+OF\s+\w+)?\s+SKIP\s+LOCKED", re.IGNORECASE)

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Dataset, TunixRun
-from tests.helpers import SAMPLE
+from tests.helpers import SAMPLE, sign_in
 
 
 def test_home_redirects_to_runs(client):
@@ -56,11 +56,14 @@ def test_invalid_form_shows_messages_next_to_fields_and_keeps_input(client):
     assert db.session.scalar(select(func.count()).select_from(TunixRun)) == 0
 
 
-def test_forms_need_a_csrf_token(app_config):
+def test_forms_need_a_csrf_token(app_config, credentials):
     from app import create_app
 
     app = create_app({**app_config, "WTF_CSRF_ENABLED": True})
     client = app.test_client()
+    assert client.post("/login", data={"username": credentials.username,
+                                       "password": credentials.password}).status_code == 400
+    sign_in(client, credentials)
     response = client.post("/runs/new", data={"dataset_key": SAMPLE, "mode": "async"})
     assert response.status_code == 400 and b"Reload the page" in response.data
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/runs/new").get_data(as_text=True))[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import ROOT, SAMPLE, fake_trainer_command
+from tests.helpers import ROOT, SAMPLE, fake_trainer_command, make_user, sign_in
 
 
 @pytest.fixture
@@ -40,6 +40,7 @@ def test_runs_survive_a_postgres_restart(private_postgres, artifacts_root, tmp_p
     with app.app_context():
         upgrade()
         ensure_sample_dataset()
+        sign_in(client, make_user())
         run_ids = [client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
                    for _ in range(4)]
         db.session.remove()

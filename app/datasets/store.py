@@ -18,7 +18,8 @@ def _size_bytes(examples: Iterable[Example]) -> int:
     return sum(len(json.dumps({"prompt": e.prompt, "response": e.response}).encode()) + 1 for e in examples)
 
 
-def create_dataset(name: str, examples: list[Example], description: str = "") -> Dataset:
+def create_dataset(name: str, examples: list[Example], description: str = "",
+                   created_by: int | None = None) -> Dataset:
     """Store a new version of the named dataset and return it (key `name-vN`)."""
     name = check_name(name)
     with timed_db_write("create_dataset"):
@@ -28,7 +29,7 @@ def create_dataset(name: str, examples: list[Example], description: str = "") ->
         version = latest + 1
         dataset = Dataset(key=f"{name}-v{version}", name=name, version=version,
                           description=(description or "").strip()[:2000], num_examples=len(examples),
-                          size_bytes=_size_bytes(examples), stats=compute_stats(examples))
+                          size_bytes=_size_bytes(examples), stats=compute_stats(examples), created_by=created_by)
         db.session.add(dataset)
         db.session.flush()
         rows = [{"dataset_key": dataset.key, "position": i, "prompt": e.prompt, "response": e.response}

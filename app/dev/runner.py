@@ -17,8 +17,9 @@ from app.config import PROJECT_ROOT, instance_dir
 log = logging.getLogger("tunix_rt.dev_runner")
 
 
-def _prepare_database() -> bool:
-    """Point DATABASE_URL at a server, migrate it, seed it; True when we started the embedded one."""
+def _prepare_database() -> tuple[bool, str | None]:
+    """Point DATABASE_URL at a server, migrate it, seed it; (whether we started the embedded one,
+    the first admin's password when this start created it)."""
     started_embedded = False
     if not os.environ.get("DATABASE_URL"):
         from app.dev.embedded_postgres import embedded_database_url
@@ -29,13 +30,15 @@ def _prepare_database() -> bool:
     from flask_migrate import upgrade
 
     from app import create_app
+    from app.accounts.service import ensure_first_admin
     from app.datasets.sample import ensure_sample_dataset
 
     app = create_app()
     with app.app_context():
         upgrade()
         ensure_sample_dataset()
-    return started_embedded
+        password = ensure_first_admin()
+    return started_embedded, password
 
 
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -44,7 +47,7 @@ def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started_embedded = _prepare_database()
+    started_embedded, first_password = _prepare_database()
     port = os.environ.get("PORT", "8000")
     web_env = dict(os.environ, PORT=port)
     worker_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
@@ -56,6 +59,10 @@ def main() -> int:
     ]
     log.info("Tunix RT on http://127.0.0.1:%s (worker metrics on :%s); Ctrl-C stops both",
              port, worker_env["TUNIX_WORKER_METRICS_PORT"])
+    if first_password:
+        # Printed once, on this console only: the database keeps only its hash.
+        print(f"\n  First start: sign in at http://127.0.0.1:{port}/login as admin with password {first_password}\n"
+              f"  (more users: .venv/bin/flask --app wsgi users create NAME)\n", flush=True)
 
     stopping = False
 

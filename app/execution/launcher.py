@@ -5,6 +5,7 @@ import logging
 
 from flask import current_app
 
+from app.accounts.service import Actor
 from app.execution.runner import execute_leased_run
 from app.execution.tunix_execution import ExecutionSettings
 from app.models import TunixRun
@@ -34,17 +35,18 @@ def carry_out_in_request(run: TunixRun) -> TunixRun:
     return service.refresh(run)
 
 
-def submit_and_carry_out(raw: dict, mode: str, idempotency_key: str | None = None) -> tuple[TunixRun, bool]:
-    """Submit a run; a new sync or dry_run run is carried out before this returns. (run, created)."""
-    run, created = service.submit_run(raw, mode, idempotency_key)
+def submit_and_carry_out(raw: dict, mode: str, actor: Actor,
+                         idempotency_key: str | None = None) -> tuple[TunixRun, bool]:
+    """Submit a run for `actor`; a new sync or dry_run run is carried out before this returns. (run, created)."""
+    run, created = service.submit_run(raw, mode, idempotency_key, created_by=actor.user_id)
     if created and mode != ASYNC:
         run = carry_out_in_request(run)
     return run, created
 
 
-def retry_and_carry_out(run: TunixRun) -> TunixRun:
+def retry_and_carry_out(run: TunixRun, actor: Actor) -> TunixRun:
     """Retry a finished run; a dry run's retry is planned before this returns."""
-    new_run = service.retry_run(run)
+    new_run = service.retry_run(run, actor)
     if new_run.mode == DRY_RUN:
         new_run = carry_out_in_request(new_run)
     return new_run

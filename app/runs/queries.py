@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Integer, and_, cast, func, or_, select
 
 from app.extensions import db
-from app.models import RunMetric, TunixRun
+from app.models import RunMetric, TunixRun, User
 from app.runs.states import ASYNC, COMPLETED, PENDING
 
 
@@ -74,9 +74,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key: str | None = None,
-              tag: str | None = None, limit: int = 25, cursor: str | None = None) -> RunPage:
-    """Runs newest first, filtered, one keyset page at a time."""
+              tag: str | None = None, user: str | None = None, limit: int = 25,
+              cursor: str | None = None) -> RunPage:
+    """Runs newest first, filtered (`user` is a username), one keyset page at a time."""
     stmt = select(TunixRun)
+    if user:
+        stmt = stmt.where(TunixRun.created_by == select(User.id).where(User.username == user).scalar_subquery())
     if tag:
         stmt = stmt.where(TunixRun.tags.contains([tag]))
     if status:

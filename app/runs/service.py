@@ -17,7 +17,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import metrics
 from app.contract import training_plan
 from app.datasets import store as dataset_store
-from app.errors import ConflictError, ValidationError
+from app.accounts.service import Actor
+from app.errors import ConflictError, ForbiddenError, ValidationError
 from app.extensions import db
 from app.models import TunixRun
 from app.runs import lifecycle, states, validation
@@ -53,7 +54,7 @@ def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = None,
-               retry_of: uuid.UUID | None = None) -> tuple[TunixRun, bool]:
+               retry_of: uuid.UUID | None = None, created_by: int | None = None) -> tuple[TunixRun, bool]:
     """Validate and persist a run; returns (run, created). Does not execute it.
 
     async runs start pending (a worker claims them); sync and dry_run runs start
@@ -71,7 +72,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     values = {
         "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
         "config": config, "idempotency_key": idempotency_key or None, "created_at": now, "retry_of": retry_of,
-        "name": config["name"], "tags": config["tags"],
+        "name": config["name"], "tags": config["tags"], "created_by": created_by,
         # Only a queued run can be re-queued; one carried out inside a request gets one start.
         "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1,
     }
@@ -108,8 +109,14 @@ def _process_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def cancel_run(run: TunixRun) -> TunixRun:
+def _check_may_change(run: TunixRun, actor: Actor, what: str) -> None:
+    if not actor.may_change(run.created_by):
+        raise ForbiddenError(f"only the run's owner or an admin may {what} it", {"run": "belongs to another user"})
+
+
+def cancel_run(run: TunixRun, actor: Actor) -> TunixRun:
     """Cancel a run: pending ones at once, running ones through their worker. ConflictError when finished."""
+    _check_may_change(run, actor, "cancel")
     for _ in range(3):  # the run may move under us (claimed, finished); look again
         if run.status == CANCELLING or lifecycle.cancel(run.id, run.status):
             break
@@ -120,17 +127,18 @@ def cancel_run(run: TunixRun) -> TunixRun:
     return refresh(run)
 
 
-def retry_run(run: TunixRun) -> TunixRun:
+def retry_run(run: TunixRun, actor: Actor) -> TunixRun:
     """A new run with the same config, linked to this one; only for a finished run.
 
     It is queued (async) whatever the original's mode, except that a dry run is planned again.
     """
+    _check_may_change(run, actor, "retry")
     if not states.is_terminal(run.status):
         raise ConflictError(f"run {run.id} is {run.status}; only a finished run can be retried",
                             {"status": "is not terminal"})
     mode = DRY_RUN if run.mode == DRY_RUN else ASYNC
     try:
-        new_run, _ = submit_run(dict(run.config), mode, retry_of=run.id)
+        new_run, _ = submit_run(dict(run.config), mode, retry_of=run.id, created_by=actor.user_id)
     except ValidationError as exc:
         raise ValidationError("the original config is no longer valid", exc.details) from None
     return new_run

@@ -15,6 +15,7 @@ from app.queue import registry
 from app.runs import logs, queries, service, validation
 from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
 from app.web import serializers
+from app.web.auth import current_actor
 from app.web.errors import api_error
 from app.web.lookups import dataset_or_404, run_or_404, whole_number_arg
 
@@ -24,11 +25,20 @@ MAX_PAGE_LIMIT = 200
 MAX_IDEMPOTENCY_KEY = 255
 
 
+UNSUPPORTED_BODY = "request body must be sent as application/json"
+
+
 def _json_object():
-    """The request body as a dict, or an API error response when it is not one."""
+    """The request body as a dict, or an API error response when it is not one.
+
+    Only an application/json body is read: a cross-site form or a no-cors fetch can send
+    text/plain without a preflight, never application/json.
+    """
     if not request.data:
         return None, api_error(400, "request body must be a JSON object", {"body": "is empty"})
-    body = request.get_json(silent=True, force=True)
+    if request.mimetype != "application/json":
+        return None, api_error(415, UNSUPPORTED_BODY, {"Content-Type": "must be application/json"})
+    body = request.get_json(silent=True)
     if body is None:
         return None, api_error(400, "malformed JSON", {"body": "is not valid JSON"})
     if not isinstance(body, dict):
@@ -48,7 +58,7 @@ def submit_run():
     if idempotency_key and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
         raise ValidationError("invalid Idempotency-Key",
                               {"Idempotency-Key": f"must be at most {MAX_IDEMPOTENCY_KEY} characters"})
-    run, created = submit_and_carry_out(body, mode, idempotency_key)
+    run, created = submit_and_carry_out(body, mode, current_actor(), idempotency_key)
     headers = {"Location": url_for("api.get_run", run_id=run.id)}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -80,7 +90,7 @@ def get_run_metrics(run_id: str):
 @bp.post("/tunix/runs/<run_id>/cancel")
 def cancel_run(run_id: str):
     """Pending runs are cancelled at once (200); running ones become cancelling (202)."""
-    run = service.cancel_run(run_or_404(run_id))
+    run = service.cancel_run(run_or_404(run_id), current_actor())
     body = {"run_id": str(run.id), "status": run.status, "error_message": run.error_message}
     return jsonify(body), (200 if run.status == CANCELLED else 202)
 
@@ -89,7 +99,7 @@ def cancel_run(run_id: str):
 def retry_run(run_id: str):
     """A new run with the same config, linked to the original (async; dry runs re-plan at once)."""
     original = run_or_404(run_id)
-    run = retry_and_carry_out(original)
+    run = retry_and_carry_out(original, current_actor())
     body = {"run_id": str(run.id), "status": run.status, "retry_of": str(original.id)}
     return jsonify(body), 202 if run.mode == ASYNC else 200, {"Location": url_for("api.get_run", run_id=run.id)}
 
@@ -116,6 +126,7 @@ def _list_filters() -> dict:
     args, errors = request.args, {}
     filters = {"status": args.get("status") or None, "mode": args.get("mode") or None,
                "dataset_key": args.get("dataset_key") or None, "tag": args.get("tag") or None,
+               "user": args.get("user") or None,
                "cursor": args.get("cursor") or None}
     if filters["tag"] and not validation.TAG_PATTERN.match(filters["tag"]):
         errors["tag"] = "must be 1-32 letters, digits, '.', '_', ':' or '-'"
@@ -155,7 +166,7 @@ def _examples_from_request() -> tuple[str | None, str, list]:
         if upload is None or not upload.filename:
             raise ValidationError(parsing.INVALID_DATASET, {"file": "is required (a .jsonl file)"})
         return request.form.get("name"), request.form.get("description", ""), parsing.parse_jsonl(upload.read())
-    body = request.get_json(silent=True, force=True)
+    body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ValidationError(parsing.INVALID_DATASET,
                               {"body": "must be a JSON object with name and examples (or jsonl)"})
@@ -175,10 +186,13 @@ def _examples_from_request() -> tuple[str | None, str, list]:
 def create_dataset():
     if not request.data and not request.files and not request.form:
         return api_error(400, "request body must be a JSON object or a multipart upload", {"body": "is empty"})
+    if request.mimetype not in ("application/json", "multipart/form-data"):
+        return api_error(415, "request body must be application/json or multipart/form-data",
+                         {"Content-Type": "must be application/json or multipart/form-data"})
     if request.is_json and request.get_json(silent=True) is None:
         return api_error(400, "malformed JSON", {"body": "is not valid JSON"})
     name, description, examples = _examples_from_request()
-    dataset = dataset_store.create_dataset(name, examples, description)
+    dataset = dataset_store.create_dataset(name, examples, description, created_by=current_actor().user_id)
     return jsonify(serializers.dataset(dataset)), 201, {"Location": url_for("api.get_dataset", key=dataset.key)}
 
 

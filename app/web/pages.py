@@ -19,6 +19,7 @@ from app.queue import registry
 from app.runs import artifacts, logs, queries, service, validation
 from app.runs.states import ASYNC, MODES, STATUSES, SYNC
 from app.web import run_view
+from app.web.auth import current_actor
 from app.web.lookups import dataset_or_404, run_or_404
 
 bp = Blueprint("pages", __name__)
@@ -31,7 +32,7 @@ def index():
 
 @bp.get("/runs")
 def list_runs():
-    filters = {k: request.args.get(k) or None for k in ("status", "mode", "dataset_key", "tag", "cursor")}
+    filters = {k: request.args.get(k) or None for k in ("status", "mode", "dataset_key", "tag", "user", "cursor")}
     errors = {}
     if filters["tag"] and not validation.TAG_PATTERN.match(filters["tag"]):
         errors["tag"] = "not a tag: use letters, digits, '.', '_', ':' or '-'"
@@ -87,7 +88,7 @@ def submit_run():
     values = {k: v for k, v in request.form.items() if k != "csrf_token"}
     mode = values.pop("mode", SYNC)
     try:
-        run, _ = submit_and_carry_out(values, mode)
+        run, _ = submit_and_carry_out(values, mode, current_actor())
     except ValidationError as exc:
         return render_template("runs/new.html", **_form_context({**values, "mode": mode}, exc.details)), 422
     return redirect(url_for("pages.show_run", run_id=run.id), code=303)
@@ -125,13 +126,13 @@ def confirm_cancel(run_id: str):
 
 @bp.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: str):
-    service.cancel_run(run_or_404(run_id))
+    service.cancel_run(run_or_404(run_id), current_actor())
     return redirect(url_for("pages.show_run", run_id=run_id), code=303)
 
 
 @bp.post("/runs/<run_id>/retry")
 def retry_run(run_id: str):
-    run = retry_and_carry_out(run_or_404(run_id))
+    run = retry_and_carry_out(run_or_404(run_id), current_actor())
     return redirect(url_for("pages.show_run", run_id=run.id), code=303)
 
 
@@ -183,7 +184,8 @@ def upload_dataset():
         if upload is None or not upload.filename:
             raise ValidationError(parsing.INVALID_DATASET, {"file": "choose a .jsonl file to upload"})
         examples = parsing.parse_jsonl(upload.read())
-        dataset = dataset_store.create_dataset(values["name"], examples, values["description"])
+        dataset = dataset_store.create_dataset(values["name"], examples, values["description"],
+                                               created_by=current_actor().user_id)
     except ValidationError as exc:
         return render_template("datasets/list.html", datasets=dataset_store.list_datasets(), errors=exc.details,
                                values=values), 422

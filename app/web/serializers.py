@@ -25,7 +25,7 @@ def run_summary(run: TunixRun) -> dict[str, Any]:
     """One run as the list endpoint shows it: no config, outputs or links."""
     return {
         **run_status(run),
-        "name": run.name, "tags": list(run.tags or []),
+        "name": run.name, "tags": list(run.tags or []), "created_by": run.creator.username if run.creator else None,
         "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id,
         "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
         "error_message": run.error_message,
@@ -52,6 +52,7 @@ def dataset(row: Dataset) -> dict[str, Any]:
         "key": row.key, "name": row.name, "version": row.version,
         "description": row.description, "num_examples": row.num_examples,
         "size_bytes": row.size_bytes, "stats": row.stats,
+        "created_by": row.creator.username if row.creator else None,
         "created_at": row.created_at.isoformat(),
     }
 

@@ -1,0 +1,178 @@
+"""Users, passwords, API tokens and sign-in limits: the one code path for the pages, the CLI and the tests."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, func, or_, select, update
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.errors import AppError, ConflictError, NotFoundError, ValidationError
+from app.extensions import db
+from app.models import ADMIN, MEMBER, ApiToken, SignInFailure, User
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TOKEN_PREFIX = "trt_"
+LABEL_MAX = 80
+PASSWORD_MIN = 10
+TOKEN_TOUCH_SECONDS = 60  # last_used_at is written at most this often per token
+
+
+class TooManyAttempts(AppError):
+    """Sign-in is paused for this username or address after too many failures."""
+
+    status = 429
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, as the services see it."""
+
+    user_id: int
+    username: str
+    is_admin: bool
+
+    @classmethod
+    def of(cls, user: User) -> "Actor":
+        return cls(user.id, user.username, user.is_admin)
+
+    def may_change(self, owner_id: int | None) -> bool:
+        """Admins act on anything; members on what they created."""
+        return self.is_admin or (owner_id is not None and owner_id == self.user_id)
+
+
+def _check_username(username: str) -> str:
+    username = (username or "").strip()
+    if not USERNAME_PATTERN.match(username):
+        raise ValidationError("invalid username", {"username": "use 1-64 letters, digits, '.', '_' or '-', "
+                                                               "starting with a letter or digit"})
+    return username
+
+
+def generate_password() -> str:
+    """A random password a person can type: 20 URL-safe characters."""
+    return secrets.token_urlsafe(15)
+
+
+def create_user(username: str, *, admin: bool = False, password: str | None = None) -> tuple[User, str]:
+    """A new user and the password it got (generated unless given); ConflictError when the name is taken."""
+    username = _check_username(username)
+    password = password if password is not None else generate_password()
+    _check_password(password)
+    if find_user(username) is not None:
+        raise ConflictError(f"user {username!r} already exists", {"username": "is taken"})
+    user = User(username=username, password_hash=generate_password_hash(password), role=ADMIN if admin else MEMBER)
+    db.session.add(user)
+    db.session.commit()
+    return user, password
+
+
+def _check_password(password: str) -> None:
+    if len(password) < PASSWORD_MIN:
+        raise ValidationError("invalid password", {"password": f"must be at least {PASSWORD_MIN} characters"})
+
+
+def set_password(username: str, password: str) -> None:
+    """Replace a user's password; NotFoundError for an unknown user."""
+    user = find_user(username)
+    if user is None:
+        raise NotFoundError(f"no user {username!r}")
+    _check_password(password)
+    user.password_hash = generate_password_hash(password)
+    db.session.commit()
+
+
+def find_user(username: str) -> User | None:
+    return db.session.scalar(select(User).where(User.username == username))
+
+
+def get_user(user_id: int) -> User | None:
+    return db.session.get(User, user_id)
+
+
+def has_users() -> bool:
+    return db.session.scalar(select(func.count()).select_from(User)) > 0
+
+
+def ensure_first_admin() -> str | None:
+    """On a fresh database, create `admin` with a random password and return it; None when users exist."""
+    db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tunix_rt_first_admin"))))
+    if has_users():
+        db.session.rollback()
+        return None
+    _, password = create_user("admin", admin=True)
+    return password
+
+
+def authenticate(username: str, password: str, address: str, *, max_failures: int, window_seconds: float) -> User:
+    """The user these credentials name. Failures are counted per username and per address in the
+    database (every process sees them); past `max_failures` in the window, TooManyAttempts (429)."""
+    username = (username or "").strip()[:64]
+    address = (address or "unknown")[:64]
+    since = datetime.now(timezone.utc) - timedelta(seconds=window_seconds)
+    recent = db.session.scalar(select(func.count()).select_from(SignInFailure).where(
+        SignInFailure.failed_at >= since,
+        or_(SignInFailure.username == username, SignInFailure.address == address)))
+    if recent >= max_failures:
+        raise TooManyAttempts("too many failed sign-ins; wait a few minutes and try again",
+                              {"username": f"sign-in is paused after {max_failures} failures"})
+    user = find_user(username) if USERNAME_PATTERN.match(username or "") else None
+    # Check a hash even for an unknown name, so timing does not tell which names exist.
+    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "")
+    if user is None or not valid:
+        db.session.add(SignInFailure(username=username, address=address))
+        db.session.commit()
+        raise ValidationError("wrong username or password", {"password": "wrong username or password"})
+    db.session.execute(delete(SignInFailure).where(SignInFailure.username == username))
+    db.session.commit()
+    return user
+
+
+_DUMMY_HASH = generate_password_hash("not a password of anyone")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(user: User, label: str = "") -> tuple[ApiToken, str]:
+    """A new API token for the user and its secret, which is shown once and stored only as a hash."""
+    label = (label or "").strip() or "token"
+    if len(label) > LABEL_MAX or any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise ValidationError("invalid token label", {"label": f"one line of at most {LABEL_MAX} characters"})
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(user_id=user.id, label=label, token_hash=_digest(secret))
+    db.session.add(token)
+    db.session.commit()
+    return token, secret
+
+
+def user_for_token(secret: str) -> User | None:
+    """The user a bearer token belongs to, or None; notes its use at most once a minute."""
+    if not secret or not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+        return None
+    digest = _digest(secret)
+    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if token is None or not hmac.compare_digest(token.token_hash, digest):
+        return None
+    now = datetime.now(timezone.utc)
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= TOKEN_TOUCH_SECONDS:
+        db.session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+        db.session.commit()
+    return token.user
+
+
+def list_tokens(user_id: int) -> list[ApiToken]:
+    return list(db.session.scalars(select(ApiToken).where(ApiToken.user_id == user_id)
+                                   .order_by(ApiToken.created_at.desc())))
+
+
+def revoke_token(user_id: int, token_id: int) -> bool:
+    """Delete one of the user's own tokens; False when it had none with that id."""
+    done = db.session.execute(delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user_id))
+    db.session.commit()
+    return done.rowcount > 0

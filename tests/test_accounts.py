@@ -1,0 +1,165 @@
+"""Accounts: sign-in for pages, bearer tokens for the API, ownership, sign-in limits, the CLI, headers."""
+import hashlib
+import os
+import subprocess
+import sys
+
+from sqlalchemy import func, select, text
+
+from app.extensions import db
+from app.models import ApiToken, TunixRun
+from tests.helpers import ROOT, SAMPLE, make_user, sign_in, submit
+
+
+def test_pages_need_a_signed_in_user_and_only_a_few_things_are_open(app):
+    anonymous = app.test_client()
+    for path in ("/runs", "/runs/new", "/datasets", "/workers", "/settings/tokens", "/"):
+        response = anonymous.get(path)
+        assert response.status_code == 302 and "/login" in response.headers["Location"], path
+    assert anonymous.get("/login").status_code == 200
+    assert anonymous.get("/api/health").status_code == 200
+    assert anonymous.get("/static/css/app.css").status_code == 200
+
+
+def test_the_api_needs_a_bearer_token_and_never_takes_the_session_alone(app, client, credentials):
+    anonymous = app.test_client()
+    for method, path in (("get", "/api/tunix/runs"), ("post", "/api/tunix/run?mode=async"),
+                         ("get", "/api/datasets"), ("get", "/api/workers")):
+        response = getattr(anonymous, method)(path, json={"dataset_key": SAMPLE})
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert set(response.get_json()) == {"error", "details"} and "Authorization" in response.get_json()["details"]
+    bad = anonymous.get("/api/tunix/runs", headers={"Authorization": "Bearer trt_not-a-token"})
+    assert bad.status_code == 401
+    session_only = app.test_client()
+    sign_in(session_only, credentials)
+    del session_only.environ_base["HTTP_AUTHORIZATION"]
+    assert session_only.get("/runs").status_code == 200, "the session works for pages"
+    assert session_only.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).status_code == 401
+    assert db.session.scalar(select(func.count()).select_from(TunixRun)) == 0
+
+
+def test_a_cross_site_text_plain_request_queues_nothing(app, client, credentials):
+    cross_site = {"Content-Type": "text/plain", "Origin": "https://evil.example"}
+    body = '{"dataset_key": "%s"}' % SAMPLE
+    assert app.test_client().post("/api/tunix/run?mode=async", data=body, headers=cross_site).status_code == 401
+    # Even a script that somehow held a token cannot send the body as anything but JSON.
+    response = client.post("/api/tunix/run?mode=async", data=body, headers=cross_site)
+    assert response.status_code == 415 and "Content-Type" in response.get_json()["details"]
+    assert db.session.scalar(select(func.count()).select_from(TunixRun)) == 0
+
+
+def test_tokens_are_stored_as_hashes_shown_once_and_revocable(client, credentials):
+    row = db.session.scalar(select(ApiToken))
+    assert row.token_hash == hashlib.sha256(credentials.token.encode()).hexdigest()
+    assert credentials.token not in str(db.session.execute(text("SELECT * FROM api_tokens")).all())
+    assert client.get("/api/tunix/runs").status_code == 200
+    db.session.refresh(row)
+    first_use = row.last_used_at
+    assert first_use is not None
+    client.get("/api/tunix/runs")
+    db.session.refresh(row)
+    assert row.last_used_at == first_use, "no write on every request"
+    created = client.post("/settings/tokens", data={"label": "nightly sweep"})
+    page = created.get_data(as_text=True)
+    assert created.status_code == 201 and "shown this once" in page and "nightly sweep" in page
+    secret = page.split('aria-label="New token">')[1].split("<")[0]
+    assert client.get("/api/tunix/runs", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    assert secret not in client.get("/settings/tokens").get_data(as_text=True)
+    token_id = db.session.scalar(select(ApiToken.id).where(ApiToken.label == "nightly sweep"))
+    assert client.post(f"/settings/tokens/{token_id}/revoke").status_code == 303
+    assert client.get("/api/tunix/runs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+def test_owners_and_admins_may_cancel_and_retry_others_may_only_read(app, client):
+    run_id = submit(client)["run_id"]
+    other = sign_in(app.test_client(), make_user("someone-else"))
+    admin = sign_in(app.test_client(), make_user("boss", admin=True))
+    assert other.get(f"/api/tunix/runs/{run_id}").get_json()["created_by"] == "tester"
+    assert "tester" in other.get(f"/runs/{run_id}").get_data(as_text=True)
+    refused = other.post(f"/api/tunix/runs/{run_id}/cancel")
+    assert refused.status_code == 403 and "owner or an admin" in refused.get_json()["error"]
+    assert other.post(f"/runs/{run_id}/cancel").status_code == 403
+    assert admin.post(f"/api/tunix/runs/{run_id}/cancel").status_code == 200
+    assert other.post(f"/api/tunix/runs/{run_id}/retry").status_code == 403
+    retried = client.post(f"/api/tunix/runs/{run_id}/retry")
+    assert retried.status_code == 202
+    assert client.get(f"/api/tunix/runs/{retried.get_json()['run_id']}").get_json()["created_by"] == "tester"
+    submit(other)
+    mine = client.get("/api/tunix/runs?user=tester").get_json()["runs"]
+    assert len(mine) == 2 and {r["created_by"] for r in mine} == {"tester"}
+    assert client.get("/runs?user=someone-else").get_data(as_text=True).count('id="run-row-') == 1
+
+
+def test_datasets_record_who_uploaded_them(client):
+    created = client.post("/api/datasets", json={"name": "mine", "examples": [{"prompt": "p", "response": "r"}]})
+    assert created.status_code == 201 and created.get_json()["created_by"] == "tester"
+    assert client.get(f"/api/datasets/{SAMPLE}").get_json()["created_by"] is None  # made by the system
+
+
+def test_sign_in_is_paused_after_too_many_failures(app, credentials):
+    app.config.update(SIGNIN_MAX_FAILURES=3)
+    guesser = app.test_client()
+    for _ in range(3):
+        wrong = guesser.post("/login", data={"username": "tester", "password": "guess-guess"})
+        assert wrong.status_code == 422 and "wrong username or password" in wrong.get_data(as_text=True)
+    paused = guesser.post("/login", data={"username": "tester", "password": credentials.password})
+    assert paused.status_code == 429, "even the right password waits"
+    # The count is per address too: another name from the same address is paused as well.
+    assert guesser.post("/login", data={"username": "nobody", "password": "x" * 12}).status_code == 429
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "10.9.8.7"
+    assert elsewhere.post("/login", data={"username": "tester", "password": credentials.password}).status_code == 429
+
+
+def test_sign_in_redirects_only_within_the_site(app, credentials):
+    for target, expected in (("/datasets", "/datasets"), ("//evil.example/x", "/runs"),
+                             ("https://evil.example/", "/runs")):
+        browser = app.test_client()
+        response = browser.post("/login", data={"username": credentials.username,
+                                                "password": credentials.password, "next": target})
+        assert response.status_code == 303 and response.headers["Location"] == expected, target
+
+
+def _flask(*args: str, database_url: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_creates_users_and_tokens_that_work(app, database_url):
+    created = _flask("users", "create", "cli-user", database_url=database_url)
+    assert created.returncode == 0, created.stderr
+    password = created.stdout.strip()
+    assert len(password) >= 10 and "\n" not in password
+    client = app.test_client()
+    assert client.post("/login", data={"username": "cli-user", "password": password}).status_code == 303
+    changed = _flask("users", "set-password", "cli-user", database_url=database_url, stdin="a new password 1\n")
+    assert changed.returncode == 0, changed.stderr
+    db.session.expire_all()  # the test shares one session across requests; a server's requests do not
+    assert app.test_client().post("/login", data={"username": "cli-user",
+                                                  "password": "a new password 1"}).status_code == 303
+    token = _flask("tokens", "create", "cli-user", "--label", "ci", database_url=database_url)
+    assert token.returncode == 0 and token.stdout.strip().startswith("trt_")
+    response = client.get("/api/tunix/runs", headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+    assert response.status_code == 200
+    assert _flask("users", "create", "cli-user", database_url=database_url).returncode != 0
+    assert _flask("tokens", "create", "nobody", database_url=database_url).returncode != 0
+
+
+def test_every_response_carries_the_security_headers_and_safe_cookies(app, client, credentials):
+    for response in (client.get("/runs"), client.get("/api/tunix/runs"), app.test_client().get("/login")):
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+    plain = app.test_client().post("/login", data={"username": credentials.username,
+                                                   "password": credentials.password})
+    cookie = plain.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    over_tls = app.test_client().post("/login", data={"username": credentials.username,
+                                                      "password": credentials.password},
+                                      headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in over_tls.headers["Set-Cookie"]
+    assert over_tls.headers["Location"] == "/runs"
