@@ -11,7 +11,7 @@ TRAINER_STAMP := $(VENV)/.installed-trainer
 HTMX := static/vendor/htmx.min.js
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test bench screenshots clean
+.PHONY: install run test bench screenshots clean system-tools
 
 install: $(WEB_STAMP) $(TRAINER_STAMP) $(HTMX)
 
@@ -39,18 +39,23 @@ $(HTMX): node_modules/.package-lock.json
 run: install
 	PORT=$(PORT) $(PY) -m app.dev.runner
 
-# Browser tests drive Debian's chromium. Installed here when we may (root, as on CI);
-# otherwise those tests are skipped and say why.
-$(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else echo "chromium is not installed and cannot be installed without root: browser tests will be skipped"; fi
+# Real parts some tests need, from Debian: chromium (browser tests), nginx (the deployment test)
+# and prometheus (for promtool). Installed here when we may (root, as on CI); otherwise those
+# tests are skipped, and say why.
+SYSTEM_TOOLS := $(CHROMIUM) /usr/sbin/nginx /usr/bin/promtool
+SYSTEM_PACKAGES := chromium nginx prometheus
 
-test: install $(CHROMIUM)
+system-tools:
+	@missing=0; for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; [ $$missing = 0 ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "chromium, nginx or promtool is missing and cannot be installed without root: their tests will be skipped"; fi
+
+test: install system-tools
 	$(PY) -m pytest
 
 # Every page at 1280 px and 390 px, from the same browser test that checks them with axe-core.
-screenshots: install $(CHROMIUM)
+screenshots: install system-tools
 	rm -rf docs/screenshots
 	TUNIX_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest -q tests/test_accessibility.py
 

@@ -78,6 +78,8 @@ def load_settings() -> dict:
         "LOG_MAX_BYTES": _int("TUNIX_LOG_MAX_BYTES", 5 * 1024 * 1024),
         "LOG_TAIL_LINES": _int("TUNIX_LOG_TAIL_LINES", 200),
         "WORKER_METRICS_PORT": _int("TUNIX_WORKER_METRICS_PORT", 0),
+        # Loopback by default: a scraper elsewhere needs an explicit address (and a firewall rule).
+        "WORKER_METRICS_HOST": os.environ.get("TUNIX_WORKER_METRICS_HOST", "127.0.0.1"),
         "MAX_CONTENT_LENGTH": _int("TUNIX_MAX_UPLOAD_BYTES", 32 * 1024 * 1024),
         "RUNS_PAGE_SIZE": _int("TUNIX_RUNS_PAGE_SIZE", 25),
         "STATUS_POLL_SECONDS": _float("TUNIX_STATUS_POLL_SECONDS", 4.0),

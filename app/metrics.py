@@ -1,5 +1,7 @@
 """Prometheus metrics: run durations, database write latency, runs by status (read at scrape time).
 
+Every name passes `promtool check metrics`: gauges never end in _total, counters always do.
+
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set (see gunicorn.conf.py) and every
 process writes its samples there; /metrics aggregates them. Workers serve their own
 metrics on TUNIX_WORKER_METRICS_PORT. The queue gauges (runs by status, oldest pending
@@ -16,11 +18,11 @@ from typing import Callable, Iterator
 
 from flask import Flask, Response, request
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
 
-from app.runs.states import CANCELLED, MODES, STATUSES, TERMINAL_STATUSES
+from app.runs.states import MODES, STATUSES, TERMINAL_STATUSES
 
 RUN_DURATION = Histogram(
     "tunix_run_duration_seconds",
@@ -52,6 +54,15 @@ def observe_run_finished(mode: str, status: str, duration_seconds: float | None)
         RUN_DURATION.labels(mode=mode, status=status).observe(duration_seconds)
 
 
+# Request durations: a sync submission runs for minutes, up to the run timeout (1 h by default).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+def url_rule(request) -> str:
+    """The route a request matched, or one stable label for all that matched none (404s)."""
+    return request.url_rule.rule if request.url_rule is not None else "unmatched"
+
+
 class _QueueCollector:
     """Gauges read from the database at scrape time (cached briefly): they count what every
     web process and every worker did, on any host."""
@@ -71,8 +82,7 @@ class _QueueCollector:
 
     def collect(self):
         stats = self.stats()
-        runs = GaugeMetricFamily("tunix_runs_total", "Number of runs in each status, by mode.",
-                                 labels=["status", "mode"])
+        runs = GaugeMetricFamily("tunix_runs", "Number of runs in each status, by mode.", labels=["status", "mode"])
         depth = GaugeMetricFamily("tunix_queue_depth", "Runs not yet finished, by status.", labels=["status"])
         for status in STATUSES:
             for mode in MODES:
@@ -86,10 +96,9 @@ class _QueueCollector:
                                 value=stats.oldest_pending_age_seconds)
         yield GaugeMetricFamily("tunix_workers_alive", "Workers that heartbeated within the lease timeout.",
                                 value=stats.workers_alive)
-        yield GaugeMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
-                                value=stats.runs_recovered)
-        yield GaugeMetricFamily("tunix_runs_cancelled", "Runs that ended cancelled.",
-                                value=sum(stats.runs.get((CANCELLED, m), 0) for m in MODES))
+        # Recoveries only grow (the database keeps every run), so they are a counter.
+        yield CounterMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
+                                  value=stats.runs_recovered)
 
 
 class _Chain:
@@ -112,7 +121,7 @@ def init_app(app: Flask) -> None:
     from app.queue import registry
 
     exporter_registry = CollectorRegistry(auto_describe=True)
-    PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
+    PrometheusMetrics(app, path=None, registry=exporter_registry, group_by=url_rule, buckets=REQUEST_BUCKETS,
                       excluded_paths=["^/static/", "^/metrics$"])
     lease = app.config["LEASE_TIMEOUT_SECONDS"]
     queue = _QueueCollector(lambda: registry.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
@@ -129,9 +138,9 @@ def init_app(app: Flask) -> None:
         return Response(encoder(registry), content_type=content_type)
 
 
-def start_worker_metrics_server(port: int) -> None:
-    """Serve this worker process's metrics on its own port (0 turns it off)."""
+def start_worker_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    """Serve this worker process's metrics on its own port (0 turns it off), on loopback unless told otherwise."""
     if port:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr="0.0.0.0", registry=REGISTRY)
+        start_http_server(port, addr=host, registry=REGISTRY)

@@ -85,6 +85,7 @@ def main() -> None:
         artifacts = Path(tmp)
         os.environ.update(DATABASE_URL=url, TUNIX_ARTIFACTS_ROOT=str(artifacts), TUNIX_INSTANCE_DIR=tmp)
         from app import create_app
+        from app.accounts import service as accounts
         from app.datasets.sample import SAMPLE_KEY
         from app.runs.validation import validate_run_config
 
@@ -97,6 +98,9 @@ def main() -> None:
                 body["dataset_key"] = SAMPLE_KEY
                 config = validate_run_config(body)
                 client = app.test_client()
+                # The API wants a token, made the way a person makes one.
+                user, _ = accounts.create_user("bench", admin=True)
+                client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {accounts.create_token(user, 'bench')[1]}"
                 direct, platform = [], []
                 for i in range(args.repeats):  # interleaved, so drift hits both alike
                     direct.append(run_direct(config, artifacts, i))

@@ -272,7 +272,7 @@ def test_queue_gauges(client):
     client.post(f"/api/tunix/runs/{cancelled}/cancel")
     text_ = client.get("/metrics").get_data(as_text=True)
     assert 'tunix_queue_depth{status="pending"} 1.0' in text_
-    assert "tunix_runs_cancelled 1.0" in text_ and "tunix_workers_alive 0.0" in text_
-    assert "tunix_runs_recovered 0.0" in text_
+    assert 'tunix_runs{mode="async",status="cancelled"} 1.0' in text_ and "tunix_workers_alive 0.0" in text_
+    assert "tunix_runs_recovered_total 0.0" in text_
     age = float(next(l for l in text_.splitlines() if l.startswith("tunix_queue_oldest_pending_age_seconds ")).split()[1])
     assert age >= 0

@@ -23,6 +23,23 @@ HEADERS = {
 }
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RejectUnknownMethods:
+    """WSGI middleware: a made-up method gets 405 before Flask, so it never becomes a metric label."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") not in KNOWN_METHODS:
+            start_response("405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"),
+                                                      ("Allow", "GET, HEAD, POST, OPTIONS")])
+            return [b"method not allowed\n"]
+        return self.wsgi_app(environ, start_response)
+
+
 class _SessionCookies(SecureCookieSessionInterface):
     """Secure cookies whenever this request was made over HTTPS (ProxyFix applies nginx's word on it)."""
 

@@ -205,7 +205,7 @@ def serve(app: Flask, exit_when_idle: bool = False) -> Worker:
     """Run a worker in this process until SIGTERM/SIGINT; the entry point of worker.py."""
     worker = Worker(app, exit_when_idle=exit_when_idle)
     worker.install_signal_handlers()
-    metrics.start_worker_metrics_server(app.config["WORKER_METRICS_PORT"])
+    metrics.start_worker_metrics_server(app.config["WORKER_METRICS_PORT"], app.config["WORKER_METRICS_HOST"])
     with app.app_context():
         worker.run()
     return worker
