@@ -82,6 +82,8 @@ def load_settings() -> dict:
         "WORKER_METRICS_HOST": os.environ.get("TUNIX_WORKER_METRICS_HOST", "127.0.0.1"),
         "MAX_CONTENT_LENGTH": _int("TUNIX_MAX_UPLOAD_BYTES", 32 * 1024 * 1024),
         "RUNS_PAGE_SIZE": _int("TUNIX_RUNS_PAGE_SIZE", 25),
+        # Local checkpoints may only come from under these folders (empty: instance/models and the artifacts root).
+        "MODEL_ROOTS": [p for p in os.environ.get("TUNIX_MODEL_ROOTS", "").split(":") if p.strip()],
         "STATUS_POLL_SECONDS": _float("TUNIX_STATUS_POLL_SECONDS", 4.0),
         "METRICS_CACHE_SECONDS": _float("TUNIX_METRICS_CACHE_SECONDS", 5.0),
         # Sign-in: this many failures per username or per address within the window pause it (429).

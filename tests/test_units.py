@@ -63,10 +63,10 @@ def test_warmup_must_fit_under_max_steps():
 
 def test_checkpoint_model_id_must_be_a_checkpoint_directory(tmp_path):
     with pytest.raises(ValidationError) as info:
-        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path / "missing")})
+        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path / "missing")}, model_roots=[tmp_path])
     assert "does not exist" in info.value.details["model_id"]
     with pytest.raises(ValidationError) as info:
-        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})
+        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)}, model_roots=[tmp_path])
     assert "config.json" in info.value.details["model_id"]
 
 
@@ -187,7 +187,8 @@ def test_checkpoint_of_an_unsupported_family_is_rejected_at_submission(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ValidationError) as info:
-        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})
+        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)}, model_roots=[tmp_path])
     assert "model_type 'llama' is not supported (supported: qwen3)" in info.value.details["model_id"]
     (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
-    assert validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)})["model_id"] == str(tmp_path)
+    assert validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)},
+                               model_roots=[tmp_path])["model_id"] == str(tmp_path)

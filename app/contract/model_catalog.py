@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 DEFAULT_MODEL_ID = "tiny"
 
@@ -45,14 +46,41 @@ def is_checkpoint_path(model_id: str) -> bool:
     return model_id.startswith("/")
 
 
-def check_model_id(model_id: str) -> str | None:
-    """Return what is wrong with a model id, or None when a run can use it."""
+MAX_PATH_CHARS = 1024
+
+
+def _outside_roots(model_id: str, roots: Sequence[Path]) -> bool:
+    if "\x00" in model_id or len(model_id) > MAX_PATH_CHARS:
+        return True
+    try:
+        resolved = Path(model_id).resolve()
+        return not any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+    except (OSError, RuntimeError, ValueError):
+        return True
+
+
+def check_model_id(model_id: str, roots: Sequence[Path] = ()) -> str | None:
+    """Return what is wrong with a model id, or None when a run can use it.
+
+    A checkpoint must lie under one of `roots` (after resolving links). Anywhere else gets
+    one message, whether or not the path exists, so the check reveals nothing of the host.
+    """
     if model_id in PRESETS:
         return None
+    names = ", ".join(sorted(PRESETS))
     if not is_checkpoint_path(model_id):
-        names = ", ".join(sorted(PRESETS))
-        return (f"unknown model {model_id!r}: use a preset ({names}) "
+        return (f"unknown model {model_id[:80]!r}: use a preset ({names}) "
                 "or the absolute path of a local checkpoint directory")
+    if _outside_roots(model_id, roots):
+        return (f"not an allowed model: use a preset ({names}) or a checkpoint directory under "
+                "TUNIX_MODEL_ROOTS (by default the instance's models/ folder and the artifacts root)")
+    try:
+        return _checkpoint_problem(model_id)
+    except OSError as exc:
+        return f"checkpoint directory {model_id} cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def _checkpoint_problem(model_id: str) -> str | None:
     path = Path(model_id)
     if not path.is_dir():
         return f"checkpoint directory {model_id} does not exist"

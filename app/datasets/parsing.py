@@ -37,6 +37,11 @@ def check_name(name: str | None) -> str:
     return name
 
 
+def unstorable(text: str) -> bool:
+    """True for text Postgres cannot store: a NUL character, or a lone UTF-16 surrogate (from a JSON escape)."""
+    return "\x00" in text or any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def _example_problem(value: object) -> str | None:
     if not isinstance(value, dict):
         return "must be a JSON object with \"prompt\" and \"response\""
@@ -45,6 +50,8 @@ def _example_problem(value: object) -> str | None:
             return f"missing \"{key}\""
         if not isinstance(value[key], str):
             return f"\"{key}\" must be a string"
+        if unstorable(value[key]):
+            return f"\"{key}\" must not contain NUL characters or unpaired surrogates"
     if not value["response"].strip():
         return "\"response\" must not be empty"
     return None
@@ -71,6 +78,8 @@ def parse_jsonl(data: bytes | str) -> list[Example]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             problem = f"invalid JSON ({exc.msg} at column {exc.colno})"
+        except RecursionError:
+            problem = "invalid JSON (nested too deeply)"
         else:
             problem = _example_problem(value)
         if problem:

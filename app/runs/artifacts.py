@@ -94,8 +94,11 @@ def group(root: str | Path, run_id) -> Artifacts:
 def resolve_file(root: str | Path, run_id, relative: str) -> Path | None:
     """The file a download names, or None when it is missing or would leave the run's directory."""
     run_dir = _run_dir(root, run_id)
-    candidate = (run_dir / relative).resolve()
-    if not candidate.is_relative_to(run_dir) or not candidate.is_file():
+    try:
+        candidate = (run_dir / relative).resolve()
+        if not candidate.is_relative_to(run_dir) or not candidate.is_file():
+            return None
+    except (OSError, ValueError):  # a name too long, a NUL byte: no such file either way
         return None
     return candidate
 
@@ -103,8 +106,11 @@ def resolve_file(root: str | Path, run_id, relative: str) -> Path | None:
 def resolve_folder(root: str | Path, run_id, relative: str) -> Path | None:
     """A folder of the run's directory (the model, a checkpoint step), or None when missing or outside it."""
     run_dir = _run_dir(root, run_id)
-    candidate = (run_dir / relative).resolve()
-    if not candidate.is_relative_to(run_dir) or candidate == run_dir or not candidate.is_dir():
+    try:
+        candidate = (run_dir / relative).resolve()
+        if not candidate.is_relative_to(run_dir) or candidate == run_dir or not candidate.is_dir():
+            return None
+    except (OSError, ValueError):
         return None
     return candidate
 

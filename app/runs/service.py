@@ -9,12 +9,16 @@ import logging
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
+
+from flask import current_app
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import metrics
+from app.config import instance_dir
 from app.contract import training_plan
 from app.datasets import store as dataset_store
 from app.accounts.service import Actor
@@ -37,10 +41,16 @@ class IdempotencyConflict(ConflictError):
         self.run = run
 
 
+def model_roots(config) -> list[Path]:
+    """Where local checkpoints may come from: TUNIX_MODEL_ROOTS, else instance/models and the artifacts root."""
+    return [Path(p) for p in config["MODEL_ROOTS"]] if config.get("MODEL_ROOTS") else [
+        instance_dir() / "models", Path(config["ARTIFACTS_ROOT"])]
+
+
 def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
     """Full validated config, or ValidationError naming every bad field (dataset included)."""
     try:
-        config = validation.validate_run_config(raw)
+        config = validation.validate_run_config(raw, model_roots=model_roots(current_app.config))
     except ValidationError as exc:
         key = raw.get("dataset_key") if isinstance(raw, dict) else None
         if "dataset_key" not in exc.details and isinstance(key, str) and key.strip():

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from app.contract import model_catalog
 from app.errors import ValidationError
@@ -115,7 +116,8 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
-def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> dict[str, Any]:
+def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
+                        model_roots: Sequence[Path] = ()) -> dict[str, Any]:
     """Return the full run config with defaults filled in, or raise ValidationError naming every bad field.
 
     Checks shape and bounds only; whether the dataset exists is the run service's business.
@@ -143,7 +145,7 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False) -> 
     if not isinstance(model_id, str):
         errors["model_id"] = "must be a string"
     else:
-        problem = model_catalog.check_model_id(model_id.strip())
+        problem = model_catalog.check_model_id(model_id.strip(), model_roots)
         if problem:
             errors["model_id"] = problem
         else:

@@ -23,6 +23,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_PAGE_LIMIT = 200
 MAX_IDEMPOTENCY_KEY = 255
+MAX_POINTS_ARG = 100_000
 
 
 UNSUPPORTED_BODY = "request body must be sent as application/json"
@@ -55,9 +56,9 @@ def submit_run():
     if error:
         return error
     idempotency_key = request.headers.get("Idempotency-Key", "").strip() or None
-    if idempotency_key and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise ValidationError("invalid Idempotency-Key",
-                              {"Idempotency-Key": f"must be at most {MAX_IDEMPOTENCY_KEY} characters"})
+    if idempotency_key and (len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable()):
+        raise ValidationError("invalid Idempotency-Key", {"Idempotency-Key": f"must be at most {MAX_IDEMPOTENCY_KEY} "
+                                                                           "printable characters"})
     run, created = submit_and_carry_out(body, mode, current_actor(), idempotency_key)
     headers = {"Location": url_for("api.get_run", run_id=run.id)}
     if not created:
@@ -82,7 +83,7 @@ def get_run(run_id: str):
 def get_run_metrics(run_id: str):
     """The metric series; ?max_points=N thins each series to about N evenly spaced points."""
     run = run_or_404(run_id)
-    max_points = whole_number_arg("max_points", minimum=2)
+    max_points = whole_number_arg("max_points", minimum=2, maximum=MAX_POINTS_ARG)
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
                     **queries.metric_series(run.id, max_points)})
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 
+from app.datasets.parsing import unstorable
+
 # No 'unsafe-inline' or 'unsafe-eval' anywhere: scripts and styles come only from /static
 # (htmx is configured to inject no style of its own), the chart is SVG with attributes.
 CONTENT_SECURITY_POLICY = "; ".join((
@@ -47,9 +49,55 @@ class _SessionCookies(SecureCookieSessionInterface):
         return bool(app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure
 
 
+MAX_JSON_DEPTH = 64
+UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
+
+
+def _first_unstorable(value, where: str, depth: int = 0) -> tuple[str, str] | None:
+    """(field, problem) for the first string in a JSON value that cannot be stored, or nesting past the limit."""
+    if depth > MAX_JSON_DEPTH:
+        return where, f"is nested more than {MAX_JSON_DEPTH} levels deep"
+    if isinstance(value, str):
+        return (where, UNSTORABLE) if unstorable(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and unstorable(key):
+            return where, UNSTORABLE
+        found = _first_unstorable(item, key if depth == 0 and isinstance(key, str) else where, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def check_input() -> tuple[str, str] | None:
+    """Before a view runs: refuse text no view could store, wherever it came in (path, query, form, JSON)."""
+    if unstorable(request.path):
+        return "path", UNSTORABLE
+    for source in (request.args, request.form):
+        for key, value in source.items(multi=True):
+            if unstorable(key) or unstorable(value):
+                return key if not unstorable(key) else "field name", UNSTORABLE
+    if request.mimetype == "application/json" and request.content_length != 0:
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:
+            return "body", f"is nested more than {MAX_JSON_DEPTH} levels deep"
+        if body is not None:
+            return _first_unstorable(body, "body")
+    return None
+
+
 def init_app(app: Flask) -> None:
-    """Add the headers to every response and use request-aware session cookies."""
+    """Add the headers to every response, use request-aware session cookies, refuse unstorable input."""
     app.session_interface = _SessionCookies()
+
+    @app.before_request
+    def refuse_unstorable_input():
+        problem = check_input()
+        if problem is not None:
+            from app.web.errors import respond
+
+            return respond(400, "request holds text that cannot be stored", {problem[0]: problem[1]})
 
     @app.after_request
     def add_security_headers(response):

@@ -1,0 +1,160 @@
+"""Hostile input is answered with a 4xx that names the problem: never a 500, a traceback, SQL or a path."""
+import io
+import json
+import os
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.extensions import db
+from app.models import Dataset, TunixRun
+from tests.helpers import SAMPLE, submit
+
+LEAKS = ("Traceback", "psycopg2", "sqlalchemy", "SELECT ", "/work/", "/root/", "site-packages")
+ENDPOINTS_GET = ["/runs", "/runs/new", "/datasets", "/workers", "/api/tunix/runs", "/api/datasets", "/api/workers",
+                 "/runs/{run}", "/runs/{run}/status", "/api/tunix/runs/{run}", "/api/tunix/runs/{run}/metrics",
+                 "/api/tunix/runs/{run}/logs", "/datasets/" + SAMPLE, "/api/datasets/" + SAMPLE]
+
+
+def assert_clean(response, what) -> None:
+    assert response.status_code < 500, (what, response.status_code, response.get_data(as_text=True)[:300])
+    body = response.get_data(as_text=True)
+    for leak in LEAKS:
+        assert leak not in body, (what, leak)
+
+
+NUL_AND_SURROGATES = ["a\x00b", "\x00", "\ud800", "x\udfffy"]
+
+
+@pytest.mark.parametrize("bad", NUL_AND_SURROGATES)
+def test_nul_bytes_and_lone_surrogates_are_refused_everywhere_they_could_enter(client, bad):
+    before = (db.session.query(TunixRun).count(), db.session.query(Dataset).count())
+    json_bodies = [
+        ("/api/tunix/run?mode=async", {"dataset_key": bad}), ("/api/tunix/run?mode=async", {"dataset_key": SAMPLE, "name": bad}),
+        ("/api/tunix/run?mode=dry_run", {"dataset_key": SAMPLE, "model_id": bad}),
+        ("/api/tunix/run?mode=async", {"dataset_key": SAMPLE, "tags": [bad]}),
+        ("/api/datasets", {"name": "ok", "examples": [{"prompt": bad, "response": "r"}]}),
+        ("/api/datasets", {"name": "ok", "description": bad, "examples": [{"prompt": "p", "response": "r"}]}),
+        ("/api/datasets", {"name": "ok", "jsonl": json.dumps({"prompt": bad, "response": "r"})}),
+    ]
+    for path, body in json_bodies:
+        response = client.post(path, data=json.dumps(body), content_type="application/json")
+        assert response.status_code in (400, 422), (path, body, response.status_code)
+        assert_clean(response, (path, body))
+    # In a URL the same characters arrive percent-encoded (a surrogate as the bytes UTF-8 would give it).
+    raw = "".join(f"%{b:02X}" for b in bad.encode("utf-8", "surrogatepass"))
+    for path in (f"/datasets/{raw}", f"/api/datasets/{raw}", f"/runs?dataset_key={raw}", f"/runs?tag={raw}",
+                 f"/api/tunix/runs?dataset_key={raw}", f"/runs/{raw}", f"/api/tunix/runs/{raw}/logs",
+                 f"/runs?user={raw}"):
+        assert_clean(client.get(path), path)
+    upload = client.post("/api/datasets", data={"name": "up", "file": (
+        io.BytesIO(b'{"prompt": "a\\u0000b", "response": "r"}\n'), "x.jsonl")})
+    assert upload.status_code == 422 and "line 1" in upload.get_json()["details"]["file"]
+    assert (db.session.query(TunixRun).count(), db.session.query(Dataset).count()) == before
+
+
+def test_deep_json_long_paths_and_huge_numbers_get_4xx(client):
+    run_id = submit(client)["run_id"]
+    deep = "[" * 100_000 + "]" * 100_000
+    for path in ("/api/tunix/run?mode=async", "/api/datasets"):
+        response = client.post(path, data=deep, content_type="application/json")
+        assert response.status_code == 400, path
+        assert_clean(response, path)
+    deep_line = client.post("/api/datasets", json={"name": "deep", "jsonl": "[" * 100_000})
+    assert deep_line.status_code == 422
+    for path in (f"/runs/{run_id}/artifacts/{'a' * 300}", f"/runs/{run_id}/artifacts/a%00b",
+                 f"/runs/{run_id}/archive/{'b' * 300}.zip", f"/api/tunix/runs/{run_id}/metrics?max_points=1{'0' * 400}"):
+        response = client.get(path)
+        assert response.status_code in (400, 404, 422), path
+        assert_clean(response, path)
+    long_model = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": "/" + "m" * 300})
+    assert long_model.status_code == 422
+
+
+def test_model_ids_outside_the_allowed_roots_reveal_nothing(client, app, tmp_path, artifacts_root):
+    answers = set()
+    for model_id in ("/etc", "/nonexistent/at/all", "/root", "/proc/self", str(artifacts_root / ".." / "..")):
+        response = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": model_id})
+        assert response.status_code == 422
+        answers.add(response.get_json()["details"]["model_id"])
+    assert len(answers) == 1 and "TUNIX_MODEL_ROOTS" in answers.pop()
+    escape = artifacts_root / "escape"
+    os.symlink("/etc", escape)
+    response = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": str(escape)})
+    assert "TUNIX_MODEL_ROOTS" in response.get_json()["details"]["model_id"], "a link out of a root is outside it"
+    inside = artifacts_root / "not-a-checkpoint"
+    inside.mkdir()
+    response = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": str(inside)})
+    assert "config.json" in response.get_json()["details"]["model_id"], "inside a root the details help"
+
+
+def test_artifact_and_log_downloads_never_leave_the_run_directory(client, app, artifacts_root):
+    run_id = submit(client, "sync")["run_id"]
+    run_dir = artifacts_root / run_id
+    os.symlink("/etc/passwd", run_dir / "passwd-link")
+    os.symlink("/etc", run_dir / "etc-link")
+    for path in ("../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "..%2f..%2fetc%2fpasswd", "/etc/passwd",
+                 "passwd-link", "etc-link/passwd", "%00", "run_config.json%00.txt"):
+        response = client.get(f"/runs/{run_id}/artifacts/{path}", follow_redirects=True)
+        assert response.status_code in (400, 404), path
+        assert "root:" not in response.get_data(as_text=True)
+    for folder in ("etc-link", "..", "../..", "/etc"):
+        assert client.get(f"/runs/{run_id}/archive/{folder}.zip", follow_redirects=True).status_code in (400, 404), folder
+    other = uuid.uuid4()
+    assert client.get(f"/runs/{other}/log.txt").status_code == 404
+
+
+PAYLOADS = ['<script>alert(1)</script>', '"onmouseover="alert(1)', "javascript:alert(1)", "</pre><b>x</b>"]
+
+
+def test_script_payloads_are_shown_as_text_on_every_page(client, app):
+    for i, payload in enumerate(PAYLOADS):
+        client.post("/api/datasets", json={"name": f"x{i}", "description": payload,
+                                           "examples": [{"prompt": payload, "response": payload}]})
+        app.config.update(TRAIN_COMMAND=["/bin/sh", "-c", f"printf '%s\\n' '{payload}'; exit 3", "trainer"])
+        run_id = submit(client, "sync", name=payload, dataset_key=f"x{i}-v1")["run_id"]
+        client.post("/settings/tokens", data={"label": payload})
+        for path in (f"/runs/{run_id}", f"/runs/{run_id}/status?seen=running", "/runs", f"/datasets/x{i}-v1",
+                     "/datasets", "/settings/tokens", f"/runs/{run_id}/cancel"):
+            page = client.get(path).get_data(as_text=True)
+            if any(c in payload for c in '<>"'):
+                assert payload not in page, (payload, path)  # escaped wherever it is shown
+            assert "<script>alert" not in page and '"onmouseover="' not in page
+            assert 'href="javascript:' not in page and 'src="javascript:' not in page, (payload, path)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
+                                                                                              max_size=4), max_leaves=12)
+RUN_FIELDS = ["dataset_key", "model_id", "name", "tags", "learning_rate", "batch_size", "max_steps", "num_epochs",
+              "finetune", "eval_fraction", "seed", "max_attempts"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(json_values, st.dictionaries(st.sampled_from(RUN_FIELDS), json_values, max_size=6)),
+       mode=st.sampled_from(["async", "dry_run", "bogus", ""]))
+def test_random_run_submissions_never_fail_the_server(client, body, mode):
+    response = client.post(f"/api/tunix/run?mode={mode}", data=json.dumps(body), content_type="application/json")
+    assert_clean(response, body)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), content_type=st.sampled_from(["application/json", "text/plain",
+                                                                     "application/x-www-form-urlencoded", ""]),
+       path=st.sampled_from(["/api/tunix/run?mode=async", "/api/datasets", "/runs/new", "/datasets", "/login"]))
+def test_random_bytes_at_every_post_never_fail_the_server(client, data, content_type, path):
+    assert_clean(client.post(path, data=data, content_type=content_type), (path, data))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.dictionaries(st.sampled_from(["status", "mode", "dataset_key", "tag", "user", "cursor", "limit",
+                                              "after", "max_points", "log_after", "seen", "ids", "clone", "next"]),
+                             st.text(max_size=40), max_size=4),
+       path=st.sampled_from(ENDPOINTS_GET), signed_in=st.booleans())
+def test_random_query_strings_signed_in_or_not_never_fail_the_server(client, app, query, path, signed_in):
+    run_id = db.session.query(TunixRun.id).limit(1).scalar() or uuid.uuid4()
+    target = app.test_client() if not signed_in else client
+    response = target.get(path.format(run=run_id), query_string=query)
+    assert_clean(response, (path, query))
