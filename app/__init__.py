@@ -59,8 +59,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     cli.register(app)
     app.jinja_env.globals.update(formatting.template_globals())
 
-    # One proxy (nginx) sits in front in the documented deployment.
-    app.wsgi_app = security.RejectUnknownMethods(ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=1))
+    # One proxy (nginx) sits in front in the documented deployment. The prefix is never taken
+    # from a header: the app is served at the root, and a client could send its own.
+    app.wsgi_app = security.RejectUnknownMethods(ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=0))
     return app
 
 
