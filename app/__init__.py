@@ -5,7 +5,6 @@ import logging
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import PROJECT_ROOT, instance_dir, load_settings
 
@@ -59,9 +58,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     cli.register(app)
     app.jinja_env.globals.update(formatting.template_globals())
 
-    # One proxy (nginx) sits in front in the documented deployment. The prefix is never taken
-    # from a header: the app is served at the root, and a client could send its own.
-    app.wsgi_app = security.RejectUnknownMethods(ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=0))
+    # One proxy (nginx) sits in front in the documented deployment; its forwarded headers are
+    # believed only when the request comes from it. The prefix is never taken from a header.
+    app.wsgi_app = security.RejectUnknownMethods(
+        security.TrustedProxyFix(app.wsgi_app, frozenset(app.config["TRUSTED_PROXIES"])))
     return app
 
 

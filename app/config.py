@@ -90,5 +90,18 @@ def load_settings() -> dict:
         "SIGNIN_MAX_FAILURES": _int("TUNIX_SIGNIN_MAX_FAILURES", 10),
         "SIGNIN_WINDOW_SECONDS": _float("TUNIX_SIGNIN_WINDOW_SECONDS", 900.0),
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # Host names this service answers to (DNS rebinding): set it to the name nginx serves.
+        "TRUSTED_HOSTS": [h.strip() for h in os.environ.get("TUNIX_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+                          if h.strip()] or None,
+        # A sync run holds a request (a gunicorn thread) for its whole training: only short ones may.
+        "SYNC_MAX_SECONDS": _float("TUNIX_SYNC_MAX_SECONDS", 300.0),
+        "MAX_ACTIVE_RUNS_PER_USER": _int("TUNIX_MAX_ACTIVE_RUNS_PER_USER", 20),
+        "MAX_FORM_PARTS": _int("TUNIX_MAX_FORM_PARTS", 1000),
+        # Addresses whose X-Forwarded-* headers are believed: the nginx in front.
+        "TRUSTED_PROXIES": [a.strip() for a in os.environ.get("TUNIX_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
+                            if a.strip()],
+        # One upload may hold at most this many examples, each at most this many bytes as a JSON line.
+        "DATASET_MAX_EXAMPLES": _int("TUNIX_DATASET_MAX_EXAMPLES", 200_000),
+        "DATASET_MAX_EXAMPLE_BYTES": _int("TUNIX_DATASET_MAX_EXAMPLE_BYTES", 1024 * 1024),
         "SESSION_COOKIE_HTTPONLY": True,
     }

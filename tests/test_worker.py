@@ -32,7 +32,8 @@ def test_worker_stores_failures_with_their_reason(client, worker_env, start_work
     assert run["status"] == "failed" and "could not start the trainer" in run["error_message"]
 
 
-def test_many_workers_claim_each_run_exactly_once(client, worker_env, start_worker, tmp_path):
+def test_many_workers_claim_each_run_exactly_once(app, client, worker_env, start_worker, tmp_path):
+    app.config["MAX_ACTIVE_RUNS_PER_USER"] = 100
     record_dir = tmp_path / "executions"
     record_dir.mkdir()
     run_ids = {client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]

@@ -22,15 +22,17 @@ class EncodedExample:
     truncated: bool
 
 
-def encode_example(tokenizer, prompt: str, response: str, max_seq_length: int) -> EncodedExample:
-    """Tokenize one example, cut it to max_seq_length and pad it; the mask covers the response only."""
+def encode_example(tokenizer, prompt: str, response: str, max_seq_length: int, pad: bool = True) -> EncodedExample:
+    """Tokenize one example, cut it to max_seq_length and pad it (unless only counting); the mask covers the
+    response only."""
     head = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt + PROMPT_SEPARATOR)
     tail = tokenizer.encode(response) + [tokenizer.eos_id]
     tokens, mask = head + tail, [0] * len(head) + [1] * len(tail)
     length = len(tokens)
     tokens, mask = tokens[:max_seq_length], mask[:max_seq_length]
-    pad = max_seq_length - len(tokens)
-    return EncodedExample(tokens + [tokenizer.pad_id] * pad, mask + [0] * pad, length, length > max_seq_length)
+    padding = max_seq_length - len(tokens) if pad else 0
+    return EncodedExample(tokens + [tokenizer.pad_id] * padding, mask + [0] * padding, length,
+                          length > max_seq_length)
 
 
 def eval_count(num_examples: int, eval_fraction: float) -> int:
@@ -79,7 +81,7 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None) ->
     max_len = config["max_seq_length"]
     lengths, over, no_response = [], 0, 0
     for example in examples:
-        encoded = encode_example(tokenizer, example.prompt, example.response, max_len)
+        encoded = encode_example(tokenizer, example.prompt, example.response, max_len, pad=False)
         lengths.append(encoded.length)
         over += encoded.truncated
         no_response += not any(encoded.mask)

@@ -57,22 +57,46 @@ def _example_problem(value: object) -> str | None:
     return None
 
 
-def parse_jsonl(data: bytes | str) -> list[Example]:
+@dataclass(frozen=True)
+class UploadLimits:
+    """How much one upload may hold."""
+
+    max_examples: int = 200_000
+    max_example_bytes: int = 1024 * 1024
+
+
+def _too_many(field: str, limits: UploadLimits) -> ValidationError:
+    return _invalid(field, f"holds more than {limits.max_examples} examples (TUNIX_DATASET_MAX_EXAMPLES); "
+                           "split it into several datasets")
+
+
+def parse_jsonl(data: bytes | str, limits: UploadLimits = UploadLimits()) -> list[Example]:
     """Parse a JSONL upload, one {"prompt", "response"} object per line.
 
-    Blank lines are skipped. Every bad line is reported with its number (the first
-    20 of them) and nothing is returned when any line is bad.
+    Lines end at line feeds only (a U+2028 inside a string is text, not a line end), a
+    UTF-8 byte order mark is allowed, blank lines are skipped. Every bad line is reported
+    with its number (the first 20 of them) and nothing is returned when any line is bad.
     """
     if isinstance(data, bytes):
         try:
-            data = data.decode("utf-8")
+            data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise _invalid("file", f"is not UTF-8 text (byte {exc.start})") from None
     examples: list[Example] = []
     problems: list[str] = []
     bad_lines = 0
-    for number, line in enumerate(data.splitlines(), start=1):
+    data = data.removeprefix("\ufeff")
+    for number, line in enumerate(data.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
+            continue
+        if len(examples) + bad_lines >= limits.max_examples:
+            raise _too_many("file", limits)
+        if len(line) > limits.max_example_bytes and len(line.encode()) > limits.max_example_bytes:
+            bad_lines += 1
+            if len(problems) < MAX_REPORTED_LINE_ERRORS:
+                problems.append(f"line {number}: longer than {limits.max_example_bytes} bytes "
+                                "(TUNIX_DATASET_MAX_EXAMPLE_BYTES)")
             continue
         try:
             value = json.loads(line)
@@ -96,10 +120,12 @@ def parse_jsonl(data: bytes | str) -> list[Example]:
     return examples
 
 
-def parse_example_list(items: object) -> list[Example]:
+def parse_example_list(items: object, limits: UploadLimits = UploadLimits()) -> list[Example]:
     """Parse the `examples` array of a JSON upload, reporting bad items by index."""
     if not isinstance(items, list):
         raise _invalid("examples", "must be a list of {\"prompt\", \"response\"} objects")
+    if len(items) > limits.max_examples:
+        raise _too_many("examples", limits)
     problems = [f"item {i}: {p}" for i, p in ((i, _example_problem(v)) for i, v in enumerate(items)) if p]
     if problems:
         raise _invalid("examples", "; ".join(problems[:MAX_REPORTED_LINE_ERRORS]))

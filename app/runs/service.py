@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import current_app
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import metrics
@@ -22,7 +22,7 @@ from app.config import instance_dir
 from app.contract import training_plan
 from app.datasets import store as dataset_store
 from app.accounts.service import Actor
-from app.errors import ConflictError, ForbiddenError, ValidationError
+from app.errors import AppError, ConflictError, ForbiddenError, ValidationError
 from app.extensions import db
 from app.models import TunixRun
 from app.runs import lifecycle, states, validation
@@ -77,6 +77,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
         existing = _find_by_idempotency_key(idempotency_key)
         if existing is not None:
             return _replay(existing, mode, config), False
+    _check_limits(config, mode, created_by)
 
     now = lifecycle.event_time()
     values = {
@@ -103,6 +104,52 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     log.info("run %s created mode=%s status=%s dataset=%s model=%s", run.id, mode, run.status,
              run.dataset_key, run.model_id)
     return run, True
+
+
+class TooManyActiveRuns(AppError):
+    """The user already has as many active runs as one user may."""
+
+    status = 429
+
+
+# Seconds per training step when no finished run of the model tells better; and start-up.
+NOMINAL_STEP_SECONDS = {"tiny": 0.02, "small": 0.2}
+CHECKPOINT_STEP_SECONDS = 1.0
+STARTUP_SECONDS = 15.0
+
+
+def estimated_training_seconds(config: dict[str, Any]) -> float:
+    """How long a run with this config should train: its planned steps at the pace recent runs of the
+    same model kept (their median), else a nominal pace for the model, plus start-up."""
+    dataset = dataset_store.get_dataset(config["dataset_key"])
+    train = dataset.num_examples - training_plan.eval_count(dataset.num_examples, config["eval_fraction"])
+    steps = training_plan.total_steps(config, train)
+    paces = sorted(row.duration_seconds / row.steps for row in db.session.execute(
+        select(TunixRun.duration_seconds, TunixRun.result["steps"].as_integer().label("steps"))
+        .where(TunixRun.model_id == config["model_id"], TunixRun.status == states.COMPLETED,
+               TunixRun.mode != DRY_RUN, TunixRun.duration_seconds.is_not(None))
+        .order_by(TunixRun.created_at.desc()).limit(20)) if row.steps)
+    pace = paces[len(paces) // 2] if paces else NOMINAL_STEP_SECONDS.get(config["model_id"], CHECKPOINT_STEP_SECONDS)
+    return STARTUP_SECONDS + steps * pace
+
+
+def _check_limits(config: dict[str, Any], mode: str, created_by: int | None) -> None:
+    """Keep one request, or one user, from taking the service."""
+    settings = current_app.config
+    if mode == states.SYNC:
+        estimate = estimated_training_seconds(config)
+        if estimate > settings["SYNC_MAX_SECONDS"]:
+            raise ValidationError("run too long for mode=sync", {"mode": (
+                f"this run would train for about {estimate:.0f} s, more than the {settings['SYNC_MAX_SECONDS']:.0f} s "
+                "a sync request may take; submit it with mode=async")})
+    cap = settings["MAX_ACTIVE_RUNS_PER_USER"]
+    if created_by is not None and cap and mode != DRY_RUN:
+        active = db.session.scalar(select(func.count()).select_from(TunixRun).where(
+            TunixRun.created_by == created_by, TunixRun.status.in_(states.ACTIVE_STATUSES)))
+        if active >= cap:
+            raise TooManyActiveRuns(f"you have {active} active runs, the most one user may have",
+                                    {"runs": f"at most {cap} pending or running at once; wait for one to end "
+                                             "or cancel one"})
 
 
 def _replay(existing: TunixRun, mode: str, config: dict[str, Any]) -> TunixRun:

@@ -11,6 +11,8 @@ CANCELLED = "cancelled"
 
 STATUSES = (PENDING, RUNNING, CANCELLING, COMPLETED, FAILED, TIMEOUT, CANCELLED)
 TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, TIMEOUT, CANCELLED})
+# A run in one of these is not over: queued, or holding a worker (or a request).
+ACTIVE_STATUSES = frozenset({PENDING, RUNNING, CANCELLING})
 # A run in one of these has a live execution that holds its lease.
 LEASED_STATUSES = (RUNNING, CANCELLING)
 

@@ -16,6 +16,8 @@ from app.runs import logs, queries, service, validation
 from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
 from app.web import serializers
 from app.web.auth import current_actor
+from app.web.formatting import PREVIEW_CHARS
+from app.web.lookups import upload_limits
 from app.web.errors import api_error
 from app.web.lookups import dataset_or_404, run_or_404, whole_number_arg
 
@@ -166,7 +168,8 @@ def _examples_from_request() -> tuple[str | None, str, list]:
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             raise ValidationError(parsing.INVALID_DATASET, {"file": "is required (a .jsonl file)"})
-        return request.form.get("name"), request.form.get("description", ""), parsing.parse_jsonl(upload.read())
+        return (request.form.get("name"), request.form.get("description", ""),
+                parsing.parse_jsonl(upload.read(), upload_limits()))
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ValidationError(parsing.INVALID_DATASET,
@@ -177,10 +180,10 @@ def _examples_from_request() -> tuple[str | None, str, list]:
     if "jsonl" in body:
         if not isinstance(body["jsonl"], str):
             raise ValidationError(parsing.INVALID_DATASET, {"jsonl": "must be a string of JSON lines"})
-        return name, description, parsing.parse_jsonl(body["jsonl"])
+        return name, description, parsing.parse_jsonl(body["jsonl"], upload_limits())
     if "examples" not in body:
         raise ValidationError(parsing.INVALID_DATASET, {"examples": "is required (or give jsonl)"})
-    return name, description, parsing.parse_example_list(body["examples"])
+    return name, description, parsing.parse_example_list(body["examples"], upload_limits())
 
 
 @bp.post("/datasets")
@@ -200,7 +203,8 @@ def create_dataset():
 @bp.get("/datasets/<key>")
 def get_dataset(key: str):
     dataset = dataset_or_404(key)
-    preview = [{"prompt": e.prompt, "response": e.response} for e in dataset_store.preview_examples(key, 5)]
+    preview = [{"prompt": e.prompt[:PREVIEW_CHARS], "response": e.response[:PREVIEW_CHARS]}
+               for e in dataset_store.preview_examples(key, 5)]
     return jsonify({**serializers.dataset(dataset), "preview": preview})
 
 

@@ -10,7 +10,7 @@ import logging
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 from app.errors import AppError
 from app.extensions import db
@@ -49,10 +49,23 @@ def register(app: Flask) -> None:
         return respond(400, f"The form expired or was not sent by this site ({exc.description}). "
                             "Reload the page and submit it again.")
 
+    @app.errorhandler(SecurityError)
+    def untrusted_host(exc: SecurityError):
+        # No page can be rendered for a host we do not serve: its links would point there.
+        message = "this server does not answer to that host name (TUNIX_ALLOWED_HOSTS)"
+        if _wants_json():
+            return api_error(400, message, {"Host": "is not an allowed host name"})
+        return message + "\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
+            # Werkzeug says nothing more; a form under the size limit was refused for its parts.
+            if request.mimetype == "multipart/form-data" and (request.content_length or 0) <= (limit or 0):
+                return respond(413, "request form too large", {"body": (
+                    f"must have at most {app.config.get('MAX_FORM_PARTS')} form parts, and no field but a file "
+                    f"over {app.config.get('MAX_FORM_MEMORY_SIZE')} bytes")})
             return respond(413, "request body too large", {"body": f"must be at most {limit} bytes"})
         return respond(exc.code or 500, exc.description or exc.name)
 

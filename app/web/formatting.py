@@ -34,8 +34,11 @@ def format_time(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+PREVIEW_CHARS = 2000  # a previewed prompt or response is cut here; the dataset keeps it whole
+
+
 def template_globals() -> dict:
     """What every template may use."""
     return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES, "TERMINAL_STATUSES": TERMINAL_STATUSES,
-            "PENDING": PENDING, "DRY_RUN": DRY_RUN,
+            "PENDING": PENDING, "DRY_RUN": DRY_RUN, "PREVIEW_CHARS": PREVIEW_CHARS,
             "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time}

@@ -1,9 +1,10 @@
 """What the API and the pages both look up from a URL: a run, a dataset, a whole-number argument."""
 from __future__ import annotations
 
-from flask import request
+from flask import current_app, request
 
 from app.datasets import store as dataset_store
+from app.datasets.parsing import UploadLimits
 from app.errors import NotFoundError, ValidationError
 from app.models import Dataset, TunixRun
 from app.runs import queries
@@ -23,6 +24,11 @@ def dataset_or_404(key: str) -> Dataset:
     if dataset is None:
         raise NotFoundError(f"no dataset with key {key!r}")
     return dataset
+
+
+def upload_limits() -> UploadLimits:
+    """How much one dataset upload may hold, from the settings."""
+    return UploadLimits(current_app.config["DATASET_MAX_EXAMPLES"], current_app.config["DATASET_MAX_EXAMPLE_BYTES"])
 
 
 def whole_number_arg(name: str, minimum: int, maximum: int | None = None, default: int | None = None) -> int | None:

@@ -20,7 +20,7 @@ from app.runs import artifacts, logs, queries, service, validation
 from app.runs.states import ASYNC, MODES, STATUSES, SYNC
 from app.web import run_view
 from app.web.auth import current_actor
-from app.web.lookups import dataset_or_404, run_or_404
+from app.web.lookups import dataset_or_404, run_or_404, upload_limits
 
 bp = Blueprint("pages", __name__)
 
@@ -183,7 +183,7 @@ def upload_dataset():
         parsing.check_name(values["name"])
         if upload is None or not upload.filename:
             raise ValidationError(parsing.INVALID_DATASET, {"file": "choose a .jsonl file to upload"})
-        examples = parsing.parse_jsonl(upload.read())
+        examples = parsing.parse_jsonl(upload.read(), upload_limits())
         dataset = dataset_store.create_dataset(values["name"], examples, values["description"],
                                                created_by=current_actor().user_id)
     except ValidationError as exc:

@@ -6,8 +6,10 @@ Talisman's HTTPS redirects and HSTS belong to nginx in the documented deployment
 """
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.datasets.parsing import unstorable
 
@@ -42,6 +44,21 @@ class RejectUnknownMethods:
         return self.wsgi_app(environ, start_response)
 
 
+class TrustedProxyFix:
+    """ProxyFix for requests from the proxy only: a client that reaches gunicorn directly cannot
+    claim another address, scheme or host with its own X-Forwarded-* headers."""
+
+    def __init__(self, wsgi_app, trusted: frozenset[str]):
+        self.direct = wsgi_app
+        self.proxied = ProxyFix(wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=0)
+        self.trusted = trusted
+
+    def __call__(self, environ, start_response):
+        if environ.get("REMOTE_ADDR") in self.trusted:
+            return self.proxied(environ, start_response)
+        return self.direct(environ, start_response)
+
+
 class _SessionCookies(SecureCookieSessionInterface):
     """Secure cookies whenever this request was made over HTTPS (ProxyFix applies nginx's word on it)."""
 
@@ -71,6 +88,11 @@ def _first_unstorable(value, where: str, depth: int = 0) -> tuple[str, str] | No
 
 def check_input() -> tuple[str, str] | None:
     """Before a view runs: refuse text no view could store, wherever it came in (path, query, form, JSON)."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit and request.method in ("POST", "PUT", "PATCH") \
+            and request.mimetype != "multipart/form-data" and len(request.get_data(cache=True)) >= limit:
+        # A chunked body is cut at the limit without a word: say so instead of parsing half of it.
+        raise RequestEntityTooLarge()
     if unstorable(request.path):
         return "path", UNSTORABLE
     for source in (request.args, request.form):

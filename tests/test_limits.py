@@ -1,0 +1,82 @@
+"""Limits that keep one request or one user from taking the service, and uploads read as written."""
+import io
+import json
+
+from app.datasets.parsing import parse_jsonl
+from tests.helpers import SAMPLE, submit
+
+
+def test_sync_mode_takes_only_runs_that_fit_its_time(client, app):
+    app.config["SYNC_MAX_SECONDS"] = 20  # the sample's 162 tiny steps: about 15 s of start-up plus 3 s
+    assert submit(client, "sync")["status"] == "completed"
+    too_long = client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "num_epochs": 50})
+    assert too_long.status_code == 422
+    assert "mode=async" in too_long.get_json()["details"]["mode"]
+    assert client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE, "num_epochs": 50}).status_code == 202
+    form = client.post("/runs/new", data={"dataset_key": SAMPLE, "num_epochs": "50", "mode": "sync"})
+    assert form.status_code == 422 and "mode=async" in form.get_data(as_text=True)
+
+
+def test_one_user_may_hold_only_so_many_active_runs(client, app):
+    app.config["MAX_ACTIVE_RUNS_PER_USER"] = 2
+    first, second = submit(client)["run_id"], submit(client)["run_id"]
+    refused = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE})
+    assert refused.status_code == 429 and "at most 2" in refused.get_json()["details"]["runs"]
+    assert client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE}).status_code == 200
+    client.post(f"/api/tunix/runs/{first}/cancel")
+    assert client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).status_code == 202
+    assert second
+
+
+def test_only_the_allowed_host_names_are_answered(app, client):
+    assert client.get("/runs").status_code == 200
+    rebound = client.get("/runs", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 400
+    app.config["TRUSTED_HOSTS"] = ["tunix.example.com"]
+    assert client.get("/api/health", headers={"Host": "tunix.example.com"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_jsonl_lines_end_at_line_feeds_and_a_bom_is_fine():
+    text = '\ufeff{"prompt": "a\u2028b", "response": "c\u0085d"}\r\n\n{"prompt": "e", "response": "f"}\n'
+    examples = parse_jsonl(text.encode("utf-8"))
+    assert [(e.prompt, e.response) for e in examples] == [("a\u2028b", "c\u0085d"), ("e", "f")]
+
+
+def test_oversize_bodies_and_too_many_parts_get_413_with_a_true_message(client, app):
+    app.config["MAX_CONTENT_LENGTH"] = 10_000
+    big = client.post("/api/datasets", data=json.dumps({"name": "big", "jsonl": "x" * 20_000}),
+                      content_type="application/json")
+    assert big.status_code == 413 and "10000 bytes" in big.get_json()["details"]["body"]
+    chunked = client.post("/api/datasets", input_stream=io.BytesIO(b"{" + b" " * 20_000 + b"}"),
+                          content_type="application/json", headers={"Transfer-Encoding": "chunked"},
+                          environ_overrides={"wsgi.input_terminated": True})  # as gunicorn marks a chunked body
+    assert chunked.status_code == 413
+    app.config.update(MAX_CONTENT_LENGTH=10_000_000, MAX_FORM_PARTS=50)
+    parts = {f"field{i}": "x" for i in range(80)}
+    many = client.post("/api/datasets", data={**parts, "name": "m", "file": (io.BytesIO(b""), "d.jsonl")})
+    assert many.status_code == 413 and "form parts" in many.get_json()["details"]["body"]
+
+
+def test_previews_are_cut_and_dry_runs_count_without_padding(client):
+    long = "y" * 50_000
+    client.post("/api/datasets", json={"name": "long", "examples": [{"prompt": long, "response": "ok"}]})
+    page = client.get("/datasets/long-v1").get_data(as_text=True)
+    assert long not in page and "y" * 1900 in page
+    assert len(client.get("/api/datasets/long-v1").get_json()["preview"][0]["prompt"]) == 2000
+    plan = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "max_seq_length": 32768})
+    result = plan.get_json()["result"]
+    assert result["tokens"]["max"] < 200 and result["examples_over_max_seq_length"] == 0
+
+
+def test_uploads_are_capped_in_examples_and_in_the_size_of_one(client, app):
+    app.config.update(DATASET_MAX_EXAMPLES=3, DATASET_MAX_EXAMPLE_BYTES=200)
+    line = json.dumps({"prompt": "p", "response": "r"})
+    many = client.post("/api/datasets", json={"name": "many", "jsonl": "\n".join([line] * 4)})
+    assert many.status_code == 422 and "more than 3 examples" in many.get_json()["details"]["file"]
+    listed = client.post("/api/datasets", json={"name": "many", "examples": [{"prompt": "p", "response": "r"}] * 4})
+    assert listed.status_code == 422 and "more than 3 examples" in listed.get_json()["details"]["examples"]
+    long = client.post("/api/datasets", json={"name": "long", "jsonl": json.dumps({"prompt": "x" * 300,
+                                                                                   "response": "r"})})
+    assert long.status_code == 422 and "longer than 200 bytes" in long.get_json()["details"]["file"]
+    assert client.post("/api/datasets", json={"name": "fine", "jsonl": "\n".join([line] * 3)}).status_code == 201
