@@ -158,3 +158,21 @@ def test_random_query_strings_signed_in_or_not_never_fail_the_server(client, app
     target = app.test_client() if not signed_in else client
     response = target.get(path.format(run=run_id), query_string=query)
     assert_clean(response, (path, query))
+
+
+header_text = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=st.dictionaries(st.sampled_from(["Authorization", "Idempotency-Key", "Content-Type", "Cookie",
+                                                "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
+                                                "X-Forwarded-Prefix", "Accept", "Referer", "Origin"]),
+                               header_text, max_size=4),
+       path=st.sampled_from(["/api/tunix/run?mode=async", "/api/datasets", "/runs/new", "/login"]),
+       signed_in=st.booleans())
+def test_random_headers_never_fail_the_server(client, app, headers, path, signed_in):
+    target = client if signed_in else app.test_client()
+    headers = {k: v.encode("latin-1", "replace").decode("latin-1") for k, v in headers.items()}
+    response = target.post(path, data=json.dumps({"dataset_key": SAMPLE}), headers=headers,
+                           content_type=headers.get("Content-Type", "application/json"))
+    assert_clean(response, (path, headers))

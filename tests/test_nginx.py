@@ -1,7 +1,6 @@
 """The shipped nginx site in front of real gunicorn: sign-in, pages, static files, forms, uploads, the API,
 /metrics behind its allow list, TLS that makes cookies Secure, and forwarded headers a client cannot forge."""
 import http.client
-import io
 import json
 import os
 import re

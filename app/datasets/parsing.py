@@ -1,9 +1,11 @@
 """Parsing and checking dataset uploads: pure functions, no database."""
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
+from typing import IO, Iterable, Iterator
 
 from app.errors import ValidationError
 
@@ -70,24 +72,32 @@ def _too_many(field: str, limits: UploadLimits) -> ValidationError:
                            "split it into several datasets")
 
 
-def parse_jsonl(data: bytes | str, limits: UploadLimits = UploadLimits()) -> list[Example]:
-    """Parse a JSONL upload, one {"prompt", "response"} object per line.
+def _decoded_lines(data: bytes | str | IO[bytes]) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line: split on line feeds only, a leading BOM dropped, read as it comes."""
+    if isinstance(data, str):
+        lines: Iterable = data.removeprefix("\ufeff").split("\n")
+    else:
+        lines = io.BytesIO(data) if isinstance(data, bytes) else data  # a binary file splits on b"\n" only
+    for number, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _invalid("file", f"line {number} is not UTF-8 text (byte {exc.start} of the line)") from None
+        yield number, line.removesuffix("\n").removesuffix("\r")
+
+
+def parse_jsonl(data: bytes | str | IO[bytes], limits: UploadLimits = UploadLimits()) -> list[Example]:
+    """Parse a JSONL upload, one {"prompt", "response"} object per line, reading a file line by line.
 
     Lines end at line feeds only (a U+2028 inside a string is text, not a line end), a
     UTF-8 byte order mark is allowed, blank lines are skipped. Every bad line is reported
     with its number (the first 20 of them) and nothing is returned when any line is bad.
     """
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise _invalid("file", f"is not UTF-8 text (byte {exc.start})") from None
     examples: list[Example] = []
     problems: list[str] = []
     bad_lines = 0
-    data = data.removeprefix("\ufeff")
-    for number, line in enumerate(data.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    for number, line in _decoded_lines(data):
         if not line.strip():
             continue
         if len(examples) + bad_lines >= limits.max_examples:

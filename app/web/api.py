@@ -169,7 +169,7 @@ def _examples_from_request() -> tuple[str | None, str, list]:
         if upload is None or not upload.filename:
             raise ValidationError(parsing.INVALID_DATASET, {"file": "is required (a .jsonl file)"})
         return (request.form.get("name"), request.form.get("description", ""),
-                parsing.parse_jsonl(upload.read(), upload_limits()))
+                parsing.parse_jsonl(upload.stream, upload_limits()))
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ValidationError(parsing.INVALID_DATASET,

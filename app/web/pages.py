@@ -183,7 +183,7 @@ def upload_dataset():
         parsing.check_name(values["name"])
         if upload is None or not upload.filename:
             raise ValidationError(parsing.INVALID_DATASET, {"file": "choose a .jsonl file to upload"})
-        examples = parsing.parse_jsonl(upload.read(), upload_limits())
+        examples = parsing.parse_jsonl(upload.stream, upload_limits())
         dataset = dataset_store.create_dataset(values["name"], examples, values["description"],
                                                created_by=current_actor().user_id)
     except ValidationError as exc:
