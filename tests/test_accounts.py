@@ -17,6 +17,8 @@ def test_pages_need_a_signed_in_user_and_only_a_few_things_are_open(app):
         response = anonymous.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"], path
     assert anonymous.get("/login").status_code == 200
+    poll = anonymous.get("/runs/rows?ids=", headers={"HX-Request": "true", "Referer": "http://localhost/runs"})
+    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login?next=/runs", "a poll is sent to sign in"
     assert anonymous.get("/api/health").status_code == 200
     assert anonymous.get("/static/css/app.css").status_code == 200
 

@@ -51,6 +51,10 @@ def require_identity():
         # The session cookie alone never drives the API, so no other site's page can.
         return token_auth.login_required(lambda: None)()
     if not current_user.is_authenticated:
+        if request.headers.get("HX-Request"):
+            # A poll whose session ended: have htmx load the sign-in page, not swap it into the block.
+            return "", 401, {"HX-Redirect": url_for("auth.login", next=request.referrer and urlsplit(
+                request.referrer).path)}
         return login_manager.unauthorized()
     return None
 
