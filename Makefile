@@ -63,6 +63,7 @@ bench: install
 	$(PY) bench/exactly_once.py
 	$(PY) bench/wakeup_latency.py
 	$(PY) bench/trainer_overhead.py
+	$(PY) bench/upload_memory.py
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor .pytest_cache
