@@ -75,7 +75,12 @@ def test_runs_survive_a_postgres_restart(private_postgres, artifacts_root, tmp_p
         while any(s not in ("completed", "failed", "timeout", "cancelled") for s in statuses()) \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert statuses() == ["completed"] * 4, statuses()
+        if statuses() != ["completed"] * 4:
+            with app.app_context():
+                ended = db.session.execute(text("SELECT status, error_message FROM tunix_runs")).all()
+                db.session.remove()
+            worker.send_signal(signal.SIGTERM)
+            raise AssertionError(f"{ended}\n{worker.communicate(timeout=60)[0][-6000:]}")
         assert client.get("/api/health").status_code == 200
         with app.app_context():
             assert sorted(str(r) for r in db.session.execute(text("SELECT id FROM tunix_runs")).scalars()) == \

@@ -42,7 +42,11 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
     """
     lease = RunLease(run.id, run.lease, settings.heartbeat_seconds, settings.kill_grace_seconds)
     try:
-        run_dir = prepare_run_directory(run, settings.artifacts_root)
+        # The dataset export reads the database: an outage right after the claim is waited out
+        # (by the worker's persist), not taken for a failure of the run.
+        run_dir = persist(lambda: prepare_run_directory(run, settings.artifacts_root))
+        if run_dir is None:
+            return "not started: the database stayed unreachable; its lease will expire and it will be recovered"
         db.session.rollback()  # end the dataset read: no transaction stays open while the trainer runs
         recorder = ProgressRecorder(run.id, log_max_bytes=settings.log_max_bytes)
 

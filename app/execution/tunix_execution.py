@@ -213,25 +213,31 @@ def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
 
     deadline = started + settings.timeout_seconds
     timed_out, stop_reason = False, None
-    while True:
-        try:
-            proc.wait(timeout=tick_seconds)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        drain()
-        stop = on_tick() if on_tick is not None else None
-        if stop is not None:
-            stop_reason = stop.reason
-            log.info("trainer pid=%s: stopping its process group (%s)", proc.pid, stop.reason)
-            _stop_process_group(proc, stop.grace_seconds)
-            break
-        if time.monotonic() >= deadline:
-            timed_out = True
-            log.warning("trainer pid=%s timed out after %.0f s; killing its process group", proc.pid,
-                        settings.timeout_seconds)
-            _stop_process_group(proc, settings.kill_grace_seconds)
-            break
+    try:
+        while True:
+            try:
+                proc.wait(timeout=tick_seconds)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            drain()
+            stop = on_tick() if on_tick is not None else None
+            if stop is not None:
+                stop_reason = stop.reason
+                log.info("trainer pid=%s: stopping its process group (%s)", proc.pid, stop.reason)
+                _stop_process_group(proc, stop.grace_seconds)
+                break
+            if time.monotonic() >= deadline:
+                timed_out = True
+                log.warning("trainer pid=%s timed out after %.0f s; killing its process group", proc.pid,
+                            settings.timeout_seconds)
+                _stop_process_group(proc, settings.kill_grace_seconds)
+                break
+    except BaseException:
+        # A handler failed (or the process is being torn down): never leave the trainer running.
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
 
     # Children the trainer left behind would keep the pipes open: end the whole group.
     _kill_group(proc.pid, signal.SIGKILL)
