@@ -61,18 +61,24 @@ def workers_with_liveness(alive_within_seconds: float) -> tuple[datetime, list[t
                  for w in list_workers()]
 
 
+def _seen_within(seconds: float):
+    return Worker.last_seen_at >= func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
 def count_alive(alive_within_seconds: float) -> int:
     """Workers that heartbeated within the given time and have not stopped."""
     return int(db.session.scalar(select(func.count()).select_from(Worker).where(
-        Worker.state != STOPPED, Worker.last_seen_at >= func.now() - func.make_interval(
-            0, 0, 0, 0, 0, 0, alive_within_seconds))) or 0)
+        Worker.state != STOPPED, _seen_within(alive_within_seconds))) or 0)
 
 
-def seconds_since_any_worker() -> float | None:
-    """Seconds since any running worker last heartbeated; None when none is registered."""
-    quiet = db.session.scalar(select(func.extract("epoch", func.now() - func.max(Worker.last_seen_at)))
-                              .where(Worker.state != STOPPED))
-    return None if quiet is None else float(quiet)
+def worker_presence(alive_within_seconds: float) -> tuple[float | None, int]:
+    """In one query: seconds since any running worker last heartbeated (None when none is registered),
+    and how many heartbeated within the given time."""
+    quiet, alive = db.session.execute(
+        select(func.extract("epoch", func.now() - func.max(Worker.last_seen_at)),
+               func.count().filter(_seen_within(alive_within_seconds)))
+        .where(Worker.state != STOPPED)).one()
+    return (None if quiet is None else float(quiet)), int(alive or 0)
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from app.runs.states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES, TERMINAL_STATUSES
+from app.runs.states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES
 
 
 def format_duration(seconds: float | None) -> str:
@@ -39,6 +39,6 @@ PREVIEW_CHARS = 2000  # a previewed prompt or response is cut here; the dataset 
 
 def template_globals() -> dict:
     """What every template may use."""
-    return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES, "TERMINAL_STATUSES": TERMINAL_STATUSES,
+    return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES,
             "PENDING": PENDING, "DRY_RUN": DRY_RUN, "PREVIEW_CHARS": PREVIEW_CHARS,
             "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time}

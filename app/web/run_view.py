@@ -41,7 +41,6 @@ class ProgressView:
     elapsed_seconds: float | None
     time_left_seconds: float | None
     tokens_per_second: float | None  # smoothed while running; the run's own figure once it ended
-    last_checkpoint_step: int | None
 
     @classmethod
     def of(cls, run: TunixRun) -> "ProgressView | None":
@@ -54,27 +53,19 @@ class ProgressView:
         return cls(step=int(_number(progress, "step") or 0), total_steps=int(total),
                    loss=_number(progress, "loss"), eval_loss=_number(progress, "eval_loss"),
                    elapsed_seconds=_number(progress, "elapsed_seconds"), time_left_seconds=run.time_left_seconds,
-                   tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"),
-                   last_checkpoint_step=(int(_number(progress, "last_checkpoint_step"))
-                                         if _number(progress, "last_checkpoint_step") is not None else None))
+                   tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"))
 
 
-def _queue_estimate(position: int | None) -> float | None:
+def _queue_estimate(position: int | None, workers: int) -> float | None:
     """When a pending run should start, from the typical run time and the live workers; None when unknown."""
-    if not position:
+    if not position or workers == 0:
         return None
     typical = queries.typical_run_seconds()
-    workers = registry.count_alive(current_app.config["LEASE_TIMEOUT_SECONDS"])
-    if typical is None or workers == 0:
-        return None
-    return math.ceil(position / workers) * typical
+    return None if typical is None else math.ceil(position / workers) * typical
 
 
-def _worker_note(run: TunixRun) -> str | None:
+def _worker_note(quiet: float | None) -> str | None:
     """Why a pending run waits, when the reason is that no worker is around."""
-    if run.status != PENDING:
-        return None
-    quiet = registry.seconds_since_any_worker()
     if quiet is None:
         return "No worker is running: start one with `python worker.py`."
     config = current_app.config
@@ -89,10 +80,13 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
     series = queries.metric_series(run.id, max_points=loss_chart.MAX_POINTS)
     max_lines = current_app.config["LOG_TAIL_LINES"]
     log = logs.tail(run.id, max_lines) if log_after is None else logs.after(run.id, log_after, max_lines)
-    position = queries.queue_position(run)
+    position, wait, note = queries.queue_position(run), None, None
+    if run.status == PENDING:  # only a waiting run asks about the workers: one query for both answers
+        quiet, alive = registry.worker_presence(current_app.config["LEASE_TIMEOUT_SECONDS"])
+        wait, note = _queue_estimate(position, alive), _worker_note(quiet)
     context = {"run": run, "progress": ProgressView.of(run), "chart": loss_chart.render_charts(series),
-               "queue_position": position, "queue_wait_seconds": _queue_estimate(position),
-               "worker_note": _worker_note(run), "log": log, "status_words": STATUS_WORDS,
+               "queue_position": position, "queue_wait_seconds": wait,
+               "worker_note": note, "log": log, "status_words": STATUS_WORDS,
                "changed": seen_status is not None and seen_status != run.status}
     if context["changed"]:
         context.update(_surroundings(run))
