@@ -139,6 +139,12 @@ class TunixRun(db.Model):
     name = db.Column(db.String(120))
     tags = db.Column(ARRAY(db.String(32)), nullable=False, default=list, server_default="{}")
     created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    # Copied from the result when the run ends, so lists, comparisons and leaderboards sort by index.
+    evaluated_on = db.Column(db.String(80))  # the dataset the scores are on (eval dataset or own split)
+    final_loss = db.Column(db.Float)
+    final_eval_loss = db.Column(db.Float)
+    answer_match = db.Column(db.Float)  # after training
+    exact_match = db.Column(db.Float)
 
     creator = db.relationship(User, lazy="joined")
 
@@ -158,6 +164,10 @@ class TunixRun(db.Model):
         Index("ix_tunix_runs_retry_of", "retry_of", postgresql_where=text("retry_of IS NOT NULL")),
         Index("ix_tunix_runs_tags", "tags", postgresql_using="gin"),
         Index("ix_tunix_runs_created_by_created", "created_by", "created_at", "id"),
+        # A dataset's leaderboard reads this index in its order and stops at the page size.
+        Index("ix_tunix_runs_leaderboard", "evaluated_on", text("answer_match DESC NULLS LAST"),
+              text("exact_match DESC NULLS LAST"), text("final_eval_loss ASC NULLS LAST"), "id",
+              postgresql_where=text("status = 'completed' AND answer_match IS NOT NULL")),
     )
 
     @property
@@ -204,6 +214,24 @@ class RunMetric(db.Model):
     recorded_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
 
     __table_args__ = (CheckConstraint("split IN ('train', 'eval')", name="ck_run_metrics_split"),)
+
+
+class RunPrediction(db.Model):
+    """One generated answer of a run's evaluation, before or after training, with its verdicts."""
+
+    __tablename__ = "run_predictions"
+
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="CASCADE"), primary_key=True)
+    phase = db.Column(db.String(8), primary_key=True)  # "before" or "after"
+    position = db.Column(db.Integer, primary_key=True)
+    prompt = db.Column(db.Text, nullable=False)
+    reference = db.Column(db.Text, nullable=False)
+    prediction = db.Column(db.Text, nullable=False)
+    exact_match = db.Column(db.Boolean, nullable=False)
+    answer_match = db.Column(db.Boolean, nullable=False)
+    generated_tokens = db.Column(db.Integer, nullable=False)
+
+    __table_args__ = (CheckConstraint("phase IN ('before', 'after')", name="ck_run_predictions_phase"),)
 
 
 class RunLogChunk(db.Model):

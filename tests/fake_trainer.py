@@ -1,7 +1,12 @@
 """A stand-in trainer for platform tests: prints progress, sleeps, exits with a chosen code.
 
     python tests/fake_trainer.py [--steps N] [--sleep S] [--exit-code C] [--stdout-bytes B]
-                                 [--spawn-child] [--record-dir DIR] [--artifacts] RUN_DIR
+                                 [--spawn-child] [--record-dir DIR] [--artifacts] [--evaluate] RUN_DIR
+
+With --evaluate it scores the last examples as the real trainer does (predictions.jsonl, evaluate
+events, "evaluation" in the summary): before training every answer is wrong; after, the first
+round(answer_rate * N) are right, answer_rate = min(1, learning_rate * 100), so a test knows which
+run should rank first. Losses fall faster with a higher learning rate for the same reason.
 """
 import argparse
 import json
@@ -11,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from app.contract.run_files import CHECKPOINTS_DIR, DATASET_FILE, METRICS_FILE, MODEL_DIR, RUN_CONFIG_FILE
+from app.contract import scoring
+from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE,
+                                    RUN_CONFIG_FILE)
 
 
 def emit(event, **fields):
@@ -32,6 +39,34 @@ def write_artifacts(run_dir: Path, steps: int) -> None:
     (run_dir / METRICS_FILE).write_text(json.dumps({"train": [], "eval": []}))
 
 
+def evaluate(run_dir: Path, config: dict) -> dict:
+    """Score the last eval_max_examples examples (at most 5); the right answers depend on the learning rate."""
+    if config["eval_max_examples"] == 0:
+        return {"skipped": "eval_max_examples is 0"}
+    lines = [json.loads(line) for line in (run_dir / DATASET_FILE).open() if line.strip()]
+    examples = lines[-min(5, config["eval_max_examples"], len(lines)):]
+    right = round(min(1.0, config["learning_rate"] * 100) * len(examples))
+    passes = {}
+    with (run_dir / PREDICTIONS_FILE).open("w") as out:
+        for phase in ("before", "after"):
+            emit("evaluate", phase=phase, done=0, total=len(examples))
+            verdicts = []
+            for index, example in enumerate(examples):
+                correct = phase == "after" and index < right
+                prediction = example["response"] if correct else "I do not know."
+                verdict = scoring.judge(prediction, example["response"])
+                verdicts.append(verdict)
+                out.write(json.dumps({"phase": phase, "index": index, "prompt": example["prompt"],
+                                      "reference": example["response"], "prediction": prediction,
+                                      "exact_match": verdict.exact, "answer_match": verdict.answer,
+                                      "generated_tokens": len(prediction)}) + "\n")
+            passes[phase] = scoring.summarize(verdicts, [4] * len(verdicts), 0.5)
+            emit("evaluate", phase=phase, done=len(examples), total=len(examples), metrics=passes[phase])
+    return {**passes, "examples": len(examples), "dataset_key": config.get("eval_dataset_key") or config["dataset_key"],
+            "source": "eval dataset" if config.get("eval_dataset_key") else "held-out split",
+            "error": None}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
@@ -42,6 +77,7 @@ def main():
     parser.add_argument("--record-dir", help="write one file per execution here (exactly-once checks)")
     parser.add_argument("--artifacts", action="store_true", help="write a model, a checkpoint and metrics as the "
                                                                   "real trainer does")
+    parser.add_argument("--evaluate", action="store_true", help="score answers as the real trainer does")
     parser.add_argument("run_dir")
     args = parser.parse_args()
 
@@ -59,11 +95,12 @@ def main():
 
     print(f"fake trainer: {examples} examples, model {config['model_id']}", flush=True)
     emit("start", total_steps=args.steps, train_examples=examples)
+    pace = 1.0 + config["learning_rate"] * 100 if args.evaluate else 1.0
     for step in range(1, args.steps + 1):
-        emit("step", step=step, loss=round(4.0 / step, 4), learning_rate=config["learning_rate"],
+        emit("step", step=step, loss=round(4.0 / (step * pace), 4), learning_rate=config["learning_rate"],
              tokens_per_second=1000.0, elapsed_seconds=0.01 * step)
     if args.steps:
-        emit("eval", step=args.steps, loss=4.5 / args.steps)
+        emit("eval", step=args.steps, loss=4.5 / (args.steps * pace))
     if args.stdout_bytes:
         line = "x" * 99 + "\n"
         sys.stdout.write(line * (args.stdout_bytes // 100))
@@ -74,8 +111,10 @@ def main():
         sys.exit(args.exit_code)
     if args.artifacts:
         write_artifacts(run_dir, args.steps)
-    emit("end", steps=args.steps, final_loss=round(4.0 / max(args.steps, 1), 4), best_loss=4.0 / max(args.steps, 1),
-         tokens_per_second=1000.0)
+    final = round(4.0 / (max(args.steps, 1) * pace), 4)
+    extra = {"evaluation": evaluate(run_dir, config),
+             "final_eval_loss": 4.5 / (max(args.steps, 1) * pace)} if args.evaluate else {}
+    emit("end", steps=args.steps, final_loss=final, best_loss=final, tokens_per_second=1000.0, **extra)
 
 
 if __name__ == "__main__":

@@ -39,15 +39,19 @@ def _run_pages(client, app) -> dict[str, str]:
                                 "VALUES (:id, 'train', :s, :l, now())"), {"id": running, "s": step, "l": 5.9 / step ** 0.4})
     db.session.commit()
     runs["run-running"] = running
-    app.config.update(TRAIN_COMMAND=fake_trainer_command("--artifacts", "--steps", "30"))
-    runs["run-completed"] = submit(client, "sync", name="arithmetic, lr 1e-3", tags=["baseline", "small-lr"])["run_id"]
+    app.config.update(TRAIN_COMMAND=fake_trainer_command("--artifacts", "--steps", "30", "--evaluate"))
+    runs["run-completed"] = submit(client, "sync", name="arithmetic, lr 6e-3", tags=["baseline", "small-lr"],
+                                   learning_rate=0.006)["run_id"]
+    rival = submit(client, "sync", name="arithmetic, lr 3e-3", learning_rate=0.003, batch_size=8)["run_id"]
     cancelled = submit(client)["run_id"]
     client.post(f"/api/tunix/runs/{cancelled}/cancel")
     runs["run-cancelled"] = cancelled
     app.config.update(TRAIN_COMMAND=fake_trainer_command("--exit-code", "3"))
     runs["run-failed"] = submit(client, "sync")["run_id"]
     runs["run-dry-run"] = submit(client, "dry_run", name="plan before training")["run_id"]
-    return {name: f"/runs/{run_id}" for name, run_id in runs.items()}
+    return {**{name: f"/runs/{run_id}" for name, run_id in runs.items()},
+            "compare": f"/runs/compare?ids={runs['run-completed']},{rival}",
+            "compare-rejected": f"/runs/compare?ids={rival}", "leaderboard": f"/datasets/{SAMPLE}/leaderboard"}
 
 
 def _check(page, name: str, width_name: str) -> list[str]:

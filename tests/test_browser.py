@@ -150,3 +150,24 @@ def test_the_content_security_policy_leaves_the_pages_working(client, live_serve
     for path in ("/runs", "/runs/new", "/datasets", "/workers", "/settings/tokens"):
         page.goto(live_server + path)
     assert refused == []
+
+
+def test_two_runs_ticked_in_the_list_open_side_by_side(client, app, live_server, page):
+    app.config["TRAIN_COMMAND"] = fake_trainer_command("--steps", "6", "--evaluate")
+    first = submit(client, "sync", learning_rate=0.002, name="careful")["run_id"]
+    second = submit(client, "sync", learning_rate=0.008, name="bold")["run_id"]
+    page.goto(f"{live_server}/runs")
+    page.check(f'input[name="ids"][value="{first}"]')
+    page.check(f'input[name="ids"][value="{second}"]')
+    page.click("text=Compare selected")
+    page.wait_for_url(lambda url: "/runs/compare" in url)
+    chart = page.locator("figure.chart.compare svg")
+    assert chart.is_visible()
+    # Both runs' curves, train solid and eval dashed, and a legend entry naming each run.
+    for index in (0, 1):
+        assert chart.locator(f"polyline.run-{index}.train").count() == 1
+        assert chart.locator(f"polyline.run-{index}.eval").get_attribute("stroke-dasharray") == "5 3"
+    legend = chart.locator("g.legend-entry text").all_text_contents()
+    assert set(legend) == {"careful", "bold"}
+    assert page.locator("td.best").first.is_visible()
+    assert page.locator('th[scope="row"]', has_text="learning_rate").is_visible()

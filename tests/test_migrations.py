@@ -20,6 +20,13 @@ def test_upgrade_downgrade_upgrade(postgres_admin_url, app_config):
             assert {"tunix_runs", "datasets", "dataset_examples", "run_metrics", "alembic_version"} <= tables
             indexes = {i["name"] for i in inspect(db.engine).get_indexes("tunix_runs")}
             assert "ix_tunix_runs_pending_queue" in indexes
+            # The migrations build exactly the schema the models describe (indexes included).
+            from alembic.autogenerate import compare_metadata
+            from alembic.migration import MigrationContext
+
+            with db.engine.connect() as connection:
+                drift = compare_metadata(MigrationContext.configure(connection), db.metadata)
+            assert drift == [], drift
             downgrade(revision="base")
             assert set(inspect(db.engine).get_table_names()) == {"alembic_version"}
             upgrade()

@@ -50,13 +50,50 @@ def test_worker_trains_tiny_with_tunix(client, worker_env, start_worker, artifac
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert "training tiny (full" in run["stdout_tail"]
 
+    # Scored with Tunix's sampler before the first step and after the last, on the 24 held-out examples.
+    evaluation = result["evaluation"]
+    assert evaluation["examples"] == 24 and evaluation["source"] == "held-out split" and evaluation["error"] is None
+    for phase in ("before", "after"):
+        scores = evaluation[phase]
+        assert 0 <= scores["answer_match"] <= 1 and 0 <= scores["exact_match"] <= 1, scores
+        assert 0 < scores["mean_generated_tokens"] <= 64 and scores["generation_tokens_per_second"] > 0
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 48
+    assert sorted(p["index"] for p in predictions if p["phase"] == "after") == list(range(24))
+    stored = client.get(f"/api/tunix/runs/{run_id}/evaluation?limit=200").get_json()
+    assert stored["total"] == 24 and stored["examples"][0]["prompt"] == predictions[24]["prompt"]
+
     page = client.get(f"/runs/{run_id}").get_data(as_text=True)
     assert "Final loss" in page and 'class="series-eval"' in page
+    assert "Answers after training" in page and "The first 20 of 24" in page
     assert f"/runs/{run_id}/artifacts/summary.json" in page
     download = client.get(f"/runs/{run_id}/artifacts/summary.json")
     assert download.status_code == 200 and json.loads(download.data)["steps"] == 24
     for escape in ("../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd"):
         assert client.get(f"/runs/{run_id}/artifacts/{escape}", follow_redirects=True).status_code == 404
+
+
+def test_scoring_finds_what_a_model_memorised(client, app):
+    """Four facts, learnt by heart: after training every answer is right, before it none is."""
+    facts = [("colour code of red", "#### 17"), ("colour code of blue", "#### 42"),
+             ("colour code of green", "#### 8"), ("colour code of black", "#### 95")]
+    created = client.post("/api/datasets", json={"name": "codes", "examples": [
+        {"prompt": p, "response": r} for p, r in facts]})
+    assert created.status_code == 201
+    app.config["TRAIN_COMMAND"] = REAL_TRAINER
+    run = client.post("/api/tunix/run?mode=sync", json={
+        "dataset_key": "codes-v1", "eval_dataset_key": "codes-v1", "eval_fraction": 0, "batch_size": 4,
+        "max_steps": 150, "num_epochs": 1000, "learning_rate": 0.01, "warmup_steps": 10, "max_seq_length": 32,
+        "eval_max_new_tokens": 8}).get_json()
+    assert run["status"] == "completed", run["error_message"] or run["stderr_tail"]
+    evaluation = run["result"]["evaluation"]
+    assert evaluation["source"] == "eval dataset" and evaluation["examples"] == 4
+    assert evaluation["before"]["answer_match"] == 0.0
+    assert evaluation["after"]["answer_match"] == 1.0, client.get(
+        f"/api/tunix/runs/{run['run_id']}/evaluation").get_json()["examples"]
+    assert run["evaluated_on"] == "codes-v1"
+    board = client.get("/api/datasets/codes-v1/leaderboard").get_json()["runs"]
+    assert [r["run_id"] for r in board] == [run["run_id"]]
 
 
 def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worker, artifacts_root):
@@ -123,7 +160,7 @@ def _trainers_for(run_dir: Path) -> list[int]:
 def test_worker_killed_mid_training_is_recovered_and_resumed(client, worker_env, start_worker, artifacts_root):
     lease = {"TUNIX_HEARTBEAT_SECONDS": "1", "TUNIX_LEASE_TIMEOUT_SECONDS": "5"}
     body = {"dataset_key": SAMPLE, "max_steps": 3000, "num_epochs": 100, "checkpoint_every_n_steps": 20,
-            "eval_fraction": 0, "max_attempts": 2}
+            "eval_every_n_steps": 1000, "eval_max_examples": 16, "max_attempts": 2}
     run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
     doomed = start_worker(worker_env(REAL_TRAINER, **lease))
     wait_for(lambda: (artifacts_root / run_id / "checkpoints").is_dir()
@@ -145,6 +182,8 @@ def test_worker_killed_mid_training_is_recovered_and_resumed(client, worker_env,
     wait_for(lambda: run_status(client, run_id) == "cancelled", timeout=60)
     summary = client.get(f"/api/tunix/runs/{run_id}").get_json()["result"]
     assert summary["resumed_from_step"] >= 20 and summary["stopped_early"]
+    # A cancelled run is not scored after training; the before scores of its first attempt are kept.
+    assert summary["evaluation"]["after"] is None and summary["evaluation"]["before"]["examples"] == 16
     assert not _trainers_for(run_dir)
     assert run_status(client, run_id) not in ("running", "cancelling")
 

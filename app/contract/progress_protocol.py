@@ -5,7 +5,8 @@ Events (each a JSON object with an "event" key):
   step        {"step", "loss", "learning_rate", "tokens_per_second", "elapsed_seconds"}
   eval        {"step", "loss"}
   checkpoint  {"step", "path"}
-  end         {"steps", "final_loss", "best_loss", "best_eval_loss", "tokens_per_second", ...}
+  evaluate    {"phase": "before"|"after", "done", "total"}, and "metrics" with the last one of a pass
+  end         {"steps", "final_loss", "best_loss", "best_eval_loss", "tokens_per_second", "evaluation", ...}
   error       {"message"}
 Human-readable lines may be interleaved; they are kept in the stdout tail.
 Shared by the trainer (which writes) and the app (which reads); imports nothing heavy.
@@ -17,7 +18,7 @@ import math
 import sys
 from typing import Any
 
-EVENTS = frozenset({"start", "step", "eval", "checkpoint", "end", "error"})
+EVENTS = frozenset({"start", "step", "eval", "checkpoint", "evaluate", "end", "error"})
 
 
 def encode_event(event: str, **fields: Any) -> str:

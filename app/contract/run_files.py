@@ -11,6 +11,9 @@ CHECKPOINTS_DIR = "checkpoints"  # orbax checkpoints, one folder per saved step
 MODEL_DIR = "model"  # the exported model (full-weight runs), Hugging Face layout
 SUMMARY_FILE = "summary.json"  # the trainer's closing summary
 METRICS_FILE = "metrics.json"  # the loss series, train and eval
+EVAL_DATASET_FILE = "eval_dataset.jsonl"  # the eval_dataset_key export, when the run names one
+PREDICTIONS_FILE = "predictions.jsonl"  # every generated answer and its verdicts, before and after
+EVALUATION_BEFORE_FILE = "evaluation_before.json"  # the before-training scores, kept for a resumed run
 
 
 def run_directory(artifacts_root: str | Path, run_id: Any) -> Path:

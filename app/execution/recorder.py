@@ -65,7 +65,13 @@ class ProgressRecorder:
             self._progress.update(eval_loss=event.get("loss"))
         elif kind == "checkpoint":
             self._progress.update(last_checkpoint_step=event.get("step"))
-        if kind in ("start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1):
+        elif kind == "evaluate" and event.get("phase") in ("before", "after"):
+            self._progress.update(evaluating={"phase": event["phase"], "done": event.get("done"),
+                                              "total": event.get("total")})
+            if isinstance(event.get("metrics"), dict):
+                self._progress[f"evaluation_{event['phase']}"] = event["metrics"]
+        if kind in ("start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1) or (
+                kind == "evaluate" and (event.get("done") == 0 or "metrics" in event)):
             self.flush()
 
     def on_output(self, stream: str, data: bytes) -> None:

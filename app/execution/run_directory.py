@@ -5,28 +5,36 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from app.contract.run_files import DATASET_FILE, RUN_CONFIG_FILE, run_directory
+from app.contract.run_files import DATASET_FILE, EVAL_DATASET_FILE, RUN_CONFIG_FILE, run_directory
 from app.datasets import store as dataset_store
 from app.runs.lifecycle import LeasedRun
 
 
 def write_run_directory(artifacts_root: Path, run_id: Any, config: dict[str, Any],
-                        examples: Iterable[Any]) -> Path:
-    """Create the run directory with its config and its dataset exported as JSONL."""
+                        examples: Iterable[Any], eval_examples: Iterable[Any] | None = None) -> Path:
+    """Create the run directory with its config and its dataset (and eval dataset) exported as JSONL."""
     run_dir = run_directory(artifacts_root, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(run_dir / RUN_CONFIG_FILE, json.dumps({"run_id": str(run_id), **config}, indent=2))
-    tmp = run_dir / (DATASET_FILE + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        for example in examples:
-            out.write(json.dumps({"prompt": example.prompt, "response": example.response}) + "\n")
-    tmp.replace(run_dir / DATASET_FILE)
+    _export(run_dir / DATASET_FILE, examples)
+    if eval_examples is not None:
+        _export(run_dir / EVAL_DATASET_FILE, eval_examples)
     return run_dir
 
 
+def _export(path: Path, examples: Iterable[Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for example in examples:
+            out.write(json.dumps({"prompt": example.prompt, "response": example.response}) + "\n")
+    tmp.replace(path)
+
+
 def prepare_run_directory(run: LeasedRun, artifacts_root: Path) -> Path:
-    """Write the directory of a run about to execute: its config and its dataset, read from the database."""
-    return write_run_directory(artifacts_root, run.id, run.config, dataset_store.iter_examples(run.dataset_key))
+    """Write the directory of a run about to execute: its config and its datasets, read from the database."""
+    eval_key = run.config.get("eval_dataset_key")
+    return write_run_directory(artifacts_root, run.id, run.config, dataset_store.iter_examples(run.dataset_key),
+                               dataset_store.iter_examples(eval_key) if eval_key else None)
 
 
 def _write_atomically(path: Path, content: str) -> None:

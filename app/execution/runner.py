@@ -9,8 +9,10 @@ housekeeping (`extra_tick`), and its retries of database writes through an outag
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, TypeVar
 
+from app.contract.run_files import PREDICTIONS_FILE
 from app.execution.lease import RunLease
 from app.execution.recorder import ProgressRecorder
 from app.execution.run_directory import prepare_run_directory
@@ -18,7 +20,7 @@ from app.execution.tunix_execution import (STOP_LEASE_LOST, STOP_SHUTDOWN, Execu
                                            StopRequest, parse_execution_result, run_tunix_subprocess)
 from app.extensions import db
 from app.queue import store as queue_store
-from app.runs import lifecycle
+from app.runs import evaluation as run_evaluation, lifecycle
 from app.runs.lifecycle import LeasedRun
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,10 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
         reason = f"{where} error ({type(exc).__name__}: {str(exc)[:300]}); the {where} log has the details"
         persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
         return "failed inside the " + where
-    return _settle(run, outcome, settings, persist)
+    return _settle(run, run_dir, outcome, settings, persist)
 
 
-def _settle(run: LeasedRun, outcome: ProcessOutcome, settings: ExecutionSettings, persist) -> str:
+def _settle(run: LeasedRun, run_dir: Path, outcome: ProcessOutcome, settings: ExecutionSettings, persist) -> str:
     """Store what the execution came to, as long as this process still holds the run."""
     if outcome.stop_reason == STOP_LEASE_LOST:
         return "lease lost; its trainer was killed and nothing is stored by this process"
@@ -79,6 +81,9 @@ def _settle(run: LeasedRun, outcome: ProcessOutcome, settings: ExecutionSettings
         return "handed back to the queue (pending again, attempt not counted)" + (
             "" if handed else ": refused, it had moved on")
     result = parse_execution_result(outcome, settings)
+    if (run_dir / PREDICTIONS_FILE).is_file():
+        # Before the outcome: a run that reads completed already has its predictions to show.
+        persist(lambda: run_evaluation.store_predictions(run.id, run_dir / PREDICTIONS_FILE))
     stored = persist(lambda: lifecycle.finish(
         run.id, result.status, lease=run.lease, exit_code=result.exit_code, error_message=result.error_message,
         stdout=result.stdout, stderr=result.stderr, result=result.summary))

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, METRICS_FILE, MODEL_DIR, RUN_CONFIG_FILE,
-                                    SUMMARY_FILE, run_directory)
+from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE, EVALUATION_BEFORE_FILE,
+                                    METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE,
+                                    run_directory)
 
 MAX_LISTED = 500
 ARCHIVE_CHUNK = 1024 * 1024
@@ -71,8 +72,8 @@ def group(root: str | Path, run_id) -> Artifacts:
             files = [p for p in step_dir.rglob("*") if _is_listed(p)]
             found.checkpoints.append(Checkpoint(int(step_dir.name), step_dir.relative_to(run_dir).as_posix(),
                                                 sum(p.stat().st_size for p in files), len(files)))
-    results = {SUMMARY_FILE, METRICS_FILE, "predictions.jsonl"}
-    inputs = {RUN_CONFIG_FILE, DATASET_FILE}
+    results = {SUMMARY_FILE, METRICS_FILE, PREDICTIONS_FILE, EVALUATION_BEFORE_FILE}
+    inputs = {RUN_CONFIG_FILE, DATASET_FILE, EVAL_DATASET_FILE}
     listed = 0
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir)

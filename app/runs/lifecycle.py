@@ -17,7 +17,7 @@ from sqlalchemy import func, update
 from app import metrics
 from app.extensions import db
 from app.models import TunixRun
-from app.runs import states
+from app.runs import evaluation, states
 from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL, notify
 from app.runs.states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
                              RUNNING)
@@ -122,7 +122,8 @@ def finish(run_id: uuid.UUID, status: str, *, lease: Lease | None = None, exit_c
     The run may have been asked to cancel meanwhile; an outcome that arrived first still wins.
     """
     return transition(run_id, LEASED_STATUSES, status, lease=lease, exit_code=exit_code,
-                      error_message=error_message, stdout_tail=stdout, stderr_tail=stderr, result=result)
+                      error_message=error_message, stdout_tail=stdout, stderr_tail=stderr, result=result,
+                      **evaluation.score_columns(result))
 
 
 def fail(run_id: uuid.UUID, reason: str, *, lease: Lease | None = None, recovered: bool = False) -> bool:

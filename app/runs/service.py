@@ -57,9 +57,10 @@ def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
             if dataset_store.get_dataset(key.strip()) is None:
                 exc.details["dataset_key"] = f"unknown dataset {key.strip()!r}"
         raise
-    if dataset_store.get_dataset(config["dataset_key"]) is None:
-        raise ValidationError(validation.INVALID_CONFIG,
-                              {"dataset_key": f"unknown dataset {config['dataset_key']!r}"})
+    unknown = {key: f"unknown dataset {config[key]!r}" for key in ("dataset_key", "eval_dataset_key")
+               if config.get(key) and dataset_store.get_dataset(config[key]) is None}
+    if unknown:
+        raise ValidationError(validation.INVALID_CONFIG, unknown)
     return config
 
 

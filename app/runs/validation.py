@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.contract import model_catalog
+from app.contract import model_catalog, scoring
 from app.errors import ValidationError
 
 
@@ -54,11 +54,15 @@ FIELDS: tuple[Field, ...] = (
           "How often a checkpoint is saved (a final one is always saved).", minimum=1, maximum=1_000_000),
     Field("seed", "int", 0, "Seed", "Seeds the model init, the data shuffle and the split.",
           minimum=0, maximum=2**31 - 1),
+    Field("eval_max_examples", "int", 200, "Scored examples", "Held-out prompts answered and scored before and "
+          "after training (0 turns scoring off).", minimum=0, maximum=10_000),
+    Field("eval_max_new_tokens", "int", 64, "Answer length", "Most tokens generated for each scored answer.",
+          minimum=1, maximum=4096),
     Field("max_attempts", "int", 1, "Attempts", "Starts allowed if its worker is lost (async only; "
           "a restart resumes from the last checkpoint).", minimum=1, maximum=10),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-TOP_LEVEL = ("dataset_key", "model_id", "name", "tags")
+TOP_LEVEL = ("dataset_key", "model_id", "name", "tags", "eval_dataset_key", "answer_pattern")
 NAME_MAX = 120
 TAGS_MAX = 10
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
@@ -151,7 +155,8 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         else:
             config["model_id"] = model_id.strip()
 
-    for key, check in (("name", _check_name), ("tags", _check_tags)):
+    for key, check in (("name", _check_name), ("tags", _check_tags), ("eval_dataset_key", _check_eval_dataset_key),
+                       ("answer_pattern", _check_answer_pattern)):
         try:
             config[key] = check(raw.get(key))
         except ValueError as exc:
@@ -188,6 +193,25 @@ def _check_name(value: Any) -> str | None:
     return value
 
 
+def _check_eval_dataset_key(value: Any) -> str | None:
+    """The dataset runs are scored on instead of their held-out split (whether it exists is the service's check)."""
+    if _is_blank(value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value.strip()
+
+
+def _check_answer_pattern(value: Any) -> str | None:
+    """A regex with one group that picks the final answer out of a text."""
+    if _is_blank(value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    scoring.compile_answer_pattern(value)
+    return value
+
+
 def _check_tags(value: Any) -> list[str]:
     """Tags from a list (the API) or a comma-separated string (the form), de-duplicated in order."""
     if _is_blank(value):
@@ -217,12 +241,12 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
 def form_defaults() -> dict[str, Any]:
     """Values the new-run form starts with."""
     values = {f.name: ("" if f.default is None else f.default) for f in FIELDS}
-    values.update(model_id=model_catalog.DEFAULT_MODEL_ID, name="", tags="")
+    values.update(model_id=model_catalog.DEFAULT_MODEL_ID, name="", tags="", eval_dataset_key="", answer_pattern="")
     return values
 
 
 def form_values(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config as the form shows it (to clone a run): blanks for none, tags comma-separated."""
-    values = {k: ("" if v is None else v) for k, v in config.items()}
+    values = {**form_defaults(), **{k: ("" if v is None else v) for k, v in config.items()}}
     values["tags"] = ", ".join(config.get("tags") or [])
     return values

@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -15,7 +16,7 @@ import optax
 from app.contract import model_catalog, progress_protocol, run_files, training_plan
 from app.contract.text_tokenizers import load_tokenizer
 from app.trainer import data as run_data
-from app.trainer import hf_checkpoint, model_factory
+from app.trainer import evaluation, hf_checkpoint, model_factory
 
 
 def learning_rate_schedule(config: dict, total_steps: int) -> optax.Schedule:
@@ -170,12 +171,22 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     print(f"training {config['model_id']} ({config['finetune']}, {trainable_params:,} of {total_params:,} "
           f"parameters trainable) for {total_steps} steps on {len(train_idx)} examples", flush=True)
 
+    scoring = _Scoring(run_dir, config, examples, eval_idx, tokenizer, model)
+    if resumed_from:
+        scoring.restore_before()
+    else:
+        scoring.run(trainer.model, "before")
+        scoring.save_before()
+
     trainer.train(train_batches, eval_batches if len(eval_batches) else None)
     if hooks.last_checkpoint != trainer.checkpoint_manager.latest_step():
         hooks._report_checkpoint(trainer)
 
     summary = _summary(hooks, trainer, total_steps, started)
     summary["stopped_early"] = train_batches.stop.is_set()
+    if not summary["stopped_early"]:  # a cancelled or timed-out run is not scored
+        scoring.run(trainer.model, "after")
+    summary["evaluation"] = scoring.outcome()
     if config["finetune"] == "full" and not summary["stopped_early"]:
         source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
         hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source)
@@ -187,6 +198,53 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
           f"{summary['tokens_per_second']} tokens/s", flush=True)
     return summary
+
+
+class _Scoring:
+    """The run's evaluation, whose failure is reported and never fails the training."""
+
+    def __init__(self, run_dir: Path, config: dict, examples, eval_idx, tokenizer, model):
+        self.run_dir = run_dir
+        self.passes: dict[str, dict | None] = {"before": None, "after": None}
+        self.error: str | None = None
+        self.evaluator = None
+        self.eval_set = evaluation.eval_set_for(run_dir, config, examples, eval_idx)
+        if self.eval_set is None:
+            self.skipped = ("eval_max_examples is 0" if config["eval_max_examples"] == 0 else
+                            "no examples to score: set eval_fraction above 0 or name an eval_dataset_key")
+            return
+        self.skipped = None
+        try:
+            self.evaluator = evaluation.Evaluator(self.eval_set, tokenizer, model.config, config, run_dir)
+        except Exception as exc:
+            self._failed("before", exc)
+
+    def _failed(self, phase: str, exc: Exception) -> None:
+        traceback.print_exc()
+        self.error = f"evaluation failed {phase} training: {type(exc).__name__}: {str(exc)[:500]}"
+        print(f"trainer: {self.error}; training goes on without it", flush=True)
+        self.evaluator = None
+
+    def run(self, model, phase: str) -> None:
+        if self.evaluator is None:
+            return
+        try:
+            self.passes[phase] = self.evaluator.run(model, phase)
+        except Exception as exc:
+            self._failed(phase, exc)
+
+    def save_before(self) -> None:
+        if self.passes["before"] is not None:
+            evaluation.save_before(self.run_dir, self.passes["before"])
+
+    def restore_before(self) -> None:
+        self.passes["before"] = evaluation.load_before(self.run_dir)
+
+    def outcome(self) -> dict | None:
+        if self.eval_set is None:
+            return {"skipped": self.skipped}
+        return {**self.passes, "examples": len(self.eval_set.examples), "dataset_key": self.eval_set.dataset_key,
+                "source": self.eval_set.source, "error": self.error}
 
 
 class CheckpointError(RuntimeError):

@@ -12,7 +12,7 @@ from app.errors import ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
 from app.queue import registry
-from app.runs import logs, queries, service, validation
+from app.runs import comparison, evaluation, logs, queries, service, validation
 from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
 from app.web import serializers
 from app.web.auth import current_actor
@@ -88,6 +88,37 @@ def get_run_metrics(run_id: str):
     max_points = whole_number_arg("max_points", minimum=2, maximum=MAX_POINTS_ARG)
     return jsonify({"run_id": str(run.id), "status": run.status, "progress": run.progress,
                     **queries.metric_series(run.id, max_points)})
+
+
+@bp.get("/tunix/runs/<run_id>/evaluation")
+def get_run_evaluation(run_id: str):
+    """Scores before and after training, and one page of the scored answers (?phase=, offset=, limit=)."""
+    run = run_or_404(run_id)
+    phase = request.args.get("phase", "after")
+    if phase not in evaluation.PHASES:
+        raise ValidationError("invalid query", {"phase": f"must be one of {', '.join(evaluation.PHASES)}"})
+    offset = whole_number_arg("offset", minimum=0, default=0)
+    limit = whole_number_arg("limit", minimum=1, maximum=MAX_PAGE_LIMIT, default=50)
+    page = evaluation.predictions(run.id, phase, offset, limit)
+    following = offset + len(page.items)
+    return jsonify({"run_id": str(run.id), "status": run.status, "evaluation": evaluation.of(run.result),
+                    "progress": {k: v for k, v in (run.progress or {}).items()
+                                 if k in ("evaluating", "evaluation_before", "evaluation_after")},
+                    "phase": phase, "total": page.total, "offset": offset,
+                    "next_offset": following if following < page.total else None,
+                    "examples": [serializers.prediction(p) for p in page.items]})
+
+
+@bp.get("/tunix/runs/compare")
+def compare_runs():
+    """2 to 8 runs side by side: loss series, differing config values, metrics with the best marked."""
+    found = comparison.compare(comparison.parse_ids(request.args.getlist("ids")), max_points=400)
+    return jsonify({
+        "runs": [serializers.run_summary(run) for run in found.runs],
+        "series": {str(run.id): series for run, series in zip(found.runs, found.series)},
+        "config_differences": {key: values for key, values in found.config_differences},
+        "metrics": [{"key": row.key, "label": row.label, "values": row.values,
+                     "best": [str(found.runs[i].id) for i in sorted(row.best)]} for row in found.metrics]})
 
 
 @bp.post("/tunix/runs/<run_id>/cancel")
@@ -184,6 +215,17 @@ def _examples_from_request() -> tuple[str | None, str, list]:
     if "examples" not in body:
         raise ValidationError(parsing.INVALID_DATASET, {"examples": "is required (or give jsonl)"})
     return name, description, parsing.parse_example_list(body["examples"], upload_limits())
+
+
+@bp.get("/datasets/<key>/leaderboard")
+def dataset_leaderboard(key: str):
+    """Completed runs scored on this dataset, best first (?limit=, offset=)."""
+    dataset = dataset_or_404(key)
+    offset = whole_number_arg("offset", minimum=0, default=0)
+    limit = whole_number_arg("limit", minimum=1, maximum=MAX_PAGE_LIMIT, default=50)
+    runs = evaluation.leaderboard(dataset.key, limit, offset)
+    return jsonify({"dataset_key": dataset.key, "offset": offset,
+                    "runs": [serializers.leaderboard_entry(offset + i + 1, run) for i, run in enumerate(runs)]})
 
 
 @bp.post("/datasets")

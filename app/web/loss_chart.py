@@ -63,14 +63,20 @@ def _describe(name: str, points: list[dict]) -> str:
             f"{points[-1]['step']}, best {best['loss']:.4g} at step {best['step']}.")
 
 
-def render_svg(series: dict[str, list[dict]], size: Size = WIDE) -> Markup | None:
-    """An SVG line chart of train (and eval) loss by step, or None when nothing was recorded yet."""
-    lines = {key: _thin(series.get(key, [])) for key, _ in SERIES}
-    everything = [p for points in lines.values() for p in points]
-    if not everything:
-        return None
-    steps = [p["step"] for p in everything]
-    losses = [p["loss"] for p in everything]
+@dataclass
+class _Frame:
+    """The axes of one chart: ticks, grid and titles drawn, and the scales to place points with."""
+
+    size: Size
+    parts: list[str]
+    x: object
+    y: object
+    left: int
+
+
+def _frame(points: list[dict], size: Size, ident: str, title: str, summary: str) -> _Frame:
+    steps = [p["step"] for p in points]
+    losses = [p["loss"] for p in points]
     y_ticks = nice_ticks(min(losses), max(losses), size.y_ticks)
     x_ticks = [t for t in nice_ticks(min(steps), max(steps), size.x_ticks) if t == int(t)]
     y_low, y_high = y_ticks[0], y_ticks[-1]
@@ -85,11 +91,9 @@ def render_svg(series: dict[str, list[dict]], size: Size = WIDE) -> Markup | Non
     def y(loss: float) -> float:
         return top + plot_h * (1 - (loss - y_low) / (y_high - y_low))
 
-    ident = f"loss-chart-{size.name}"
-    summary = " ".join(_describe(label, lines[key]) for key, label in SERIES if lines[key])
     parts = [f'<svg class="loss-chart {size.name}" viewBox="0 0 {size.width} {size.height}" role="img" '
              f'aria-labelledby="{ident}-title {ident}-desc" font-size="{font}" xmlns="http://www.w3.org/2000/svg">',
-             f'<title id="{ident}-title">Loss by step</title><desc id="{ident}-desc">{escape(summary)}</desc>']
+             f'<title id="{ident}-title">{escape(title)}</title><desc id="{ident}-desc">{escape(summary)}</desc>']
     for tick in y_ticks:
         parts.append(f'<line class="grid" x1="{left}" x2="{size.width - right}" y1="{y(tick):.1f}" '
                      f'y2="{y(tick):.1f}"/><text class="tick" x="{left - 6}" y="{y(tick) + font / 3:.1f}" '
@@ -101,21 +105,76 @@ def render_svg(series: dict[str, list[dict]], size: Size = WIDE) -> Markup | Non
                  f'text-anchor="middle">step</text>')
     parts.append(f'<text class="axis-title" transform="translate({font + 2},{top + plot_h / 2:.1f}) rotate(-90)" '
                  f'text-anchor="middle">loss</text>')
-    legend_x = left
+    return _Frame(size, parts, x, y, left)
+
+
+def _coords(frame: _Frame, points: list[dict]) -> str:
+    return " ".join(f"{frame.x(p['step']):.1f},{frame.y(p['loss']):.1f}" for p in points)
+
+
+def render_svg(series: dict[str, list[dict]], size: Size = WIDE) -> Markup | None:
+    """An SVG line chart of train (and eval) loss by step, or None when nothing was recorded yet."""
+    lines = {key: _thin(series.get(key, [])) for key, _ in SERIES}
+    everything = [p for points in lines.values() for p in points]
+    if not everything:
+        return None
+    summary = " ".join(_describe(label, lines[key]) for key, label in SERIES if lines[key])
+    frame = _frame(everything, size, f"loss-chart-{size.name}", "Loss by step", summary)
+    parts, font, legend_x = frame.parts, size.font, frame.left
     for key, label in SERIES:
         points = lines[key]
         if not points:
             continue
-        coords = " ".join(f"{x(p['step']):.1f},{y(p['loss']):.1f}" for p in points)
-        parts.append(f'<polyline class="series-{key}" fill="none" points="{coords}"/>')
+        parts.append(f'<polyline class="series-{key}" fill="none" points="{_coords(frame, points)}"/>')
         if len(points) == 1 or key == "eval":
-            parts.extend(f'<circle class="series-{key}" cx="{x(p["step"]):.1f}" cy="{y(p["loss"]):.1f}" r="3"/>'
-                         for p in points)
+            parts.extend(f'<circle class="series-{key}" cx="{frame.x(p["step"]):.1f}" cy="{frame.y(p["loss"]):.1f}" '
+                         f'r="3"/>' for p in points)
         # The legend sits above the plot, each swatch drawn like its line.
         parts.append(f'<line class="series-{key} swatch" x1="{legend_x}" x2="{legend_x + 22}" y1="{font + 2}" '
                      f'y2="{font + 2}"/><text class="legend legend-{key}" x="{legend_x + 28}" '
                      f'y="{font + 2 + font / 3:.1f}">{label}</text>')
         legend_x += 28 + int(len(label) * font * 0.62) + 18
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+# Eight colours told apart by most forms of colour blindness (Okabe-Ito, with black swapped for grey-blue).
+RUN_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#5a6b7b", "#B8A000")
+
+
+COMPARE = Size("compare", 720, 300, 11, 6, 5)  # one size: the legend says which line is which on any screen
+
+
+def render_comparison(runs: list[tuple[str, dict[str, list[dict]]]], size: Size = COMPARE) -> Markup | None:
+    """Every run's loss curves on one chart: a colour per run, train solid, eval dashed, a legend below.
+
+    `runs` holds (label, series) pairs in legend order; None when no run recorded a point.
+    """
+    thinned = [(label, {key: _thin(series.get(key, [])) for key, _ in SERIES}) for label, series in runs]
+    everything = [p for _, lines in thinned for points in lines.values() for p in points]
+    if not everything:
+        return None
+    font = size.font
+    height = size.height + len(thinned) * (font + 8)
+    summary = " ".join(f"{label}: " + " ".join(_describe(name, lines[key]) for key, name in SERIES if lines[key])
+                       for label, lines in thinned if any(lines.values()))
+    frame = _frame(everything, size, "compare-chart", "Loss by step, every run", summary)
+    # The legend rows go below the plot: the picture grows by one row per run.
+    frame.parts[0] = frame.parts[0].replace(f'viewBox="0 0 {size.width} {size.height}"',
+                                            f'viewBox="0 0 {size.width} {height}"', 1)
+    parts = frame.parts
+    parts.append(f'<text class="legend" x="{frame.left}" y="{font + 2}">solid: train loss, dashed: eval loss</text>')
+    for index, (label, lines) in enumerate(thinned):
+        colour = RUN_COLOURS[index % len(RUN_COLOURS)]
+        for key, _ in SERIES:
+            if lines[key]:
+                dash = ' stroke-dasharray="5 3"' if key == "eval" else ""
+                parts.append(f'<polyline class="run-line run-{index} {key}" fill="none" stroke="{colour}" '
+                             f'stroke-width="2"{dash} points="{_coords(frame, lines[key])}"/>')
+        row_y = size.height + index * (font + 8) + font
+        parts.append(f'<g class="legend-entry run-{index}"><line x1="{frame.left}" x2="{frame.left + 22}" '
+                     f'y1="{row_y - font / 3:.1f}" y2="{row_y - font / 3:.1f}" stroke="{colour}" stroke-width="3"/>'
+                     f'<text class="legend" x="{frame.left + 28}" y="{row_y:.1f}">{escape(label)}</text></g>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

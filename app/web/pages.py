@@ -16,9 +16,9 @@ from app.datasets.sample import SAMPLE_KEY
 from app.errors import NotFoundError, ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.queue import registry
-from app.runs import artifacts, logs, queries, service, validation
+from app.runs import artifacts, comparison, evaluation, logs, queries, service, validation
 from app.runs.states import ASYNC, MODES, STATUSES, SYNC
-from app.web import run_view
+from app.web import loss_chart, run_view
 from app.web.auth import current_actor
 from app.web.lookups import dataset_or_404, run_or_404, upload_limits
 
@@ -51,6 +51,20 @@ def list_runs():
         page = queries.list_runs(limit=current_app.config["RUNS_PAGE_SIZE"], **filters)
     return render_template("runs/list.html", page=page, filters=filters, errors=errors,
                            datasets=dataset_store.list_datasets())
+
+
+@bp.get("/runs/compare")
+def compare_runs():
+    """2 to 8 runs side by side; a wrong selection is explained on the page, with the way back."""
+    try:
+        found = comparison.compare(comparison.parse_ids(request.args.getlist("ids")),
+                                   max_points=loss_chart.MAX_POINTS)
+    except ValidationError as exc:
+        return render_template("runs/compare.html", found=None, errors=exc.details, chart=None), 422
+    labels = [run.title for run in found.runs]
+    chart = loss_chart.render_comparison(list(zip(labels, found.series)))
+    return render_template("runs/compare.html", found=found, errors={}, chart=chart,
+                           colours=loss_chart.RUN_COLOURS)
 
 
 MAX_POLLED_ROWS = 100
@@ -190,6 +204,20 @@ def upload_dataset():
         return render_template("datasets/list.html", datasets=dataset_store.list_datasets(), errors=exc.details,
                                values=values), 422
     return redirect(url_for("pages.show_dataset", key=dataset.key), code=303)
+
+
+@bp.get("/datasets/<key>/leaderboard")
+def leaderboard(key: str):
+    """Completed runs scored on this dataset, best first."""
+    dataset = dataset_or_404(key)
+    limit = current_app.config["RUNS_PAGE_SIZE"]
+    try:
+        offset = max(0, int(request.args.get("offset", "0")))
+    except ValueError:
+        offset = 0
+    runs = evaluation.leaderboard(dataset.key, limit + 1, offset)
+    return render_template("datasets/leaderboard.html", dataset=dataset, runs=runs[:limit], offset=offset,
+                           next_offset=offset + limit if len(runs) > limit else None, limit=limit)
 
 
 @bp.get("/datasets/<key>")

@@ -13,7 +13,7 @@ from flask import current_app
 
 from app.models import TunixRun
 from app.queue import registry
-from app.runs import artifacts, logs, queries
+from app.runs import artifacts, evaluation, logs, queries
 from app.runs.states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
 from app.web import loss_chart
 
@@ -56,6 +56,52 @@ class ProgressView:
                    tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"))
 
 
+SCORE_ROWS = (("answer_match", "Answer match", "rate"), ("exact_match", "Exact match", "rate"),
+              ("mean_generated_tokens", "Mean answer length (tokens)", "number"),
+              ("generation_tokens_per_second", "Generation tokens/s", "number"))
+EXAMPLES_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class ScoresView:
+    """Before → after scores, live while the run trains and final once it ended."""
+
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    evaluating: dict[str, Any] | None  # {"phase", "done", "total"} while a pass is under way
+    examples: int | None
+    dataset_key: str | None
+    source: str | None
+    error: str | None
+    skipped: str | None
+
+    @property
+    def rows(self) -> list[tuple[str, str, Any, Any]]:
+        return [(key, label, kind, (self.before or {}).get(key), (self.after or {}).get(key))
+                for key, label, kind in SCORE_ROWS]
+
+    @classmethod
+    def of(cls, run: TunixRun) -> "ScoresView | None":
+        if run.is_plan:
+            return None
+        progress = run.progress if isinstance(run.progress, dict) else {}
+        final = evaluation.of(run.result)
+        if final is not None:
+            return cls(_mapping(final.get("before")), _mapping(final.get("after")), None, final.get("examples"),
+                       final.get("dataset_key"), final.get("source"), final.get("error"), final.get("skipped"))
+        before, after = _mapping(progress.get("evaluation_before")), _mapping(progress.get("evaluation_after"))
+        evaluating = _mapping(progress.get("evaluating")) if not run.is_terminal else None
+        if evaluating and evaluating.get("done") == evaluating.get("total"):
+            evaluating = None
+        if not (before or after or evaluating):
+            return None
+        return cls(before, after, evaluating, None, None, None, None, None)
+
+
+def _mapping(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
 def _queue_estimate(position: int | None, workers: int) -> float | None:
     """When a pending run should start, from the typical run time and the live workers; None when unknown."""
     if not position or workers == 0:
@@ -84,7 +130,8 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
     if run.status == PENDING:  # only a waiting run asks about the workers: one query for both answers
         quiet, alive = registry.worker_presence(current_app.config["LEASE_TIMEOUT_SECONDS"])
         wait, note = _queue_estimate(position, alive), _worker_note(quiet)
-    context = {"run": run, "progress": ProgressView.of(run), "chart": loss_chart.render_charts(series),
+    context = {"run": run, "progress": ProgressView.of(run), "scores": ScoresView.of(run),
+               "chart": loss_chart.render_charts(series),
                "queue_position": position, "queue_wait_seconds": wait,
                "worker_note": note, "log": log, "status_words": STATUS_WORDS,
                "changed": seen_status is not None and seen_status != run.status}
@@ -94,8 +141,12 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
 
 
 def _surroundings(run: TunixRun) -> dict:
+    examples = evaluation.predictions(run.id, "after", 0, EXAMPLES_SHOWN) if run.is_terminal and not run.is_plan \
+        else None
     return {"artifacts": artifacts.group(current_app.config["ARTIFACTS_ROOT"], run.id),
-            "retries": queries.retries_of(run.id)}
+            "retries": queries.retries_of(run.id), "examples": examples,
+            "examples_before": evaluation.before_verdicts(run.id, [p.position for p in examples.items])
+            if examples else {}}
 
 
 def page_context(run: TunixRun) -> dict:

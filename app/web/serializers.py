@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.models import Dataset, TunixRun, Worker
+from app.models import Dataset, RunPrediction, TunixRun, Worker
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -28,8 +28,34 @@ def run_summary(run: TunixRun) -> dict[str, Any]:
         "name": run.name, "tags": list(run.tags or []), "created_by": run.creator.username if run.creator else None,
         "mode": run.mode, "dataset_key": run.dataset_key, "model_id": run.model_id,
         "created_at": _iso(run.created_at), "duration_seconds": run.duration_seconds,
-        "error_message": run.error_message,
+        "error_message": run.error_message, **scores(run),
     }
+
+
+def scores(run: TunixRun) -> dict[str, Any]:
+    """The figures a run is ranked by, copied from its result when it ended."""
+    return {"final_loss": run.final_loss, "final_eval_loss": run.final_eval_loss,
+            "answer_match": run.answer_match, "exact_match": run.exact_match, "evaluated_on": run.evaluated_on}
+
+
+def prediction(row: RunPrediction) -> dict[str, Any]:
+    """One scored answer."""
+    return {"index": row.position, "prompt": row.prompt, "reference": row.reference, "prediction": row.prediction,
+            "exact_match": row.exact_match, "answer_match": row.answer_match,
+            "generated_tokens": row.generated_tokens}
+
+
+def leaderboard_entry(rank: int, run: TunixRun) -> dict[str, Any]:
+    """One line of a dataset's leaderboard."""
+    config = run.config if isinstance(run.config, dict) else {}
+    return {"rank": rank, "run_id": str(run.id), "name": run.name, "model_id": run.model_id,
+            "finetune": config.get("finetune"), "dataset_key": run.dataset_key,
+            "hyperparameters": {k: config.get(k) for k in KEY_HYPERPARAMETERS},
+            "created_by": run.creator.username if run.creator else None, "completed_at": _iso(run.completed_at),
+            **scores(run)}
+
+
+KEY_HYPERPARAMETERS = ("learning_rate", "num_epochs", "max_steps", "batch_size", "lora_rank")
 
 
 def run_detail(run: TunixRun, retries: list[uuid.UUID]) -> dict[str, Any]:

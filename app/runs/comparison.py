@@ -1,0 +1,105 @@
+"""Runs side by side: which config values differ, and each metric with the best run marked."""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from app.errors import ValidationError
+from app.models import TunixRun
+from app.runs import evaluation, queries
+
+MIN_RUNS, MAX_RUNS = 2, 8
+IGNORED_CONFIG = frozenset({"name", "tags"})  # shown as the run's label, not as a difference
+
+# (key, label, which is better); values come from the result, the score columns or the run itself.
+METRICS = (
+    ("final_loss", "Final loss", "min"), ("best_loss", "Best loss", "min"),
+    ("final_eval_loss", "Final eval loss", "min"), ("best_eval_loss", "Best eval loss", "min"),
+    ("answer_match", "Answer match (after)", "max"), ("exact_match", "Exact match (after)", "max"),
+    ("answer_match_before", "Answer match (before)", None),
+    ("tokens_per_second", "Tokens/s", "max"), ("steps", "Steps", None),
+    ("duration_seconds", "Duration (s)", "min"),
+)
+
+
+def parse_ids(values: Iterable[str]) -> list[uuid.UUID]:
+    """Run ids from ?ids=a,b (or ids repeated, as a form of checkboxes sends them): 2 to 8 distinct ids."""
+    raw = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    ids: list[uuid.UUID] = []
+    for part in raw:
+        try:
+            parsed = uuid.UUID(part)
+        except ValueError:
+            raise ValidationError("invalid comparison", {"ids": f"{part[:40]!r} is not a run id"}) from None
+        if parsed not in ids:
+            ids.append(parsed)
+    if not MIN_RUNS <= len(ids) <= MAX_RUNS:
+        raise ValidationError("invalid comparison",
+                              {"ids": f"select {MIN_RUNS} to {MAX_RUNS} runs to compare, not {len(ids)}"})
+    return ids
+
+
+@dataclass
+class MetricRow:
+    key: str
+    label: str
+    values: list[float | None]
+    best: set[int] = field(default_factory=set)  # indexes of the runs holding the best value
+
+
+@dataclass
+class Comparison:
+    runs: list[TunixRun]
+    series: list[dict[str, list[dict[str, Any]]]]
+    config_differences: list[tuple[str, list[Any]]]
+    metrics: list[MetricRow]
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _metric(run: TunixRun, key: str) -> float | None:
+    result = run.result if isinstance(run.result, dict) and not run.is_plan else {}
+    if key in ("answer_match", "exact_match"):
+        return _finite(getattr(run, key))
+    if key == "answer_match_before":
+        before = (evaluation.of(result) or {}).get("before")
+        return _finite(before.get("answer_match")) if isinstance(before, dict) else None
+    if key == "duration_seconds":
+        return _finite(run.duration_seconds)
+    return _finite(result.get(key))
+
+
+def _mark_best(row: MetricRow, better: str | None) -> None:
+    present = [v for v in row.values if v is not None]
+    if better is None or len(present) < 2 or len(set(present)) == 1:
+        return
+    target = min(present) if better == "min" else max(present)
+    row.best = {i for i, v in enumerate(row.values) if v == target}
+
+
+def compare(ids: list[uuid.UUID], max_points: int) -> Comparison:
+    """The runs in the order asked, their loss series, differing config values and metrics; 404-free:
+    an unknown id is a ValidationError naming it."""
+    found = {run.id: run for run in queries.runs_by_ids(ids)}
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise ValidationError("invalid comparison", {"ids": f"no run with id {missing[0]}"})
+    runs = [found[i] for i in ids]
+    configs = [run.config if isinstance(run.config, dict) else {} for run in runs]
+    keys = sorted({k for config in configs for k in config} - IGNORED_CONFIG)
+    differences = [(k, [c.get(k) for c in configs]) for k in keys
+                   if len({repr(c.get(k)) for c in configs}) > 1]
+    rows = []
+    for key, label, better in METRICS:
+        row = MetricRow(key, label, [_metric(run, key) for run in runs])
+        if any(v is not None for v in row.values):
+            _mark_best(row, better)
+            rows.append(row)
+    series = [queries.metric_series(run.id, max_points) for run in runs]
+    return Comparison(runs, series, differences, rows)
