@@ -44,10 +44,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     login_manager.login_message = None  # the sign-in page says enough; no flash in the session
 
     from app import cli, metrics
-    from app.web import api, auth, errors, formatting, pages, security
+    from app.web import api, auth, errors, formatting, pages, security, sweep_pages
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(sweep_pages.bp)
     app.register_blueprint(api.bp)
     # The API authenticates every call with a bearer token, which no other site can send.
     csrf.exempt(api.bp)

@@ -145,8 +145,12 @@ class TunixRun(db.Model):
     final_eval_loss = db.Column(db.Float)
     answer_match = db.Column(db.Float)  # after training
     exact_match = db.Column(db.Float)
+    # A sweep's trial: which sweep asked for it, and its number there (1-based).
+    sweep_id = db.Column(UUID(as_uuid=True), db.ForeignKey("sweeps.id", ondelete="SET NULL"))
+    trial_number = db.Column(db.Integer)
 
     creator = db.relationship(User, lazy="joined")
+    sweep = db.relationship("Sweep", lazy="select")
 
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
@@ -165,6 +169,7 @@ class TunixRun(db.Model):
         Index("ix_tunix_runs_tags", "tags", postgresql_using="gin"),
         Index("ix_tunix_runs_created_by_created", "created_by", "created_at", "id"),
         # A dataset's leaderboard reads this index in its order and stops at the page size.
+        Index("ix_tunix_runs_sweep", "sweep_id", "trial_number", postgresql_where=text("sweep_id IS NOT NULL")),
         Index("ix_tunix_runs_leaderboard", "evaluated_on", text("answer_match DESC NULLS LAST"),
               text("exact_match DESC NULLS LAST"), text("final_eval_loss ASC NULLS LAST"), "id",
               postgresql_where=text("status = 'completed' AND answer_match IS NOT NULL")),
@@ -198,6 +203,74 @@ class TunixRun(db.Model):
         if self.status != RUNNING or not step or not total or not elapsed:
             return None
         return elapsed / step * max(0, total - step)
+
+
+SWEEP_RUNNING, SWEEP_COMPLETED, SWEEP_CANCELLED, SWEEP_FAILED = "running", "completed", "cancelled", "failed"
+SWEEP_STATUSES = (SWEEP_RUNNING, SWEEP_COMPLETED, SWEEP_CANCELLED, SWEEP_FAILED)
+# A trial's state as the study knows it; "running" until its run ends and is told.
+TRIAL_RUNNING, TRIAL_COMPLETE, TRIAL_PRUNED, TRIAL_FAILED = "running", "complete", "pruned", "failed"
+TRIAL_STATES = (TRIAL_RUNNING, TRIAL_COMPLETE, TRIAL_PRUNED, TRIAL_FAILED)
+
+
+class Sweep(db.Model):
+    """A hyperparameter search: Optuna asks for configs, the queue runs them as ordinary runs."""
+
+    __tablename__ = "sweeps"
+
+    id = db.Column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name = db.Column(db.String(120), nullable=False)
+    status = db.Column(db.String(16), nullable=False, default=SWEEP_RUNNING)
+    base = db.Column(JSONB, nullable=False)  # the validated run config every trial starts from
+    space = db.Column(JSONB, nullable=False)
+    objective_metric = db.Column(db.String(32), nullable=False)
+    direction = db.Column(db.String(8), nullable=False)
+    max_trials = db.Column(db.Integer, nullable=False)
+    parallelism = db.Column(db.Integer, nullable=False)
+    sampler = db.Column(db.String(16), nullable=False)
+    pruner = db.Column(db.String(16), nullable=False)
+    trials_asked = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    best_trial_number = db.Column(db.Integer)
+    best_value = db.Column(db.Float)
+    error_message = db.Column(db.Text)
+    created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    completed_at = db.Column(db.DateTime(timezone=True))
+
+    creator = db.relationship(User, lazy="joined")
+
+    __table_args__ = (
+        CheckConstraint(_in("status", SWEEP_STATUSES), name="ck_sweeps_status"),
+        Index("ix_sweeps_created", "created_at", "id"),
+        # The workers' housekeeping looks only at the sweeps still running.
+        Index("ix_sweeps_running", "id", postgresql_where=text("status = 'running'")),
+    )
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status != SWEEP_RUNNING
+
+
+class SweepTrial(db.Model):
+    """One trial of a sweep: the parameters the study chose, the run that tries them, what it scored."""
+
+    __tablename__ = "sweep_trials"
+
+    sweep_id = db.Column(UUID(as_uuid=True), db.ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    number = db.Column(db.Integer, primary_key=True)  # 1-based, in the order asked
+    study_trial_id = db.Column(db.Integer, nullable=False)  # Optuna's trial id, to tell and report
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="SET NULL"))
+    params = db.Column(JSONB, nullable=False)
+    state = db.Column(db.String(16), nullable=False, default=TRIAL_RUNNING)
+    value = db.Column(db.Float)
+    pruned_at_step = db.Column(db.Integer)
+    note = db.Column(db.Text)  # why a trial failed or was pruned, in words
+    asked_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    told_at = db.Column(db.DateTime(timezone=True))
+
+    run = db.relationship("TunixRun", lazy="joined")
+
+    __table_args__ = (CheckConstraint(_in("state", TRIAL_STATES), name="ck_sweep_trials_state"),
+                      Index("ix_sweep_trials_run", "run_id", unique=True))
 
 
 class RunMetric(db.Model):

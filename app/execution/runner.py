@@ -22,6 +22,7 @@ from app.extensions import db
 from app.queue import store as queue_store
 from app.runs import evaluation as run_evaluation, lifecycle
 from app.runs.lifecycle import LeasedRun
+from app.sweeps import service as sweep_service
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
             return "not started: the database stayed unreachable; its lease will expire and it will be recovered"
         db.session.rollback()  # end the dataset read: no transaction stays open while the trainer runs
         recorder = ProgressRecorder(run.id, log_max_bytes=settings.log_max_bytes)
+        on_event = recorder.on_event
+        if run.sweep_id is not None:  # a trial reports its eval losses to its sweep, which may prune it
+            reporter = sweep_service.TrialReporter(run.id, run.sweep_id)
+
+            def on_event(event, record=recorder.on_event):
+                record(event)
+                _guarded(lambda: reporter.on_event(event), f"run {run.id}: reporting to its sweep")
 
         def on_tick() -> StopRequest | None:
             recorder.on_tick()
@@ -59,7 +67,7 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
                 stop = extra_tick(lease)
             return stop
 
-        outcome = run_tunix_subprocess(run_dir, settings, on_event=recorder.on_event, on_output=recorder.on_output,
+        outcome = run_tunix_subprocess(run_dir, settings, on_event=on_event, on_output=recorder.on_output,
                                        on_tick=on_tick)
         recorder.flush()
     except Exception as exc:
@@ -68,7 +76,19 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
         reason = f"{where} error ({type(exc).__name__}: {str(exc)[:300]}); the {where} log has the details"
         persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
         return "failed inside the " + where
-    return _settle(run, run_dir, outcome, settings, persist)
+    settled = _settle(run, run_dir, outcome, settings, persist)
+    if run.sweep_id is not None:  # the trial ended: its sweep may tell the study and queue the next
+        _guarded(lambda: sweep_service.advance(run.sweep_id), f"sweep {run.sweep_id}: advancing")
+    return settled
+
+
+def _guarded(step: Callable[[], object], what: str) -> None:
+    """A sweep's bookkeeping never fails the run that triggered it; housekeeping will try again."""
+    try:
+        step()
+    except Exception:
+        db.session.rollback()
+        log.exception("%s failed; the workers' housekeeping will retry", what)
 
 
 def _settle(run: LeasedRun, run_dir: Path, outcome: ProcessOutcome, settings: ExecutionSettings, persist) -> str:

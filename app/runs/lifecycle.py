@@ -52,11 +52,12 @@ class LeasedRun:
     config: dict[str, Any]
     max_attempts: int
     lease: Lease
+    sweep_id: uuid.UUID | None = None  # set when the run is a sweep's trial
 
     @classmethod
     def of(cls, run: TunixRun) -> "LeasedRun":
         return cls(run.id, run.mode, run.dataset_key, dict(run.config), run.max_attempts,
-                   Lease(run.worker_id, run.attempt))
+                   Lease(run.worker_id, run.attempt), run.sweep_id)
 
 
 def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status: str, *,

@@ -80,19 +80,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
             return _replay(existing, mode, config), False
     _check_limits(config, mode, created_by)
 
-    now = lifecycle.event_time()
-    values = {
-        "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
-        "config": config, "idempotency_key": idempotency_key or None, "created_at": now, "retry_of": retry_of,
-        "name": config["name"], "tags": config["tags"], "created_by": created_by,
-        # Only a queued run can be re-queued; one carried out inside a request gets one start.
-        "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1,
-    }
-    if mode == ASYNC:
-        values.update(status=PENDING, queued_at=now)
-    else:
-        values.update(status=RUNNING, started_at=now, heartbeat_at=now, attempt=1,
-                      worker_id=f"web:{_process_label()}")
+    values = _new_run(config, mode, created_by, idempotency_key=idempotency_key or None, retry_of=retry_of)
     stmt = pg_insert(TunixRun).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
     with metrics.timed_db_write("create_run"):
         inserted = db.session.execute(stmt.returning(TunixRun.id)).scalar()
@@ -105,6 +93,38 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     log.info("run %s created mode=%s status=%s dataset=%s model=%s", run.id, mode, run.status,
              run.dataset_key, run.model_id)
     return run, True
+
+
+def _new_run(config: dict[str, Any], mode: str, created_by: int | None, **extra: Any) -> dict[str, Any]:
+    """The row of a new run: pending and queued for async, running in this process otherwise."""
+    now = lifecycle.event_time()
+    values = {
+        "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
+        "config": config, "created_at": now, "name": config["name"], "tags": config["tags"],
+        "created_by": created_by,
+        # Only a queued run can be re-queued; one carried out inside a request gets one start.
+        "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1, **extra,
+    }
+    if mode == ASYNC:
+        values.update(status=PENDING, queued_at=now)
+    else:
+        values.update(status=RUNNING, started_at=now, heartbeat_at=now, attempt=1,
+                      worker_id=f"web:{_process_label()}")
+    return values
+
+
+def queue_trial(raw: dict[str, Any], created_by: int | None, sweep_id: uuid.UUID, trial_number: int) -> uuid.UUID:
+    """Queue a sweep's trial as an ordinary async run, inside the caller's transaction (not committed).
+
+    The per-user cap on active runs is not applied: a sweep's parallelism was held to it when the
+    sweep was created, and a trial refused here would be a hole in the sweep.
+    """
+    config = validate_submission(raw)
+    values = _new_run(config, ASYNC, created_by, sweep_id=sweep_id, trial_number=trial_number)
+    with metrics.timed_db_write("create_run"):
+        db.session.execute(pg_insert(TunixRun).values(**values))
+        notify(db.session, QUEUE_CHANNEL, str(values["id"]))
+    return values["id"]
 
 
 class TooManyActiveRuns(AppError):

@@ -155,7 +155,7 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         else:
             config["model_id"] = model_id.strip()
 
-    for key, check in (("name", _check_name), ("tags", _check_tags), ("eval_dataset_key", _check_eval_dataset_key),
+    for key, check in (("name", check_name), ("tags", _check_tags), ("eval_dataset_key", _check_eval_dataset_key),
                        ("answer_pattern", _check_answer_pattern)):
         try:
             config[key] = check(raw.get(key))
@@ -179,7 +179,7 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
     return config
 
 
-def _check_name(value: Any) -> str | None:
+def check_name(value: Any) -> str | None:
     """A run's optional display name: one line of at most NAME_MAX characters."""
     if _is_blank(value):
         return None

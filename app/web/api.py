@@ -14,12 +14,13 @@ from app.extensions import db
 from app.queue import registry
 from app.runs import comparison, evaluation, logs, queries, service, validation
 from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
+from app.sweeps import queries as sweep_queries, service as sweep_service
 from app.web import serializers
 from app.web.auth import current_actor
 from app.web.formatting import PREVIEW_CHARS
 from app.web.lookups import upload_limits
 from app.web.errors import api_error
-from app.web.lookups import dataset_or_404, run_or_404, whole_number_arg
+from app.web.lookups import dataset_or_404, run_or_404, sweep_or_404, whole_number_arg
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -248,6 +249,37 @@ def get_dataset(key: str):
     preview = [{"prompt": e.prompt[:PREVIEW_CHARS], "response": e.response[:PREVIEW_CHARS]}
                for e in dataset_store.preview_examples(key, 5)]
     return jsonify({**serializers.dataset(dataset), "preview": preview})
+
+
+@bp.post("/sweeps")
+def create_sweep():
+    """A sweep: 201 with its id; its first trials are queued at once."""
+    body, error = _json_object()
+    if error:
+        return error
+    sweep = sweep_service.create_sweep(body, current_actor())
+    return (jsonify({"sweep_id": str(sweep.id), "status": sweep.status}), 201,
+            {"Location": url_for("api.get_sweep", sweep_id=sweep.id)})
+
+
+@bp.get("/sweeps")
+def list_sweeps():
+    offset = whole_number_arg("offset", minimum=0, default=0)
+    limit = whole_number_arg("limit", minimum=1, maximum=MAX_PAGE_LIMIT, default=50)
+    return jsonify({"sweeps": [serializers.sweep_summary(s) for s in sweep_queries.list_sweeps(limit, offset)]})
+
+
+@bp.get("/sweeps/<sweep_id>")
+def get_sweep(sweep_id: str):
+    sweep = sweep_or_404(sweep_id)
+    return jsonify(serializers.sweep_detail(sweep, sweep_queries.trials(sweep.id)))
+
+
+@bp.post("/sweeps/<sweep_id>/cancel")
+def cancel_sweep(sweep_id: str):
+    """Cancels the pending trials, stops the running ones, asks for nothing more; 409 once it ended."""
+    sweep = sweep_service.cancel_sweep(sweep_or_404(sweep_id), current_actor())
+    return jsonify({"sweep_id": str(sweep.id), "status": sweep.status})
 
 
 @bp.get("/health")

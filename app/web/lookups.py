@@ -6,8 +6,9 @@ from flask import current_app, request
 from app.datasets import store as dataset_store
 from app.datasets.parsing import UploadLimits
 from app.errors import NotFoundError, ValidationError
-from app.models import Dataset, TunixRun
+from app.models import Dataset, Sweep, TunixRun
 from app.runs import queries
+from app.sweeps import queries as sweep_queries
 
 
 def run_or_404(run_id: str) -> TunixRun:
@@ -16,6 +17,14 @@ def run_or_404(run_id: str) -> TunixRun:
     if run is None:
         raise NotFoundError(f"no run with id {run_id!r}")
     return run
+
+
+def sweep_or_404(sweep_id: str) -> Sweep:
+    """The sweep a URL names; NotFoundError (404) for an unknown or malformed id."""
+    sweep = sweep_queries.get_sweep(sweep_id)
+    if sweep is None:
+        raise NotFoundError(f"no sweep with id {sweep_id!r}")
+    return sweep
 
 
 def dataset_or_404(key: str) -> Dataset:

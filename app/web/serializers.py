@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.models import Dataset, RunPrediction, TunixRun, Worker
+from app.models import Dataset, RunPrediction, Sweep, SweepTrial, TunixRun, Worker
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -91,3 +91,32 @@ def worker(row: Worker, alive: bool) -> dict[str, Any]:
         "current_run_id": str(row.current_run_id) if row.current_run_id else None,
         "runs_done": row.runs_done, "alive": alive,
     }
+
+
+def sweep_summary(sweep: Sweep) -> dict[str, Any]:
+    """A sweep without its trials."""
+    return {
+        "sweep_id": str(sweep.id), "name": sweep.name, "status": sweep.status,
+        "objective": {"metric": sweep.objective_metric, "direction": sweep.direction},
+        "max_trials": sweep.max_trials, "parallelism": sweep.parallelism, "sampler": sweep.sampler,
+        "pruner": sweep.pruner, "trials_asked": sweep.trials_asked, "best_trial_number": sweep.best_trial_number,
+        "best_value": sweep.best_value, "error_message": sweep.error_message,
+        "created_by": sweep.creator.username if sweep.creator else None, "created_at": _iso(sweep.created_at),
+        "completed_at": _iso(sweep.completed_at),
+    }
+
+
+def sweep_trial(trial: SweepTrial) -> dict[str, Any]:
+    """One trial: its parameters, where it stands, its objective and its run."""
+    return {"number": trial.number, "state": trial.state, "params": trial.params, "value": trial.value,
+            "note": trial.note, "pruned_at_step": trial.pruned_at_step,
+            "run_id": str(trial.run_id) if trial.run_id else None,
+            "run_status": trial.run.status if trial.run is not None else None,
+            "asked_at": _iso(trial.asked_at), "told_at": _iso(trial.told_at)}
+
+
+def sweep_detail(sweep: Sweep, trials: list[SweepTrial]) -> dict[str, Any]:
+    """The whole sweep: its spec, its trials and its best trial."""
+    best = next((t for t in trials if t.number == sweep.best_trial_number), None)
+    return {**sweep_summary(sweep), "base": sweep.base, "space": sweep.space,
+            "best": sweep_trial(best) if best else None, "trials": [sweep_trial(t) for t in trials]}

@@ -30,6 +30,7 @@ from app.queue import registry, store as queue_store
 from app.queue.listener import RECONNECTED
 from app.runs.channels import CANCEL_CHANNEL
 from app.runs.lifecycle import LeasedRun
+from app.sweeps import service as sweep_service
 
 log = logging.getLogger("tunix_rt.worker")
 
@@ -174,6 +175,15 @@ class Worker:
             if recovered is None:
                 break
             log.warning("worker %s: recovered run %s from a lost worker: now %s", self.worker_id, *recovered)
+        # Sweeps move on here too: a trial cancelled while pending, or failed by recovery, has no worker
+        # to advance its sweep when it ends.
+        try:
+            sweep_service.advance_running()
+        except DB_ERRORS:
+            raise
+        except Exception:
+            db.session.rollback()
+            log.exception("worker %s: advancing the sweeps failed; the next pass retries", self.worker_id)
 
     def _deregister(self) -> None:
         try:

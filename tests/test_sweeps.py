@@ -1,0 +1,158 @@
+"""Sweeps: Optuna chooses, the Postgres queue runs the trials on real worker.py processes."""
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db
+from tests.helpers import SAMPLE, fake_trainer_command, wait_for
+
+# The stand-in trainer's final loss is 4 / (steps * (1 + 100 * learning_rate)): the highest rate wins.
+SCORING = ["--steps", "4", "--evaluate"]
+LR_SPACE = {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}}
+
+
+def sweep_body(**overrides) -> dict:
+    body = {"name": "lr-search", "base": {"dataset_key": SAMPLE, "max_steps": 4},
+            "space": LR_SPACE, "objective": {"metric": "final_loss", "direction": "minimize"},
+            "max_trials": 6, "parallelism": 2, "sampler": "random", "pruner": "none"}
+    body.update(overrides)
+    return body
+
+
+def create(client, **overrides) -> str:
+    response = client.post("/api/sweeps", json=sweep_body(**overrides))
+    assert response.status_code == 201, response.get_json()
+    assert response.headers["Location"].endswith(f"/api/sweeps/{response.get_json()['sweep_id']}")
+    return response.get_json()["sweep_id"]
+
+
+def sweep(client, sweep_id: str) -> dict:
+    return client.get(f"/api/sweeps/{sweep_id}").get_json()
+
+
+def sweep_runs(sweep_id: str) -> list:
+    db.session.rollback()
+    return db.session.execute(text(
+        "SELECT id, status, trial_number, created_at, started_at, completed_at, recoveries, attempt, config "
+        "FROM tunix_runs WHERE sweep_id = :id ORDER BY trial_number"), {"id": sweep_id}).all()
+
+
+def most_active_at_once(runs) -> int:
+    """From the database timeline: the most trials that were queued or running at the same instant."""
+    events = sorted([(r.created_at, 1) for r in runs] + [(r.completed_at, -1) for r in runs if r.completed_at],
+                    key=lambda e: (e[0], e[1]))
+    active = peak = 0
+    for _, change in events:
+        active += change
+        peak = max(peak, active)
+    return peak
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"space": {"learning_rte": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "space.learning_rte",
+     "runs have no hyperparameter 'learning_rte'"),
+    ({"space": {"learning_rate": {"type": "uniform", "low": 0.5, "high": 2}}}, "space.learning_rate",
+     "2.0 must be greater than 0 and at most 1"),
+    ({"space": {"batch_size": {"type": "uniform", "low": 2, "high": 8}}}, "space.batch_size",
+     "is a whole number: use int"),
+    ({"space": {"lora_rank": {"type": "int", "low": 4, "high": 30, "step": 4}}}, "space.lora_rank",
+     "high - low must be a multiple of step"),
+    ({"space": {"learning_rate": {"type": "log_uniform", "low": 0.01, "high": 0.001}}}, "space.learning_rate",
+     "low must be below high"),
+    ({"space": {"finetune": {"type": "choice", "values": ["full", "qlora"]}}}, "space.finetune",
+     "'qlora' must be one of full, lora"),
+    ({"space": {}}, "space", "must be an object naming at least one hyperparameter"),
+    ({"objective": {"metric": "accuracy"}}, "objective.metric", "must be one of"),
+    ({"max_trials": 0}, "max_trials", "must be a whole number from 1 to 1000"),
+    ({"parallelism": 500}, "parallelism", "must be a whole number from 1 to 20"),
+    ({"sampler": "grid"}, "sampler", "grid takes choice parameters only"),
+    ({"sampler": "grid", "max_trials": 3, "space": {"batch_size": {"type": "choice", "values": [4, 8]}}},
+     "max_trials", "the grid holds 2 combinations"),
+    ({"pruner": "median"}, "pruner", "use it with final_eval_loss or best_eval_loss, not final_loss"),
+    ({"base": {"dataset_key": "nope-v1"}}, "base.dataset_key", "unknown dataset 'nope-v1'"),
+    ({"base": {"dataset_key": SAMPLE, "batch_size": 0}}, "base.batch_size", "must be at least 1"),
+    ({"name": ""}, "name", "is required"),
+    ({"extra": 1}, "extra", "unknown field"),
+])
+def test_a_bad_sweep_is_refused_naming_the_field(client, change, field, words):
+    response = client.post("/api/sweeps", json=sweep_body(**change))
+    assert response.status_code == 422, response.get_json()
+    assert words in response.get_json()["details"][field], response.get_json()["details"]
+    assert client.get("/api/sweeps").get_json()["sweeps"] == []
+
+
+def test_a_sweep_queues_its_first_trials_as_ordinary_runs(client):
+    sweep_id = create(client)
+    body = sweep(client, sweep_id)
+    assert body["status"] == "running" and body["trials_asked"] == 2
+    assert [t["number"] for t in body["trials"]] == [1, 2] and all(t["state"] == "running" for t in body["trials"])
+    runs = sweep_runs(sweep_id)
+    assert [(r.status, r.trial_number) for r in runs] == [("pending", 1), ("pending", 2)]
+    for trial, run in zip(body["trials"], runs):
+        assert str(run.id) == trial["run_id"]
+        assert run.config["learning_rate"] == trial["params"]["learning_rate"]
+        assert 1e-4 <= run.config["learning_rate"] <= 1e-2 and run.config["max_steps"] == 4
+    page = client.get(f"/runs/{runs[0].id}").get_data(as_text=True)
+    assert f'href="/sweeps/{sweep_id}"' in page and "trial 1 of 6" in page
+
+
+def test_six_trials_two_at_a_time_on_two_workers(client, worker_env, start_worker):
+    sweep_id = create(client)
+    command = fake_trainer_command(*SCORING, "--sleep", "0.5")
+    for _ in range(2):
+        start_worker(worker_env(command))
+    wait_for(lambda: sweep(client, sweep_id)["status"] != "running", timeout=120)
+    body = sweep(client, sweep_id)
+    assert body["status"] == "completed" and body["trials_asked"] == 6
+    runs = sweep_runs(sweep_id)
+    assert len(runs) == 6 and [r.trial_number for r in runs] == [1, 2, 3, 4, 5, 6]
+    assert all(r.status == "completed" for r in runs)
+    assert most_active_at_once(runs) == 2
+    # The best trial is the one with the highest learning rate, as the stand-in trainer's loss says.
+    best = max(body["trials"], key=lambda t: t["params"]["learning_rate"])
+    assert body["best_trial_number"] == best["number"] and body["best"]["run_id"] == best["run_id"]
+    assert body["best_value"] == min(t["value"] for t in body["trials"])
+    assert {t["state"] for t in body["trials"]} == {"complete"}
+
+
+def test_a_killed_worker_leaves_the_trial_to_be_recovered(client, worker_env, start_worker):
+    lease = {"TUNIX_HEARTBEAT_SECONDS": "1", "TUNIX_LEASE_TIMEOUT_SECONDS": "4"}
+    sweep_id = create(client, max_trials=3, parallelism=1, base={"dataset_key": SAMPLE, "max_steps": 4,
+                                                                  "max_attempts": 2})
+    doomed = start_worker(worker_env(fake_trainer_command(*SCORING, "--sleep", "30"), **lease))
+    wait_for(lambda: [r.status for r in sweep_runs(sweep_id)] == ["running"], timeout=30)
+    doomed.kill()
+    doomed.wait()
+    start_worker(worker_env(fake_trainer_command(*SCORING), **lease))
+    wait_for(lambda: sweep(client, sweep_id)["status"] != "running", timeout=90)
+    body = sweep(client, sweep_id)
+    assert body["status"] == "completed" and body["trials_asked"] == 3
+    runs = sweep_runs(sweep_id)
+    assert len(runs) == 3 and all(r.status == "completed" for r in runs)
+    first = runs[0]
+    assert first.trial_number == 1 and first.recoveries == 1 and first.attempt == 2
+    assert body["trials"][0]["run_id"] == str(first.id) and body["trials"][0]["state"] == "complete"
+
+
+def test_cancelling_a_sweep_leaves_nothing_pending_or_running(client, worker_env, start_worker):
+    sweep_id = create(client, max_trials=8, parallelism=3)
+    start_worker(worker_env(fake_trainer_command(*SCORING, "--sleep", "60")))
+    wait_for(lambda: "running" in [r.status for r in sweep_runs(sweep_id)], timeout=30)
+    response = client.post(f"/api/sweeps/{sweep_id}/cancel")
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    wait_for(lambda: all(r.status == "cancelled" for r in sweep_runs(sweep_id)), timeout=30)
+    assert len(sweep_runs(sweep_id)) == 3
+    from app.sweeps import service  # nothing is asked after the cancel, even by housekeeping
+
+    service.advance_running()
+    assert len(sweep_runs(sweep_id)) == 3 and sweep(client, sweep_id)["status"] == "cancelled"
+    assert client.post(f"/api/sweeps/{sweep_id}/cancel").status_code == 409
+
+
+def test_only_the_owner_or_an_admin_may_cancel(client, app):
+    from tests.helpers import make_user, sign_in
+
+    sweep_id = create(client, max_trials=2, parallelism=1)
+    other = sign_in(app.test_client(), make_user("someone"))
+    assert other.post(f"/api/sweeps/{sweep_id}/cancel").status_code == 403
+    assert other.get(f"/api/sweeps/{sweep_id}").status_code == 200
+    assert client.get("/api/sweeps/not-a-sweep").status_code == 404
