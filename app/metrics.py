@@ -23,6 +23,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
 
 from app.runs.states import MODES, STATUSES, TERMINAL_STATUSES
+from app.models import SWEEP_STATUSES, TRIAL_STATES
 
 RUN_DURATION = Histogram(
     "tunix_run_duration_seconds",
@@ -81,7 +82,7 @@ class _QueueCollector:
             return self._cached[1]
 
     def collect(self):
-        stats = self.stats()
+        stats, sweeps = self.stats()
         runs = GaugeMetricFamily("tunix_runs", "Number of runs in each status, by mode.", labels=["status", "mode"])
         depth = GaugeMetricFamily("tunix_queue_depth", "Runs not yet finished, by status.", labels=["status"])
         for status in STATUSES:
@@ -99,6 +100,14 @@ class _QueueCollector:
         # Recoveries only grow (the database keeps every run), so they are a counter.
         yield CounterMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
                                   value=stats.runs_recovered)
+        by_status = GaugeMetricFamily("tunix_sweeps", "Sweeps in each status.", labels=["status"])
+        for status in SWEEP_STATUSES:
+            by_status.add_metric([status], sweeps["sweeps"].get(status, 0))
+        yield by_status
+        trials = GaugeMetricFamily("tunix_sweep_trials", "Sweep trials in each state.", labels=["state"])
+        for state in TRIAL_STATES:
+            trials.add_metric([state], sweeps["trials"].get(state, 0))
+        yield trials
 
 
 class _Chain:
@@ -119,12 +128,14 @@ def _multiprocess_enabled() -> bool:
 def init_app(app: Flask) -> None:
     """Attach request metrics (prometheus-flask-exporter) and the /metrics endpoint."""
     from app.queue import registry
+    from app.sweeps import queries as sweep_queries
 
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by=url_rule, buckets=REQUEST_BUCKETS,
                       excluded_paths=["^/static/", "^/metrics$"])
     lease = app.config["LEASE_TIMEOUT_SECONDS"]
-    queue = _QueueCollector(lambda: registry.queue_stats(lease), app.config["METRICS_CACHE_SECONDS"])
+    queue = _QueueCollector(lambda: (registry.queue_stats(lease), sweep_queries.counts()),
+                            app.config["METRICS_CACHE_SECONDS"])
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

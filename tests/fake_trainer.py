@@ -1,7 +1,8 @@
 """A stand-in trainer for platform tests: prints progress, sleeps, exits with a chosen code.
 
     python tests/fake_trainer.py [--steps N] [--sleep S] [--exit-code C] [--stdout-bytes B]
-                                 [--spawn-child] [--record-dir DIR] [--artifacts] [--evaluate] RUN_DIR
+                                 [--spawn-child] [--record-dir DIR] [--artifacts] [--evaluate]
+                                 [--evals N] [--eval-sleep S] [--worse-after-trial K] RUN_DIR
 
 With --evaluate it scores the last examples as the real trainer does (predictions.jsonl, evaluate
 events, "evaluation" in the summary): before training every answer is wrong; after, the first
@@ -78,6 +79,11 @@ def main():
     parser.add_argument("--artifacts", action="store_true", help="write a model, a checkpoint and metrics as the "
                                                                   "real trainer does")
     parser.add_argument("--evaluate", action="store_true", help="score answers as the real trainer does")
+    parser.add_argument("--evals", type=int, default=0, help="eval passes, at steps 1..N, --eval-sleep apart")
+    parser.add_argument("--eval-sleep", type=float, default=0.0)
+    parser.add_argument("--worse-after-trial", type=int, default=0,
+                        help="a sweep's trials numbered above this (their run is named '... #N') report eval "
+                             "losses 10 higher")
     parser.add_argument("run_dir")
     args = parser.parse_args()
 
@@ -99,7 +105,12 @@ def main():
     for step in range(1, args.steps + 1):
         emit("step", step=step, loss=round(4.0 / (step * pace), 4), learning_rate=config["learning_rate"],
              tokens_per_second=1000.0, elapsed_seconds=0.01 * step)
-    if args.steps:
+    trial = int(config["name"].rsplit("#", 1)[1]) if "#" in (config.get("name") or "") else 0
+    penalty = 10.0 if args.worse_after_trial and trial > args.worse_after_trial else 0.0
+    for k in range(1, args.evals + 1):
+        emit("eval", step=k, loss=4.5 / (k * pace) + penalty)
+        time.sleep(args.eval_sleep)
+    if args.steps and not args.evals:
         emit("eval", step=args.steps, loss=4.5 / (args.steps * pace))
     if args.stdout_bytes:
         line = "x" * 99 + "\n"
@@ -113,7 +124,7 @@ def main():
         write_artifacts(run_dir, args.steps)
     final = round(4.0 / (max(args.steps, 1) * pace), 4)
     extra = {"evaluation": evaluate(run_dir, config),
-             "final_eval_loss": 4.5 / (max(args.steps, 1) * pace)} if args.evaluate else {}
+             "final_eval_loss": 4.5 / (max(args.evals or args.steps, 1) * pace) + penalty} if args.evaluate else {}
     emit("end", steps=args.steps, final_loss=final, best_loss=final, tokens_per_second=1000.0, **extra)
 
 

@@ -2,6 +2,7 @@
 no sideways scrolling of the page, and (with TUNIX_SCREENSHOTS_DIR set, as `make screenshots` does)
 a screenshot of each."""
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,27 @@ def _run_pages(client, app) -> dict[str, str]:
     runs["run-dry-run"] = submit(client, "dry_run", name="plan before training")["run_id"]
     return {**{name: f"/runs/{run_id}" for name, run_id in runs.items()},
             "compare": f"/runs/compare?ids={runs['run-completed']},{rival}",
-            "compare-rejected": f"/runs/compare?ids={rival}", "leaderboard": f"/datasets/{SAMPLE}/leaderboard"}
+            "compare-rejected": f"/runs/compare?ids={rival}", "leaderboard": f"/datasets/{SAMPLE}/leaderboard",
+            **_sweep_pages(client)}
+
+
+def _sweep_pages(client) -> dict[str, str]:
+    """A sweep with finished, pruned and queued trials, as its page shows them."""
+    created = client.post("/api/sweeps", json={
+        "name": "lr and batch search", "base": {"dataset_key": SAMPLE, "max_steps": 40},
+        "space": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
+                  "batch_size": {"type": "choice", "values": [4, 8, 16]}},
+        "objective": {"metric": "final_eval_loss"}, "max_trials": 6, "parallelism": 3}).get_json()
+    sweep_id = created["sweep_id"]
+    for number, (status, loss) in enumerate((("completed", 1.9), ("completed", 1.4)), start=1):
+        db.session.execute(text("UPDATE tunix_runs SET status = :s, final_eval_loss = :l, completed_at = now(), "
+                                "started_at = now() WHERE sweep_id = :id AND trial_number = :n"),
+                           {"s": status, "l": loss, "id": sweep_id, "n": number})
+    db.session.commit()
+    from app.sweeps import service as sweep_service
+
+    sweep_service.advance(uuid.UUID(sweep_id))
+    return {"sweeps": "/sweeps", "new-sweep": "/sweeps/new", "sweep": f"/sweeps/{sweep_id}"}
 
 
 def _check(page, name: str, width_name: str) -> list[str]:
@@ -81,6 +102,11 @@ def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, bro
         for name, path in pages.items():
             page.goto(live_server + path)
             problems += _check(page, name, width_name)
+        page.goto(live_server + "/sweeps/new")
+        page.fill("input[name='space.learning_rate.high']", "3")
+        page.click("button[type=submit] >> text=Start sweep")
+        page.wait_for_selector("#error-summary")
+        problems += _check(page, "new-sweep-rejected", width_name)
         page.goto(live_server + "/runs/new")
         page.fill("#learning_rate", "fast")
         page.click("button[type=submit] >> text=Start run")

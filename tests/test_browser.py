@@ -127,7 +127,7 @@ def test_the_runs_list_refreshes_its_active_rows_in_one_request_per_poll(client,
     for run_id in waiting:
         page.wait_for_selector(f'#run-row-{run_id} .status-completed', timeout=30_000)
     assert page.evaluate("window.__sameDocument") is True
-    assert "loss 1.3333" in page.inner_text(f"#run-row-{waiting[0]}")
+    assert "1.3333" in page.inner_text(f"#run-row-{waiting[0]}")  # its final loss
     assert polls and all(finished not in url for url in polls), "a finished row is never polled"
     count = len(polls)
     page.wait_for_timeout(int(BASE * 1000 * 5))
@@ -171,3 +171,36 @@ def test_two_runs_ticked_in_the_list_open_side_by_side(client, app, live_server,
     assert set(legend) == {"careful", "bold"}
     assert page.locator("td.best").first.is_visible()
     assert page.locator('th[scope="row"]', has_text="learning_rate").is_visible()
+
+
+@pytest.mark.trainer
+def test_a_real_sweep_started_from_the_form_ends_with_its_best_trial(client, live_server, page, worker_env,
+                                                                    start_worker):
+    """Four real `tiny` trials (Tunix on the CPU), chosen by Optuna, run by a worker, watched in the browser."""
+    from tests.test_trainer import REAL_TRAINER
+
+    page.goto(f"{live_server}/sweeps/new")
+    page.fill("#name", "tiny lr search")
+    page.select_option("#objective\\.metric", "final_eval_loss")
+    page.fill("#max_trials", "4")
+    page.fill("#parallelism", "2")
+    page.select_option("#sampler", "random")
+    page.fill("input[name='space.learning_rate.low']", "0.001")
+    page.fill("input[name='space.learning_rate.high']", "0.02")
+    page.fill("#base\\.max_steps", "20")
+    page.fill("#base\\.eval_every_n_steps", "10")
+    page.fill("#base\\.eval_max_examples", "4")
+    page.fill("#base\\.eval_max_new_tokens", "16")
+    page.click("button[type=submit] >> text=Start sweep")
+    page.wait_for_url(lambda url: "/sweeps/" in url and not url.endswith("/new"))
+    page.evaluate("window.__sameDocument = true")
+    start_worker(worker_env(REAL_TRAINER))
+    page.wait_for_selector('#sweep-status[data-status="completed"]', timeout=400_000)
+    assert page.evaluate("window.__sameDocument") is True, "the page followed the sweep without a reload"
+    best = page.inner_text("#best-trial")
+    assert best.startswith("Best trial: #") and "learning_rate = " in best
+    assert page.locator("table.trials tbody tr").count() == 4
+    assert page.locator("svg.sweep-chart").count() == 2
+    page.click("#best-trial >> text=its run")
+    page.wait_for_selector('#run-status[data-status="completed"]')
+    assert "tiny lr search" in page.inner_text("#run-details")

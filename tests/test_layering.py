@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 # What the base modules may reach beyond each other: pure state names, the scrape-time
 # queue gauges, and what the CLI manages (the sample dataset, users and tokens).
-BASE_MAY_IMPORT = {"app.runs.states", "app.queue.registry", "app.datasets.sample", "app.accounts.service"}
+BASE_MAY_IMPORT = {"app.runs.states", "app.queue.registry", "app.sweeps.queries", "app.datasets.sample",
+                   "app.accounts.service"}
 UNLIMITED = {"factory", "dev"}
 JAX_STACK = {"jax", "jaxlib", "flax", "optax", "orbax", "qwix", "tunix"}
 SKIP_LOCKED = re.compile(r"FOR\s+UPDATE(\s+OF\s+\w+)?\s+SKIP\s+LOCKED", re.IGNORECASE)

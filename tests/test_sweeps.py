@@ -51,7 +51,7 @@ def most_active_at_once(runs) -> int:
     ({"space": {"learning_rte": {"type": "uniform", "low": 0.1, "high": 0.2}}}, "space.learning_rte",
      "runs have no hyperparameter 'learning_rte'"),
     ({"space": {"learning_rate": {"type": "uniform", "low": 0.5, "high": 2}}}, "space.learning_rate",
-     "2.0 must be greater than 0 and at most 1"),
+     "2 must be greater than 0 and at most 1"),
     ({"space": {"batch_size": {"type": "uniform", "low": 2, "high": 8}}}, "space.batch_size",
      "is a whole number: use int"),
     ({"space": {"lora_rank": {"type": "int", "low": 4, "high": 30, "step": 4}}}, "space.lora_rank",
@@ -93,6 +93,9 @@ def test_a_sweep_queues_its_first_trials_as_ordinary_runs(client):
         assert 1e-4 <= run.config["learning_rate"] <= 1e-2 and run.config["max_steps"] == 4
     page = client.get(f"/runs/{runs[0].id}").get_data(as_text=True)
     assert f'href="/sweeps/{sweep_id}"' in page and "trial 1 of 6" in page
+    scrape = client.get("/metrics").get_data(as_text=True)
+    assert 'tunix_sweeps{status="running"} 1.0' in scrape and 'tunix_sweeps{status="completed"} 0.0' in scrape
+    assert 'tunix_sweep_trials{state="running"} 2.0' in scrape
 
 
 def test_six_trials_two_at_a_time_on_two_workers(client, worker_env, start_worker):
@@ -112,6 +115,13 @@ def test_six_trials_two_at_a_time_on_two_workers(client, worker_env, start_worke
     assert body["best_trial_number"] == best["number"] and body["best"]["run_id"] == best["run_id"]
     assert body["best_value"] == min(t["value"] for t in body["trials"])
     assert {t["state"] for t in body["trials"]} == {"complete"}
+
+    page = client.get(f"/sweeps/{sweep_id}").get_data(as_text=True)
+    assert f"Best trial: #{best['number']}" in page and 'class="best-so-far"' in page
+    assert page.count('<circle class="trial"') == 12  # six on each chart: by trial, and against learning_rate
+    assert "learning_rate (log scale)" in page and "hx-get" not in page  # the sweep ended: no more polls
+    listing = client.get("/sweeps").get_data(as_text=True)
+    assert "lr-search" in listing and "6 of 6" in listing
 
 
 def test_a_killed_worker_leaves_the_trial_to_be_recovered(client, worker_env, start_worker):
@@ -156,3 +166,64 @@ def test_only_the_owner_or_an_admin_may_cancel(client, app):
     assert other.post(f"/api/sweeps/{sweep_id}/cancel").status_code == 403
     assert other.get(f"/api/sweeps/{sweep_id}").status_code == 200
     assert client.get("/api/sweeps/not-a-sweep").status_code == 404
+
+
+def form_for(**changes) -> dict:
+    form = {"name": "form sweep", "objective.metric": "final_loss", "max_trials": "4", "parallelism": "2",
+            "sampler": "tpe", "pruner": "none", "base.dataset_key": SAMPLE, "base.model_id": "tiny",
+            "base.max_steps": "20", "base.learning_rate": "0.001", "base.batch_size": "4",
+            "space.learning_rate.type": "log_uniform", "space.learning_rate.low": "0.0001",
+            "space.learning_rate.high": "0.01", "space.batch_size.type": "choice", "space.batch_size.values": "4, 8"}
+    form.update(changes)
+    return form
+
+
+def test_the_form_starts_a_sweep_and_its_page_polls_until_it_ends(client):
+    new = client.get("/sweeps/new").get_data(as_text=True)
+    assert 'name="space.learning_rate.type"' in new and 'name="base.dataset_key"' in new
+    response = client.post("/sweeps/new", data=form_for())
+    assert response.status_code == 303
+    sweep_id = response.headers["Location"].rsplit("/", 1)[1]
+    body = sweep(client, sweep_id)
+    assert body["space"] == {"learning_rate": {"type": "log_uniform", "low": 0.0001, "high": 0.01},
+                             "batch_size": {"type": "choice", "values": [4, 8]}}
+    assert body["base"]["max_steps"] == 20 and body["trials_asked"] == 2
+    page = client.get(f"/sweeps/{sweep_id}").get_data(as_text=True)
+    assert f'hx-get="/sweeps/{sweep_id}/status"' in page and "No trial has finished with a value yet." in page
+    fragment = client.get(f"/sweeps/{sweep_id}/status").get_data(as_text=True)
+    assert fragment.count("<tr>") >= 2 and "pending" in fragment
+    confirm = client.get(f"/sweeps/{sweep_id}/cancel").get_data(as_text=True)
+    assert "Yes, cancel the sweep" in confirm
+    assert client.post(f"/sweeps/{sweep_id}/cancel").status_code == 303
+    fragment = client.get(f"/sweeps/{sweep_id}/status").get_data(as_text=True)
+    assert "hx-get" not in fragment and "cancelled" in fragment
+
+
+def test_a_rejected_form_keeps_what_was_typed_and_names_each_field(client):
+    response = client.post("/sweeps/new", data=form_for(**{
+        "space.learning_rate.high": "3", "space.batch_size.values": "4, x", "max_trials": "many"}))
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert 'id="space.learning_rate-error"' in page and "3 must be greater than 0 and at most 1" in page
+    assert "must be a whole number, got &#39;x&#39;" in page and 'id="max_trials-error"' in page
+    assert 'value="4, x"' in page and 'value="form sweep"' in page
+    assert client.get("/api/sweeps").get_json()["sweeps"] == []
+
+
+def test_the_median_pruner_stops_trials_that_trail(client, worker_env, start_worker):
+    # Trials 1-3 learn normally; from trial 4 on the eval loss is 10 higher from the first eval, so the
+    # median pruner (3 trials to start from) stops each at its first report, through the cancel path.
+    sweep_id = create(client, max_trials=5, parallelism=1, pruner="median",
+                      objective={"metric": "final_eval_loss"})
+    start_worker(worker_env(fake_trainer_command(*SCORING, "--evals", "4", "--eval-sleep", "0.5",
+                                                 "--worse-after-trial", "3")))
+    wait_for(lambda: sweep(client, sweep_id)["status"] != "running", timeout=120)
+    body = sweep(client, sweep_id)
+    assert body["status"] == "completed"
+    assert [t["state"] for t in body["trials"]] == ["complete"] * 3 + ["pruned"] * 2
+    for trial in body["trials"][3:]:
+        assert trial["pruned_at_step"] == 1 and trial["note"] == "pruned at step 1"
+        assert trial["run_status"] == "cancelled"
+    assert body["best_trial_number"] in (1, 2, 3)
+    page = client.get(f"/sweeps/{sweep_id}").get_data(as_text=True)
+    assert "2 pruned" in page

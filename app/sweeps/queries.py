@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Sweep, SweepTrial
@@ -33,3 +33,11 @@ def trials(sweep_id: uuid.UUID) -> list[SweepTrial]:
 def trial_of_run(run_id: uuid.UUID) -> SweepTrial | None:
     """The trial a run carries out, if it is one."""
     return db.session.scalar(select(SweepTrial).where(SweepTrial.run_id == run_id))
+
+
+def counts() -> dict[str, dict[str, int]]:
+    """Sweeps by status and trials by state, for /metrics (the read ends its own transaction)."""
+    sweeps = dict(db.session.execute(select(Sweep.status, func.count()).group_by(Sweep.status)).all())
+    trials = dict(db.session.execute(select(SweepTrial.state, func.count()).group_by(SweepTrial.state)).all())
+    db.session.rollback()
+    return {"sweeps": sweeps, "trials": trials}

@@ -224,12 +224,3 @@ class TrialReporter:
         log.info("sweep %s: trial %d pruned at step %d (eval loss %.4g)%s", self.sweep_id, self._trial[0], step,
                  loss, "" if stopped else "; its run had already moved on")
 
-
-def counts() -> dict[str, Any]:
-    """Sweeps by status and trials by state, for /metrics."""
-    from sqlalchemy import func
-
-    sweeps = dict(db.session.execute(select(Sweep.status, func.count()).group_by(Sweep.status)).all())
-    trials = dict(db.session.execute(select(SweepTrial.state, func.count()).group_by(SweepTrial.state)).all())
-    return {"sweeps": sweeps, "trials": trials}
-

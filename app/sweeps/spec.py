@@ -57,8 +57,11 @@ def _check_value(name: str, value: Any, base: dict[str, Any], model_roots: Seque
     try:
         config = validation.validate_run_config({**base, name: value}, model_roots=model_roots)
     except ValidationError as exc:
-        problem = exc.details.get(name) or next(iter(exc.details.values()))
-        raise ValueError(f"{value!r} {problem}" if exc.details.get(name) else problem) from None
+        problem = exc.details.get(name)
+        if problem is None:  # the value is fine alone but not with the base (e.g. warmup past max_steps)
+            key, problem = next(iter(exc.details.items()))
+            raise ValueError(f"{value!r} leaves {key} invalid: {problem}") from None
+        raise ValueError(problem if repr(value) in problem else f"{value!r} {problem}") from None
     return config[name]
 
 
@@ -89,13 +92,19 @@ def _check_param(name: str, raw: Any, base: dict[str, Any], model_roots: Sequenc
         raise ValueError(f"{name} is not a whole number: use uniform or log_uniform")
     if kind in ("uniform", "log_uniform") and field.kind != "float":
         raise ValueError(f"{name} is a whole number: use int")
-    low, high = _number(raw.get("low")), _number(raw.get("high"))
+    bounds = {}
+    for key in ("low", "high"):
+        try:
+            bounds[key] = _number(raw.get(key))
+        except ValueError:
+            raise ValueError(f"{key} must be a finite number") from None
+    low, high = bounds["low"], bounds["high"]
     if not low < high:
         raise ValueError("low must be below high")
     if kind == "log_uniform" and low <= 0:
         raise ValueError("low must be above 0 for log_uniform")
-    spec: dict[str, Any] = {"type": kind, "low": _check_value(name, low, base, model_roots),
-                            "high": _check_value(name, high, base, model_roots)}
+    spec: dict[str, Any] = {"type": kind, "low": _check_value(name, raw["low"], base, model_roots),
+                            "high": _check_value(name, raw["high"], base, model_roots)}
     if kind == "int":
         if not (low.is_integer() and high.is_integer()):
             raise ValueError("low and high must be whole numbers")

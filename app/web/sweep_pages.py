@@ -37,7 +37,7 @@ def _form_defaults() -> dict[str, Any]:
 
 
 def _form_context(values: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
-    return {"values": values, "errors": errors, "fields": SEARCHABLE, "datasets": dataset_store.list_datasets(),
+    return {"values": values, "errors": errors, "fields": SEARCHABLE, "base_fields": validation.FIELDS, "datasets": dataset_store.list_datasets(),
             "presets": model_catalog.PRESETS, "objectives": sweep_spec.OBJECTIVES, "samplers": sweep_spec.SAMPLERS,
             "pruners": sweep_spec.PRUNERS, "param_types": sweep_spec.PARAM_TYPES}
 
