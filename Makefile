@@ -64,6 +64,8 @@ bench: install
 	$(PY) bench/wakeup_latency.py
 	$(PY) bench/trainer_overhead.py
 	$(PY) bench/upload_memory.py
+	$(PY) bench/evaluation.py
+	$(PY) bench/sweep_throughput.py
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor .pytest_cache

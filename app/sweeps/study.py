@@ -42,9 +42,15 @@ def storage():
                 key = zlib.crc32(b"tunix-rt optuna storage")
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
                 try:
-                    _storages[url] = optuna.storages.RDBStorage(
+                    rdb = optuna.storages.RDBStorage(
+                        # No ping before each use: Optuna checks a connection out for every call, and the
+                        # ping was a third of its statements. A connection lost to a database restart
+                        # fails one advance, which the workers' housekeeping retries.
                         url, engine_kwargs={"connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"},
-                                            "pool_pre_ping": True})
+                                            "pool_pre_ping": False})
+                    # Kept for the life of the process: Optuna's cache of finished trials then spares
+                    # each ask a read of the study's whole history.
+                    _storages[url] = optuna.storages.get_storage(rdb)
                 finally:
                     connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
         return _storages[url]
@@ -118,20 +124,16 @@ def ask(config: StudyConfig, draw: int) -> Asked:
     return Asked(trial._trial_id, dict(trial.params))
 
 
-def _trial_number(study, trial_id: int) -> int:
-    return study._storage.get_trial(trial_id).number
-
-
 def tell(config: StudyConfig, trial_id: int, state: str, value: float | None = None) -> None:
     """Report how a trial ended: "complete" with its value, "pruned" or "failed". Telling twice is harmless."""
     optuna = _optuna()
     study = _load(config)
-    number = _trial_number(study, trial_id)
-    if study._storage.get_trial(trial_id).state.is_finished():
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state.is_finished():
         return  # told before, by a process that then could not record it
     states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
               "failed": optuna.trial.TrialState.FAIL}
-    study.tell(number, value if state == "complete" else None, state=states[state])
+    study.tell(frozen.number, value if state == "complete" else None, state=states[state])
 
 
 def report(config: StudyConfig, trial_id: int, step: int, value: float) -> bool:
