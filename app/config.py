@@ -62,8 +62,15 @@ def load_settings() -> dict:
         "SECRET_KEY": _secret_key(),
         # None means: start (or reuse) the embedded Postgres under instance/.
         "DATABASE_URL": os.environ.get("DATABASE_URL") or None,
-        "DB_POOL_SIZE": _int("TUNIX_DB_POOL_SIZE", 5),
+        # One connection per request thread (gunicorn's GUNICORN_THREADS) plus one for the metrics scrape:
+        # a smaller pool closes and reopens connections under load.
+        "DB_POOL_SIZE": _int("TUNIX_DB_POOL_SIZE", _int("GUNICORN_THREADS", 8) + 1),
         "DB_MAX_OVERFLOW": _int("TUNIX_DB_MAX_OVERFLOW", 5),
+        # How often a worker recounts the run counts exactly (they are kept by a trigger meanwhile).
+        "COUNTS_RECONCILE_SECONDS": _float("TUNIX_COUNTS_RECONCILE_SECONDS", 3600.0),
+        # JAX's persistent compilation cache, shared by the trainers a host starts ("" turns it off).
+        "COMPILATION_CACHE_DIR": os.environ.get("TUNIX_COMPILATION_CACHE_DIR",
+                                                str(instance_dir() / "jax-compilation-cache")),
         "ARTIFACTS_ROOT": os.environ.get("TUNIX_ARTIFACTS_ROOT") or str(instance_dir() / "artifacts"),
         "OUTPUT_MAX_BYTES": _int("TUNIX_OUTPUT_MAX_BYTES", 10240),
         "RUN_TIMEOUT_SECONDS": _float("TUNIX_RUN_TIMEOUT_SECONDS", 3600.0),

@@ -148,6 +148,8 @@ class TunixRun(db.Model):
     # A sweep's trial: which sweep asked for it, and its number there (1-based).
     sweep_id = db.Column(UUID(as_uuid=True), db.ForeignKey("sweeps.id", ondelete="SET NULL"))
     trial_number = db.Column(db.Integer)
+    # Bumped by every write that changes what the run's page shows: the status fragment's validator.
+    version = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
 
     creator = db.relationship(User, lazy="joined")
     sweep = db.relationship("Sweep", lazy="select")
@@ -271,6 +273,27 @@ class SweepTrial(db.Model):
 
     __table_args__ = (CheckConstraint(_in("state", TRIAL_STATES), name="ck_sweep_trials_state"),
                       Index("ix_sweep_trials_run", "run_id", unique=True))
+
+
+class RunCounter(db.Model):
+    """Counts kept by the tunix_runs_counted trigger (runs by status and mode, recoveries), sharded so
+    that concurrent writers rarely meet on one row; a counter is the sum of its shards."""
+
+    __tablename__ = "run_counters"
+
+    name = db.Column(db.String(64), primary_key=True)  # "runs:<status>:<mode>" or "recoveries"
+    shard = db.Column(db.SmallInteger, primary_key=True)
+    n = db.Column(db.BigInteger, nullable=False)
+
+
+class RunChart(db.Model):
+    """A run's loss series for the chart, downsampled as points arrive: bounded, whatever the run's length."""
+
+    __tablename__ = "run_charts"
+
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="CASCADE"), primary_key=True)
+    series = db.Column(JSONB, nullable=False)  # {"train": {...}, "eval": {...}}: see app/runs/chart_series.py
+    version = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
 
 
 class RunMetric(db.Model):

@@ -76,7 +76,7 @@ def app(app_config):
 
     app = create_app(app_config)
     with app.app_context():
-        db.session.execute(text("TRUNCATE run_log_chunks, run_metrics, sweep_trials, tunix_runs, sweeps, "
+        db.session.execute(text("TRUNCATE run_log_chunks, run_metrics, sweep_trials, tunix_runs, sweeps, run_counters, "
                                 "dataset_examples, datasets, workers, api_tokens, sign_in_failures, users CASCADE"))
         db.session.commit()
         ensure_sample_dataset()

@@ -204,3 +204,35 @@ def test_a_real_sweep_started_from_the_form_ends_with_its_best_trial(client, liv
     page.click("#best-trial >> text=its run")
     page.wait_for_selector('#run-status[data-status="completed"]')
     assert "tiny lr search" in page.inner_text("#run-details")
+
+
+def test_unchanged_polls_are_answered_304_and_polling_keeps_its_pace(client, app, live_server, page):
+    statuses: list[tuple[float, int]] = []
+    inner = app.wsgi_app
+
+    def counting(environ, start_response):
+        def record(status, headers, *args):
+            if environ["PATH_INFO"].endswith("/status"):
+                statuses.append((time.monotonic(), int(status.split()[0])))
+            return start_response(status, headers, *args)
+        return inner(environ, record)
+
+    app.wsgi_app = counting
+    try:
+        run_id = pending_run(client)
+        page.goto(f"{live_server}/runs/{run_id}")
+        deadline = time.monotonic() + 30
+        while sum(1 for _, code in statuses if code == 304) < 5 and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        codes = [code for _, code in statuses]
+        assert codes.count(304) >= 5, codes  # the browser revalidates; the server renders nothing
+        gaps = [b - a for (a, _), (b, _) in zip(statuses, statuses[1:])]
+        assert all(gap < BASE * 4 for gap in gaps), gaps  # a 304 is not a failure: no backoff
+        assert page.get_attribute("#run-status", "data-poll-failures") is None
+        assert "Waiting for a worker" in page.inner_text("#run-status")
+
+        set_status(run_id, "completed")
+        page.wait_for_selector('#run-status[data-status="completed"]', timeout=10_000)
+        assert page.get_attribute("#run-status", "hx-get") is None
+    finally:
+        app.wsgi_app = inner

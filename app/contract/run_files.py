@@ -14,6 +14,8 @@ METRICS_FILE = "metrics.json"  # the loss series, train and eval
 EVAL_DATASET_FILE = "eval_dataset.jsonl"  # the eval_dataset_key export, when the run names one
 PREDICTIONS_FILE = "predictions.jsonl"  # every generated answer and its verdicts, before and after
 EVALUATION_BEFORE_FILE = "evaluation_before.json"  # the before-training scores, kept for a resumed run
+# The environment variable that hands the trainer JAX's persistent compilation cache folder ("" for none).
+COMPILATION_CACHE_ENV = "TUNIX_COMPILATION_CACHE_DIR"
 
 
 def run_directory(artifacts_root: str | Path, run_id: Any) -> Path:

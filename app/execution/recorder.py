@@ -1,6 +1,7 @@
 """Recording a running run: its progress, metric series and output, written while it runs."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -14,7 +15,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app import metrics
 from app.contract import progress_protocol
 from app.extensions import db
-from app.models import RunLogChunk, RunMetric, TunixRun
+from app.models import RunChart, RunLogChunk, RunMetric, TunixRun
+from app.runs import chart_series
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class ProgressRecorder:
         self._next_seq: int | None = None
         self._last_flush = self._clock()
         self._recent_rates: deque[float] = deque(maxlen=RATE_WINDOW_STEPS)
+        self._chart: dict[str, Any] | None = None  # loaded from its row at the first write (a retry continues it)
+        self._pending_chart: dict[str, Any] | None = None  # what the chart becomes once the write commits
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -102,11 +106,24 @@ class ProgressRecorder:
             self._write()
         except (OperationalError, InterfaceError) as exc:
             db.session.rollback()
+            self._pending_chart = None
             log.warning("run %s: progress not stored yet (%s); will retry", self.run_id, type(exc).__name__)
             return False
         self._points.clear()
         self._output.clear()
         return True
+
+    def _write_chart(self, points: list[dict[str, Any]]) -> None:
+        if self._chart is None:
+            stored = db.session.scalar(select(RunChart.series).where(RunChart.run_id == self.run_id))
+            self._chart = stored if isinstance(stored, dict) else chart_series.empty()
+        chart = json.loads(json.dumps(self._chart))  # kept unchanged in memory until the write commits
+        for point in sorted(points, key=lambda p: (p["split"], p["step"])):
+            chart_series.add(chart, point["split"], point["step"], point["loss"])
+        stmt = pg_insert(RunChart).values(run_id=self.run_id, series=chart, version=1)
+        db.session.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_={
+            "series": stmt.excluded.series, "version": RunChart.version + 1}))
+        self._pending_chart = chart
 
     def _write(self) -> None:
         points, progress = list(self._points.values()), dict(self._progress)
@@ -118,9 +135,11 @@ class ProgressRecorder:
                     set_={"loss": stmt.excluded.loss, "learning_rate": stmt.excluded.learning_rate,
                           "tokens_per_second": stmt.excluded.tokens_per_second})
                 db.session.execute(stmt)
+                self._write_chart(points)
+            # Every write here changes what the run's page shows: bump the version its poll validates by.
+            changes: dict[str, Any] = {"version": TunixRun.version + 1}
             if progress:
-                db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id)
-                                   .values(progress=func.coalesce(TunixRun.progress, _EMPTY_JSON).op("||")(progress)))
+                changes["progress"] = func.coalesce(TunixRun.progress, _EMPTY_JSON).op("||")(progress)
             if self._output:
                 if self._next_seq is None:  # a re-queued run continues the log of its earlier attempt
                     self._next_seq = (db.session.scalar(select(func.max(RunLogChunk.seq))
@@ -128,9 +147,10 @@ class ProgressRecorder:
                 rows = [{"run_id": self.run_id, "seq": self._next_seq + i, "stream": stream, "text": chunk}
                         for i, (stream, chunk) in enumerate(self._output)]
                 db.session.execute(pg_insert(RunLogChunk).values(rows))
-                added = sum(len(chunk.encode()) for _, chunk in self._output)
-                db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id)
-                                   .values(log_bytes=TunixRun.log_bytes + added))
+                changes["log_bytes"] = TunixRun.log_bytes + sum(len(chunk.encode()) for _, chunk in self._output)
+            db.session.execute(update(TunixRun).where(TunixRun.id == self.run_id).values(**changes))
             db.session.commit()
         if self._output:
             self._next_seq += len(self._output)
+        if self._pending_chart is not None:
+            self._chart, self._pending_chart = self._pending_chart, None

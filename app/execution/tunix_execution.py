@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from app.config import PROJECT_ROOT
-from app.contract import progress_protocol
+from app.contract import progress_protocol, run_files
 from app.runs.states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED, TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class ExecutionSettings:
     kill_grace_seconds: float = 10.0
     heartbeat_seconds: float = 10.0  # lease renewal while the trainer runs
     log_max_bytes: int = 5 * 1024 * 1024  # output stored in the database per run
+    compilation_cache_dir: str = ""  # handed to the trainer; "" leaves JAX's cache off
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ExecutionSettings":
@@ -64,7 +65,8 @@ class ExecutionSettings:
                    output_max_bytes=int(config["OUTPUT_MAX_BYTES"]),
                    kill_grace_seconds=float(config["KILL_GRACE_SECONDS"]),
                    heartbeat_seconds=float(config["HEARTBEAT_SECONDS"]),
-                   log_max_bytes=int(config["LOG_MAX_BYTES"]))
+                   log_max_bytes=int(config["LOG_MAX_BYTES"]),
+                   compilation_cache_dir=str(config.get("COMPILATION_CACHE_DIR") or ""))
 
 
 @dataclass
@@ -139,8 +141,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _child_environment() -> dict[str, str]:
+def _child_environment(settings: ExecutionSettings) -> dict[str, str]:
     env = dict(os.environ)
+    env[run_files.COMPILATION_CACHE_ENV] = settings.compilation_cache_dir
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
@@ -180,7 +183,7 @@ def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_child_environment(), start_new_session=True,
+                                stderr=subprocess.PIPE, env=_child_environment(settings), start_new_session=True,
                                 preexec_fn=_die_with_parent)
     except (OSError, subprocess.SubprocessError) as exc:
         return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,

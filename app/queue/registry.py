@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import metrics
 from app.extensions import db
 from app.models import TunixRun, Worker
+from app.runs import counts
 from app.runs.states import PENDING
 
 STOPPED_ROWS_KEPT_SECONDS = 24 * 3600
@@ -92,12 +93,12 @@ class QueueStats:
 
 
 def queue_stats(alive_within_seconds: float) -> QueueStats:
-    """Run counts, the oldest pending run's age, live workers and recoveries."""
-    rows = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count(), func.sum(TunixRun.recoveries))
-                              .group_by(TunixRun.status, TunixRun.mode)).all()
+    """Run counts, the oldest pending run's age, live workers and recoveries: each an O(1) or indexed read
+    (the counts are kept by a trigger; the oldest pending run is the head of the pending index)."""
+    runs, recoveries = counts.read()
     oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
                                .where(TunixRun.status == PENDING))
     alive = count_alive(alive_within_seconds)
     db.session.rollback()  # end the read transaction; the scrape holds no locks
-    return QueueStats(runs={(r[0], r[1]): r[2] for r in rows}, oldest_pending_age_seconds=float(oldest or 0.0),
-                      workers_alive=alive, runs_recovered=int(sum(r[3] or 0 for r in rows)))
+    return QueueStats(runs=runs, oldest_pending_age_seconds=float(oldest or 0.0),
+                      workers_alive=alive, runs_recovered=recoveries)

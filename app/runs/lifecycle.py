@@ -73,7 +73,7 @@ def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status:
     for source in sources:
         if not states.can_transition(source, to_status):
             raise InvalidTransition(f"{source} -> {to_status} is not allowed")
-    values: dict[str, Any] = {"status": to_status, **fields}
+    values: dict[str, Any] = {"status": to_status, "version": TunixRun.version + 1, **fields}
     if states.is_terminal(to_status):
         values["completed_at"] = event_time()
         values["duration_seconds"] = func.extract("epoch", event_time() - TunixRun.started_at)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, and_, cast, func, or_, select
+from sqlalchemy import Integer, cast, func, or_, select, tuple_
 
 from app.extensions import db
-from app.models import RunMetric, TunixRun, User
+from app.models import RunChart, RunMetric, TunixRun, User
+from app.runs import chart_series
 from app.runs.states import ASYNC, COMPLETED, PENDING
 
 
@@ -22,6 +23,15 @@ def get_run(run_id: str) -> TunixRun | None:
     except ValueError:
         return None
     return db.session.get(TunixRun, parsed)
+
+
+def chart_of(run_id: uuid.UUID) -> tuple[dict[str, list[dict[str, Any]]], int | None]:
+    """The chart's series and their version: one bounded row, kept by the recorder as points arrive.
+    A run recorded before that row existed is read (and thinned) from its points, with no version."""
+    row = db.session.execute(select(RunChart.series, RunChart.version).where(RunChart.run_id == run_id)).first()
+    if row is not None:
+        return chart_series.for_drawing(row.series), row.version
+    return metric_series(run_id, max_points=chart_series.MAX_POINTS), None
 
 
 def metric_series(run_id: uuid.UUID, max_points: int | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -77,6 +87,16 @@ def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key
               tag: str | None = None, user: str | None = None, limit: int = 25,
               cursor: str | None = None) -> RunPage:
     """Runs newest first, filtered (`user` is a username), one keyset page at a time."""
+    stmt = list_runs_query(status=status, mode=mode, dataset_key=dataset_key, tag=tag, user=user, limit=limit,
+                           cursor=cursor)
+    runs = list(db.session.scalars(stmt))
+    next_cursor = encode_cursor(runs[limit - 1].created_at, runs[limit - 1].id) if len(runs) > limit else None
+    return RunPage(runs[:limit], next_cursor)
+
+
+def list_runs_query(*, status: str | None = None, mode: str | None = None, dataset_key: str | None = None,
+                    tag: str | None = None, user: str | None = None, limit: int = 25, cursor: str | None = None):
+    """The list's SELECT (one more row than the page, to know whether another follows)."""
     stmt = select(TunixRun)
     if user:
         stmt = stmt.where(TunixRun.created_by == select(User.id).where(User.username == user).scalar_subquery())
@@ -90,22 +110,45 @@ def list_runs(*, status: str | None = None, mode: str | None = None, dataset_key
         stmt = stmt.where(TunixRun.dataset_key == dataset_key)
     if cursor:
         created, run_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(TunixRun.created_at < created,
-                              and_(TunixRun.created_at == created, TunixRun.id < run_id)))
-    stmt = stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
-    runs = list(db.session.scalars(stmt))
-    next_cursor = encode_cursor(runs[limit - 1].created_at, runs[limit - 1].id) if len(runs) > limit else None
-    return RunPage(runs[:limit], next_cursor)
+        # A row comparison is an index condition on (..., created_at, id); the equivalent OR is a filter
+        # Postgres applies while it walks the index from the top (seconds, deep in a million runs).
+        stmt = stmt.where(tuple_(TunixRun.created_at, TunixRun.id) < tuple_(created, run_id))
+    return stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
 
 
-def queue_position(run: TunixRun) -> int | None:
-    """1 for the next run a worker will claim; None when the run is not pending."""
+def fragment_state(run_id: str):
+    """What decides whether a run's status fragment changed: its version and status (and, for a pending
+    run, its place in the queue): one read by primary key. None for an unknown or malformed id."""
+    try:
+        parsed = uuid.UUID(str(run_id))
+    except ValueError:
+        return None
+    return db.session.execute(select(TunixRun.id, TunixRun.version, TunixRun.status, TunixRun.queued_at)
+                              .where(TunixRun.id == parsed)).first()
+
+
+QUEUE_COUNT_LIMIT = 1000  # runs ahead counted exactly; past this the page says "over 1,000 ahead"
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    position: int  # 1 for the next run a worker will claim; a lower bound when not exact
+    exact: bool
+
+
+def queue_position(run) -> QueuePosition | None:
+    """Where a pending run stands in the queue; None when it is not pending.
+
+    The count walks the pending index from its head and stops after QUEUE_COUNT_LIMIT entries,
+    so a poll costs the same with a hundred or a million runs queued.
+    """
     if run.status != PENDING or run.queued_at is None:
         return None
-    ahead = db.session.scalar(select(func.count()).select_from(TunixRun).where(
+    ahead = select(TunixRun.id).where(
         TunixRun.status == PENDING,
-        or_(TunixRun.queued_at < run.queued_at, and_(TunixRun.queued_at == run.queued_at, TunixRun.id < run.id))))
-    return int(ahead) + 1
+        tuple_(TunixRun.queued_at, TunixRun.id) < tuple_(run.queued_at, run.id)).limit(QUEUE_COUNT_LIMIT)
+    counted = int(db.session.scalar(select(func.count()).select_from(ahead.subquery())))
+    return QueuePosition(counted + 1, counted < QUEUE_COUNT_LIMIT)
 
 
 def typical_run_seconds(sample: int = 20) -> float | None:

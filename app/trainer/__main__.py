@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from app.contract import progress_protocol
-from app.contract.run_files import RUN_CONFIG_FILE
+from app.contract.run_files import COMPILATION_CACHE_ENV, RUN_CONFIG_FILE
 
 EXIT_TRAINING_ERROR, EXIT_BAD_RUN_DIR, EXIT_MISSING_STACK = 1, 2, 3
 
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
                                          "install requirements-trainer.txt and requirements-tunix.txt "
                                          "(`make install` does both)")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    _use_compilation_cache(os.environ.get(COMPILATION_CACHE_ENV, ""))
     from app.trainer.training import train
 
     try:
@@ -49,6 +50,19 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         return _fail(EXIT_TRAINING_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
     return 0
+
+
+def _use_compilation_cache(folder: str) -> None:
+    # Most of a short run's start is XLA compiling the same step and sampler as the last run of the
+    # same shape; JAX's persistent cache lets every trainer on the host reuse them.
+    if not folder:
+        return
+    import jax
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _exit(code: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 from flask import (Blueprint, Response, current_app, redirect, render_template, request, send_from_directory,
-                   stream_with_context, url_for)
+                   session, stream_with_context, url_for)
 
 from app.contract import model_catalog
 from app.datasets import parsing, store as dataset_store
@@ -121,15 +121,30 @@ def run_status_fragment(run_id: str):
     With ?log_after=SEQ it also carries the output stored since that chunk, appended
     to the page's log out of band.
     """
+    # Conditional requests: every open page asks every few seconds, and mostly nothing has changed.
+    # The validator takes one indexed read; a match is answered 304 before anything is rendered.
+    viewer = f"{current_actor().user_id}:{session.get('csrf_token', '')}"
+    etag = run_view.fragment_etag(run_id, request.query_string.decode(errors="replace"), viewer)
+    if etag is not None and request.if_none_match.contains(etag):
+        return _fragment_headers(Response(status=304), etag)
     run = run_or_404(run_id)
     try:
         log_after = max(0, int(request.args.get("log_after", "")))
     except ValueError:
         log_after = None
     seen = request.args.get("seen")
-    return render_template("runs/_status.html", log_increment=log_after is not None,
+    body = render_template("runs/_status.html", log_increment=log_after is not None,
                            **run_view.status_context(run, log_after=log_after,
                                                      seen_status=seen if seen in STATUSES else None))
+    return _fragment_headers(Response(body), etag)
+
+
+def _fragment_headers(response: Response, etag: str | None) -> Response:
+    # no-cache: the browser keeps the fragment but asks every time, sending If-None-Match.
+    response.headers["Cache-Control"] = "private, no-cache"
+    if etag is not None:
+        response.set_etag(etag)
+    return response
 
 
 @bp.get("/runs/<run_id>/cancel")

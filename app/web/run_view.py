@@ -5,11 +5,15 @@ last one stored (a start without a step, a run without an eval split), and each 
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
+from markupsafe import Markup
 
 from app.models import TunixRun
 from app.queue import registry
@@ -120,20 +124,80 @@ def _worker_note(quiet: float | None) -> str | None:
     return None
 
 
-def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: str | None = None) -> dict:
-    """What the status fragment renders. When the poll saw another status than the run has now, the
-    sections around the block are rendered too, to be swapped in out of band (nothing goes stale)."""
-    series = queries.metric_series(run.id, max_points=loss_chart.MAX_POINTS)
-    max_lines = current_app.config["LOG_TAIL_LINES"]
-    log = logs.tail(run.id, max_lines) if log_after is None else logs.after(run.id, log_after, max_lines)
-    position, wait, note = queries.queue_position(run), None, None
-    if run.status == PENDING:  # only a waiting run asks about the workers: one query for both answers
+@dataclass(frozen=True)
+class Waiting:
+    """What a pending run's block says about the queue."""
+
+    position: queries.QueuePosition | None
+    wait_seconds: float | None
+    worker_note: str | None
+
+    @classmethod
+    def of(cls, run) -> "Waiting":
+        position = queries.queue_position(run)
+        if position is None:
+            return cls(None, None, None)
+        # Only a waiting run asks about the workers: one query for both answers.
         quiet, alive = registry.worker_presence(current_app.config["LEASE_TIMEOUT_SECONDS"])
-        wait, note = _queue_estimate(position, alive), _worker_note(quiet)
+        return cls(position, _queue_estimate(position.position, alive), _worker_note(quiet))
+
+
+_CHARTS: OrderedDict[tuple, Markup | None] = OrderedDict()
+_CHARTS_KEPT = 512
+_charts_lock = threading.Lock()
+
+
+def chart_markup(run_id) -> Markup | None:
+    """The run's drawn chart; drawn once per version of its series in this process, since every open
+    page of a run asks for the same picture every few seconds."""
+    series, version = queries.chart_of(run_id)
+    if version is None:
+        return loss_chart.render_charts(series)
+    key = (run_id, version)
+    with _charts_lock:
+        if key in _CHARTS:
+            _CHARTS.move_to_end(key)
+            return _CHARTS[key]
+    drawn = loss_chart.render_charts(series)
+    with _charts_lock:
+        _CHARTS[key] = drawn
+        while len(_CHARTS) > _CHARTS_KEPT:
+            _CHARTS.popitem(last=False)
+    return drawn
+
+
+def fragment_etag(run_id: str, query: str, viewer: str) -> str | None:
+    """The status fragment's validator, decided by one indexed read (and, for a pending run, its queue
+    place and the workers' presence, which change without the run). None for an unknown run."""
+    row = queries.fragment_state(run_id)
+    if row is None:
+        return None
+    parts = [str(row.version), row.status, query, viewer, str(current_app.config["STATUS_POLL_SECONDS"])]
+    if row.status == PENDING:
+        waiting = Waiting.of(row)
+        parts += [repr(waiting.position), repr(waiting.wait_seconds), waiting.worker_note or ""]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+
+def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: str | None = None,
+                   whole_log: bool = False) -> dict:
+    """What the status fragment renders. When the poll saw another status than the run has now, the
+    sections around the block are rendered too, to be swapped in out of band (nothing goes stale).
+
+    The fragment reads the output stored after `log_after`; without it (and unless `whole_log`, for
+    the page) only where the output ends, so the next poll reads on from there."""
+    max_lines = current_app.config["LOG_TAIL_LINES"]
+    if log_after is not None:
+        log = logs.after(run.id, log_after, max_lines)
+    elif whole_log:
+        log = logs.tail(run.id, max_lines)
+    else:
+        log = logs.LogSlice([], logs.last_seq(run.id))
+    waiting = Waiting.of(run)
     context = {"run": run, "progress": ProgressView.of(run), "scores": ScoresView.of(run),
-               "chart": loss_chart.render_charts(series),
-               "queue_position": position, "queue_wait_seconds": wait,
-               "worker_note": note, "log": log, "status_words": STATUS_WORDS,
+               "chart": chart_markup(run.id),
+               "queue_position": waiting.position, "queue_wait_seconds": waiting.wait_seconds,
+               "worker_note": waiting.worker_note, "log": log, "status_words": STATUS_WORDS,
                "changed": seen_status is not None and seen_status != run.status}
     if context["changed"]:
         context.update(_surroundings(run))
@@ -151,4 +215,4 @@ def _surroundings(run: TunixRun) -> dict:
 
 def page_context(run: TunixRun) -> dict:
     """What the whole run page renders: the status block and every section around it."""
-    return {**status_context(run), **_surroundings(run)}
+    return {**status_context(run, whole_log=True), **_surroundings(run)}

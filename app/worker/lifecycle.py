@@ -29,6 +29,7 @@ from app.extensions import db
 from app.queue import registry, store as queue_store
 from app.queue.listener import RECONNECTED
 from app.runs.channels import CANCEL_CHANNEL
+from app.runs import counts
 from app.runs.lifecycle import LeasedRun
 from app.sweeps import service as sweep_service
 
@@ -175,6 +176,7 @@ class Worker:
             if recovered is None:
                 break
             log.warning("worker %s: recovered run %s from a lost worker: now %s", self.worker_id, *recovered)
+        counts.reconcile(self.app.config["COUNTS_RECONCILE_SECONDS"])
         # Sweeps move on here too: a trial cancelled while pending, or failed by recovery, has no worker
         # to advance its sweep when it ends.
         try:
