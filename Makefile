@@ -11,7 +11,7 @@ TRAINER_STAMP := $(VENV)/.installed-trainer
 HTMX := static/vendor/htmx.min.js
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test bench screenshots clean system-tools
+.PHONY: install run test bench bench-tools screenshots clean system-tools
 
 install: $(WEB_STAMP) $(TRAINER_STAMP) $(HTMX)
 
@@ -59,7 +59,23 @@ screenshots: install system-tools
 	rm -rf docs/screenshots
 	TUNIX_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest -q tests/test_accessibility.py
 
-bench: install
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: bench/requirements-pgqueuer.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip --disable-pip-version-check install -q -r bench/requirements-pgqueuer.txt
+	touch $@
+
+# wrk (Debian's) drives the fragment benchmark when it can be installed; otherwise our own client does.
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get install -y -qq wrk >/dev/null; } || echo "wrk is missing: the fragment benchmark uses its own client"
+
+bench: install bench-tools $(BENCH_VENV)/.installed
+	$(PY) bench/hot_path.py
+	$(PY) bench/queue_claim.py
+	$(PY) bench/first_step.py
+	$(PY) bench/worker_memory.py
 	$(PY) bench/exactly_once.py
 	$(PY) bench/wakeup_latency.py
 	$(PY) bench/trainer_overhead.py

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -46,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app import cli, metrics
     from app.web import api, auth, errors, formatting, pages, security, sweep_pages
 
+    _version_static_urls(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(sweep_pages.bp)
@@ -64,6 +66,29 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.wsgi_app = security.RejectUnknownMethods(
         security.TrustedProxyFix(app.wsgi_app, frozenset(app.config["TRUSTED_PROXIES"])))
     return app
+
+
+def _version_static_urls(app: Flask) -> None:
+    """Static URLs carry a hash of the file (?v=...), so a proxy may let browsers cache them for a year."""
+    import hashlib
+
+    versions: dict[str, str | None] = {}
+
+    def version(filename: str) -> str | None:
+        if filename not in versions:
+            try:
+                data = (Path(app.static_folder) / filename).read_bytes()
+                versions[filename] = hashlib.sha256(data).hexdigest()[:12]
+            except OSError:
+                versions[filename] = None
+        return versions[filename]
+
+    @app.url_defaults
+    def add_version(endpoint: str, values: dict) -> None:
+        if endpoint == "static" and "filename" in values and "v" not in values:
+            found = version(values["filename"])
+            if found:
+                values["v"] = found
 
 
 def _configure_logging() -> None:

@@ -1,5 +1,6 @@
 """The shipped nginx site in front of real gunicorn: sign-in, pages, static files, forms, uploads, the API,
 /metrics behind its allow list, TLS that makes cookies Secure, and forwarded headers a client cannot forge."""
+import gzip
 import http.client
 import json
 import os
@@ -127,6 +128,8 @@ class Browser:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         data = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            data = gzip.decompress(data)
         for header in response.headers.get_all("Set-Cookie") or []:
             name, value = header.split(";", 1)[0].split("=", 1)
             self.cookies[name] = value
@@ -170,6 +173,15 @@ def test_the_shipped_nginx_site_in_front_of_gunicorn(nginx_ports, credentials):
 
     status, headers, css = browser.request("GET", "/static/css/app.css")
     assert status == 200 and ".status-block" in css and headers["X-Content-Type-Options"] == "nosniff"
+    # Text goes out compressed, and static files are cached for a year under versioned URLs.
+    versioned = re.search(r'src="(/static/vendor/htmx\.min\.js\?v=[0-9a-f]{12})"', body)
+    assert versioned, "pages link static files with their content's version"
+    status, headers, js = browser.request("GET", versioned[1], headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip" and "htmx" in js
+    assert "max-age=31536000" in headers["Cache-Control"] and "immutable" in headers["Cache-Control"]
+    for path in ("/static/css/app.css", "/runs"):
+        status, headers, _ = browser.request("GET", path, headers={"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["Content-Encoding"] == "gzip", path
 
     status, headers, _ = browser.post_form("/runs/new", {"dataset_key": SAMPLE, "mode": "sync"})
     assert status == 303
@@ -186,8 +198,9 @@ def test_the_shipped_nginx_site_in_front_of_gunicorn(nginx_ports, credentials):
     api = Browser(https_port)
     status, headers, body = api.request("GET", "/api/tunix/runs")
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer") and json.loads(body)["error"]
-    status, _, body = api.request("GET", "/api/tunix/runs", headers={"Authorization": f"Bearer {credentials.token}"})
-    assert status == 200 and len(json.loads(body)["runs"]) == 1
+    status, headers, body = api.request("GET", "/api/tunix/runs", headers={
+        "Authorization": f"Bearer {credentials.token}", "Accept-Encoding": "gzip"})
+    assert status == 200 and len(json.loads(body)["runs"]) == 1 and headers["Content-Encoding"] == "gzip"
     too_big = json.dumps({"name": "big", "jsonl": "x" * 1_500_000}).encode()
     status, headers, body = api.request("POST", "/api/datasets", too_big, {
         "Authorization": f"Bearer {credentials.token}", "Content-Type": "application/json"})

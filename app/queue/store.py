@@ -39,13 +39,15 @@ _OLDEST_EXPIRED_LEASE = text("""
 
 def claim_next_run(worker_id: str) -> LeasedRun | None:
     """Claim the oldest pending run for this worker and mark it running, in one short transaction."""
-    run_id = db.session.execute(_NEXT_PENDING).scalar()
-    if run_id is None:
-        db.session.rollback()
-        return None
-    # Still in the SELECT's transaction: the row lock holds until the claim commits.
-    if not lifecycle.claim(run_id, worker_id):
-        return None
+    # Timed as a reader would call it: the locking SELECT, the UPDATE and the commit.
+    with metrics.timed_db_write("claim"):
+        run_id = db.session.execute(_NEXT_PENDING).scalar()
+        if run_id is None:
+            db.session.rollback()
+            return None
+        # Still in the SELECT's transaction: the row lock holds until the claim commits.
+        if not lifecycle.claim(run_id, worker_id):
+            return None
     leased = LeasedRun.of(db.session.get(TunixRun, run_id))
     # End the read: no transaction may stay open (and idle) while the trainer runs.
     db.session.rollback()

@@ -73,6 +73,13 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     """
     if mode not in states.MODES:
         raise ValidationError("invalid mode", {"mode": f"must be one of {', '.join(states.MODES)}, got {mode!r}"})
+    # Timed whole, as the caller waits for it: validation and the checks included, not only the INSERT.
+    with metrics.timed_db_write("submit_run"):
+        return _submit(raw, mode, idempotency_key, retry_of, created_by)
+
+
+def _submit(raw: dict[str, Any], mode: str, idempotency_key: str | None, retry_of: uuid.UUID | None,
+            created_by: int | None) -> tuple[TunixRun, bool]:
     config = validate_submission(raw)
     if idempotency_key:
         existing = _find_by_idempotency_key(idempotency_key)
