@@ -276,7 +276,7 @@ class SweepTrial(db.Model):
 
 
 class RunCounter(db.Model):
-    """Counts kept by the tunix_runs_counted trigger (runs by status and mode, recoveries), sharded so
+    """Counts kept by the tunix_runs_counted_* triggers (runs by status and mode, recoveries), sharded so
     that concurrent writers rarely meet on one row; a counter is the sum of its shards."""
 
     __tablename__ = "run_counters"

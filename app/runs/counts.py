@@ -1,6 +1,6 @@
 """Run counts by status and mode, and recoveries, read in O(1) at any table size.
 
-The `tunix_runs_counted` trigger (migration 0007) keeps `run_counters` in the same transaction
+The `tunix_runs_counted_*` statement triggers (migration 0007) keep `run_counters` in the same transaction
 as every insert, status change and delete; `reconcile` recounts exactly now and then, in case
 anything ever bypassed it (a TRUNCATE does).
 """

@@ -69,6 +69,13 @@ def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status:
     terminal state stamps completed_at and the duration; entering pending or cancelling
     notifies the workers in the same transaction. Returns False when the run had moved on.
     """
+    return _transition(TunixRun.id == run_id, run_id, from_status, to_status, lease=lease, **fields) is not None
+
+
+def _transition(which, run_id, from_status: str | tuple[str, ...], to_status: str, *, lease: Lease | None = None,
+                returning: tuple = (), **fields: Any):
+    """The compare-and-set of `transition`, on the run `which` picks; the returned row (mode, duration,
+    id and `returning`), or None when no run was in `from_status`."""
     sources = (from_status,) if isinstance(from_status, str) else tuple(from_status)
     for source in sources:
         if not states.can_transition(source, to_status):
@@ -77,35 +84,43 @@ def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status:
     if states.is_terminal(to_status):
         values["completed_at"] = event_time()
         values["duration_seconds"] = func.extract("epoch", event_time() - TunixRun.started_at)
-    conditions = [TunixRun.id == run_id, TunixRun.status.in_(sources)]
+    conditions = [which, TunixRun.status.in_(sources)]
     if lease is not None:
         conditions += [TunixRun.worker_id == lease.holder, TunixRun.attempt == lease.attempt]
     # No synchronising of loaded objects: callers re-read the run (2 of the claim path's 17 ms went there).
     stmt = (update(TunixRun).where(*conditions).values(**values).execution_options(synchronize_session=False)
-            .returning(TunixRun.mode, TunixRun.duration_seconds))
+            .returning(TunixRun.id, TunixRun.mode, TunixRun.duration_seconds, *returning))
     with metrics.timed_db_write("transition"):
         row = db.session.execute(stmt).first()
         if row is not None and to_status == PENDING:
-            notify(db.session, QUEUE_CHANNEL, str(run_id))
+            notify(db.session, QUEUE_CHANNEL, str(row.id))
         elif row is not None and to_status == CANCELLING:
-            notify(db.session, CANCEL_CHANNEL, str(run_id))
+            notify(db.session, CANCEL_CHANNEL, str(row.id))
         db.session.commit()
     wanted = "/".join(sources)
     if row is None:
-        log.info("run %s: %s -> %s refused, it is no longer %s%s", run_id, wanted, to_status, wanted,
-                 f" held by {lease.holder}" if lease else "")
-        return False
-    log.info("run %s: %s -> %s%s", run_id, wanted, to_status,
+        if run_id is not None:
+            log.info("run %s: %s -> %s refused, it is no longer %s%s", run_id, wanted, to_status, wanted,
+                     f" held by {lease.holder}" if lease else "")
+        return None
+    log.info("run %s: %s -> %s%s", row.id, wanted, to_status,
              f" ({fields['error_message']})" if fields.get("error_message") else "")
     if states.is_terminal(to_status):
         metrics.observe_run_finished(row.mode, to_status, row.duration_seconds)
-    return True
+    return row
 
 
-def claim(run_id: uuid.UUID, worker_id: str) -> bool:
-    """pending -> running for this worker: a new attempt, with a fresh heartbeat."""
-    return transition(run_id, PENDING, RUNNING, worker_id=worker_id, started_at=event_time(),
-                      heartbeat_at=event_time(), attempt=TunixRun.attempt + 1, cancel_requested_at=None)
+def claim(pick, worker_id: str) -> LeasedRun | None:
+    """pending -> running for this worker, on the run `pick` chooses (the queue's locking subquery):
+    a new attempt with a fresh heartbeat, and what the execution needs, in one statement."""
+    row = _transition(TunixRun.id == pick, None, PENDING, RUNNING, worker_id=worker_id, started_at=event_time(),
+                      heartbeat_at=event_time(), attempt=TunixRun.attempt + 1, cancel_requested_at=None,
+                      returning=(TunixRun.dataset_key, TunixRun.config, TunixRun.max_attempts, TunixRun.worker_id,
+                                 TunixRun.attempt, TunixRun.sweep_id))
+    if row is None:
+        return None
+    return LeasedRun(row.id, row.mode, row.dataset_key, dict(row.config), row.max_attempts,
+                     Lease(row.worker_id, row.attempt), row.sweep_id)
 
 
 def requeue(run_id: uuid.UUID, lease: Lease, reason: str, *, recovered: bool) -> bool:

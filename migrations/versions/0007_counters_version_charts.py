@@ -16,34 +16,56 @@ depends_on = None
 SHARDS = 16  # concurrent writers spread over this many rows per counter
 
 COUNT_FUNCTIONS = f"""
-CREATE FUNCTION tunix_bump_counter(counter text, delta bigint) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO run_counters (name, shard, n) VALUES (counter, pg_backend_pid() % {SHARDS}, delta)
+CREATE FUNCTION tunix_bump_counters(deltas jsonb) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO run_counters (name, shard, n)
+    SELECT key, pg_backend_pid() % {SHARDS}, value::bigint FROM jsonb_each_text(deltas) WHERE value::bigint <> 0
     ON CONFLICT (name, shard) DO UPDATE SET n = run_counters.n + EXCLUDED.n
 $$;
 
-CREATE FUNCTION tunix_count_runs() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One upsert per counter per statement (not per row): a bulk insert of a million runs costs a few
+-- upserts, and a counter row is not rewritten a million times inside one transaction.
+CREATE FUNCTION tunix_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM tunix_bump_counter('runs:' || NEW.status || ':' || NEW.mode, 1);
-        IF NEW.recoveries <> 0 THEN PERFORM tunix_bump_counter('recoveries', NEW.recoveries); END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM tunix_bump_counter('runs:' || OLD.status || ':' || OLD.mode, -1);
-        IF OLD.recoveries <> 0 THEN PERFORM tunix_bump_counter('recoveries', -OLD.recoveries); END IF;
-    ELSE
-        IF NEW.status IS DISTINCT FROM OLD.status OR NEW.mode IS DISTINCT FROM OLD.mode THEN
-            PERFORM tunix_bump_counter('runs:' || OLD.status || ':' || OLD.mode, -1);
-            PERFORM tunix_bump_counter('runs:' || NEW.status || ':' || NEW.mode, 1);
-        END IF;
-        IF NEW.recoveries IS DISTINCT FROM OLD.recoveries THEN
-            PERFORM tunix_bump_counter('recoveries', NEW.recoveries - OLD.recoveries);
-        END IF;
-    END IF;
+    PERFORM tunix_bump_counters((SELECT jsonb_object_agg(name, n) FROM (
+        SELECT 'runs:' || status || ':' || mode AS name, count(*) AS n FROM new_rows GROUP BY status, mode
+        UNION ALL SELECT 'recoveries', coalesce(sum(recoveries), 0) FROM new_rows) counted));
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER tunix_runs_counted AFTER INSERT OR DELETE OR UPDATE OF status, mode, recoveries ON tunix_runs
-    FOR EACH ROW EXECUTE FUNCTION tunix_count_runs();
+CREATE FUNCTION tunix_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tunix_bump_counters((SELECT jsonb_object_agg(name, -n) FROM (
+        SELECT 'runs:' || status || ':' || mode AS name, count(*) AS n FROM old_rows GROUP BY status, mode
+        UNION ALL SELECT 'recoveries', coalesce(sum(recoveries), 0) FROM old_rows) counted));
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION tunix_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tunix_bump_counters((SELECT jsonb_object_agg(name, n) FROM (
+        SELECT name, sum(n) AS n FROM (
+            SELECT 'runs:' || o.status || ':' || o.mode AS name, -1 AS n FROM old_rows o JOIN new_rows n USING (id)
+                WHERE o.status <> n.status OR o.mode <> n.mode
+            UNION ALL
+            SELECT 'runs:' || n.status || ':' || n.mode, 1 FROM old_rows o JOIN new_rows n USING (id)
+                WHERE o.status <> n.status OR o.mode <> n.mode
+            UNION ALL
+            SELECT 'recoveries', n.recoveries - o.recoveries FROM old_rows o JOIN new_rows n USING (id)
+                WHERE n.recoveries <> o.recoveries) changes
+        GROUP BY name) counted));
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tunix_runs_counted_insert AFTER INSERT ON tunix_runs REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_inserted();
+CREATE TRIGGER tunix_runs_counted_delete AFTER DELETE ON tunix_runs REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_deleted();
+CREATE TRIGGER tunix_runs_counted_update AFTER UPDATE ON tunix_runs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_updated();
 """
 
 
@@ -70,9 +92,10 @@ def upgrade():
 
 
 def downgrade():
-    op.execute("DROP TRIGGER tunix_runs_counted ON tunix_runs")
-    op.execute("DROP FUNCTION tunix_count_runs()")
-    op.execute("DROP FUNCTION tunix_bump_counter(text, bigint)")
+    for event, function in (("insert", "inserted"), ("delete", "deleted"), ("update", "updated")):
+        op.execute(f"DROP TRIGGER tunix_runs_counted_{event} ON tunix_runs")
+        op.execute(f"DROP FUNCTION tunix_count_{function}()")
+    op.execute("DROP FUNCTION tunix_bump_counters(jsonb)")
     op.drop_table("run_charts")
     op.drop_table("run_counters")
     op.drop_column("tunix_runs", "version")
