@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,7 +128,7 @@ def fragment_state(run_id: str):
                               .where(TunixRun.id == parsed)).first()
 
 
-QUEUE_COUNT_LIMIT = 1000  # runs ahead counted exactly; past this the page says "over 1,000 ahead"
+QUEUE_COUNT_LIMIT = 200  # runs ahead counted exactly; past this the page says "over 200 runs ahead"
 
 
 @dataclass(frozen=True)
@@ -151,13 +152,24 @@ def queue_position(run) -> QueuePosition | None:
     return QueuePosition(counted + 1, counted < QUEUE_COUNT_LIMIT)
 
 
-def typical_run_seconds(sample: int = 20) -> float | None:
-    """The median duration of the latest completed queued runs; None before there is one."""
+_typical: tuple[float, float | None] | None = None  # (when, value): every pending page asks for it
+
+
+def typical_run_seconds(sample: int = 20, reuse_seconds: float = 0.0) -> float | None:
+    """The median duration of the latest completed queued runs; None before there is one.
+
+    Within `reuse_seconds` of the last reading in this process, that reading is returned.
+    """
+    global _typical
+    now = time.monotonic()
+    if _typical is not None and now - _typical[0] < reuse_seconds:
+        return _typical[1]
     durations = sorted(db.session.scalars(
         select(TunixRun.duration_seconds).where(TunixRun.status == COMPLETED, TunixRun.mode == ASYNC,
                                                 TunixRun.duration_seconds.is_not(None))
         .order_by(TunixRun.created_at.desc()).limit(sample)))
-    return float(durations[len(durations) // 2]) if durations else None
+    _typical = (now, float(durations[len(durations) // 2]) if durations else None)
+    return _typical[1]
 
 
 def runs_by_ids(run_ids: list[uuid.UUID]) -> list[TunixRun]:

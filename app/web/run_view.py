@@ -110,7 +110,7 @@ def _queue_estimate(position: int | None, workers: int) -> float | None:
     """When a pending run should start, from the typical run time and the live workers; None when unknown."""
     if not position or workers == 0:
         return None
-    typical = queries.typical_run_seconds()
+    typical = queries.typical_run_seconds(reuse_seconds=current_app.config["METRICS_CACHE_SECONDS"])
     return None if typical is None else math.ceil(position / workers) * typical
 
 
