@@ -64,6 +64,7 @@ def seed(app, runs: int, pending: int) -> dict[str, str]:
 
     with app.app_context():
         user, password = accounts.create_user("bench")
+        token = accounts.create_token(user, "bench")[1]
         db.session.execute(text(SEED_RUNS), {"runs": runs, "pending": pending})
         db.session.commit()
         ids = {}
@@ -94,7 +95,7 @@ def seed(app, runs: int, pending: int) -> dict[str, str]:
                 db.session.commit()
             ids[scenario] = str(run.id)
         db.session.remove()
-    return {**ids, "password": password}
+    return {**ids, "password": password, "token": token}
 
 
 def analyze(url: str) -> None:
@@ -318,15 +319,22 @@ def main() -> None:
                 status = "pending" if scenario == "pending" else ("running" if scenario == "running" else "completed")
                 paths[f"fragment, {scenario}"] = f"/runs/{ids[scenario]}/status?log_after=999999&seen={status}"
             paths["status JSON, running"] = f"/api/tunix/runs/{ids['running']}/status"
+            api = {"Authorization": f"Bearer {ids['token']}"}  # the API takes a token, not the session
+
+            def headers_for(path: str) -> dict:
+                return api if path.startswith("/api/") else headers
+
             for path in paths.values():  # warm every process and cache
                 for _ in range(20):
-                    get(port, path, headers)
+                    get(port, path, headers_for(path))
             table = []
             bare = None
             for name, path in paths.items():
-                code, response_headers, body = get(port, path, headers)
+                code, response_headers, body = get(port, path, headers_for(path))
+                if code != 200:
+                    raise SystemExit(f"{name}: {path} answered {code}")
                 row = {"what": name, "status": code, "bytes": len(body)}
-                row["max_per_s"] = round(max_rate(port, path, headers, args.seconds), 1)
+                row["max_per_s"] = round(max_rate(port, path, headers_for(path), args.seconds), 1)
                 if name == "bare route":
                     bare = row["max_per_s"]
                 row["ratio"] = round(row["max_per_s"] / bare, 3) if bare else None
@@ -338,7 +346,7 @@ def main() -> None:
                     row["at_250"] = open_loop(port, path, headers, 250, args.seconds)
                     row["at_250_conditional"] = open_loop(port, path, conditional, 250, args.seconds)
                 else:
-                    row["at_250"] = open_loop(port, path, headers, 250, args.seconds)
+                    row["at_250"] = open_loop(port, path, headers_for(path), 250, args.seconds)
                 table.append(row)
             results["fragment"] = table
 
