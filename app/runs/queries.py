@@ -26,6 +26,11 @@ def get_run(run_id: str) -> TunixRun | None:
     return db.session.get(TunixRun, parsed)
 
 
+def chart_version(run_id: uuid.UUID) -> int | None:
+    """The version of the run's chart row (None without one): enough to know a drawn chart is current."""
+    return db.session.scalar(select(RunChart.version).where(RunChart.run_id == run_id))
+
+
 def chart_of(run_id: uuid.UUID) -> tuple[dict[str, list[dict[str, Any]]], int | None]:
     """The chart's series and their version: one bounded row, kept by the recorder as points arrive.
     A run recorded before that row existed is read (and thinned) from its points, with no version."""

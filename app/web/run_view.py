@@ -150,14 +150,17 @@ _charts_lock = threading.Lock()
 def chart_markup(run_id) -> Markup | None:
     """The run's drawn chart; drawn once per version of its series in this process, since every open
     page of a run asks for the same picture every few seconds."""
+    version = queries.chart_version(run_id)  # a few bytes; the series (tens of KB) only when not drawn yet
+    key = (run_id, version)
+    if version is not None:
+        with _charts_lock:
+            if key in _CHARTS:
+                _CHARTS.move_to_end(key)
+                return _CHARTS[key]
     series, version = queries.chart_of(run_id)
     if version is None:
         return loss_chart.render_charts(series)
     key = (run_id, version)
-    with _charts_lock:
-        if key in _CHARTS:
-            _CHARTS.move_to_end(key)
-            return _CHARTS[key]
     drawn = loss_chart.render_charts(series)
     with _charts_lock:
         _CHARTS[key] = drawn
