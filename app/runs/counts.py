@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from app.extensions import db
 from app.models import RunCounter, TunixRun
@@ -45,7 +46,14 @@ def reconcile(every_seconds: float) -> bool:
     if last is not None and float(now) - float(last) < every_seconds:
         db.session.rollback()
         return False
-    db.session.execute(text("LOCK TABLE tunix_runs IN SHARE MODE"))
+    # Waiting behind a long writer would queue every other writer behind this lock: give up instead,
+    # and try again at the next housekeeping.
+    db.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+    try:
+        db.session.execute(text("LOCK TABLE tunix_runs IN SHARE MODE"))
+    except OperationalError:
+        db.session.rollback()
+        return False
     exact = db.session.execute(select(TunixRun.status, TunixRun.mode, func.count(),
                                       func.coalesce(func.sum(TunixRun.recoveries), 0))
                                .group_by(TunixRun.status, TunixRun.mode)).all()
