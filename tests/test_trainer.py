@@ -81,6 +81,7 @@ def test_scoring_finds_what_a_model_memorised(client, app):
         {"prompt": p, "response": r} for p, r in facts]})
     assert created.status_code == 201
     app.config["TRAIN_COMMAND"] = REAL_TRAINER
+    app.config["RUN_TIMEOUT_SECONDS"] = 600.0  # a real run inside the request, on a busy CI host
     run = client.post("/api/tunix/run?mode=sync", json={
         "dataset_key": "codes-v1", "eval_dataset_key": "codes-v1", "eval_fraction": 0, "batch_size": 4,
         "max_steps": 150, "num_epochs": 1000, "learning_rate": 0.01, "warmup_steps": 10, "max_seq_length": 32,
@@ -123,6 +124,7 @@ def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worke
 
 def test_a_run_can_start_from_an_exported_checkpoint(client, app, artifacts_root):
     app.config["TRAIN_COMMAND"] = REAL_TRAINER
+    app.config["RUN_TIMEOUT_SECONDS"] = 600.0  # two real runs in one request each, on a busy CI host
     first = client.post("/api/tunix/run?mode=sync", json={
         "dataset_key": SAMPLE, "max_steps": 30, "learning_rate": 0.003, "eval_fraction": 0}).get_json()
     assert first["status"] == "completed", first["error_message"]
@@ -135,11 +137,15 @@ def test_a_run_can_start_from_an_exported_checkpoint(client, app, artifacts_root
 
     second = client.post("/api/tunix/run?mode=sync", json={
         "dataset_key": SAMPLE, "model_id": str(checkpoint), "max_steps": 5, "finetune": "lora",
-        "lora_rank": 4, "eval_fraction": 0}).get_json()
+        "lora_rank": 4, "eval_max_examples": 4, "eval_max_new_tokens": 8}).get_json()
     assert second["status"] == "completed", second["error_message"] or second["stderr_tail"]
     # The base weights were loaded: training resumes near the first run's loss, far below a fresh model's.
     assert second["result"]["first_loss"] < first["result"]["first_loss"] - 1.5
     assert second["result"]["trainable_parameters"] < second["result"]["parameters"] / 2
+    # A LoRA model on a checkpoint's own tokenizer is scored with Tunix's sampler too.
+    scored = second["result"]["evaluation"]
+    assert scored["error"] is None and scored["examples"] == 4
+    assert scored["before"]["examples"] == scored["after"]["examples"] == 4
 
 
 def test_missing_training_stack_is_a_clear_failure(tmp_path):
