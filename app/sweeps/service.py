@@ -57,7 +57,11 @@ def create_sweep(raw: Any, actor) -> Sweep:
     db.session.commit()
     log.info("sweep %s created: %d trials, %d at a time, %s on %s", sweep.id, sweep.max_trials,
              sweep.parallelism, sweep.sampler, sweep.objective_metric)
-    advance(sweep.id)
+    try:
+        advance(sweep.id)
+    except Exception:  # the sweep exists: the workers' housekeeping queues its first trials instead
+        db.session.rollback()
+        log.exception("sweep %s: queuing its first trials failed; the workers will retry", sweep.id)
     return db.session.get(Sweep, sweep.id)
 
 
