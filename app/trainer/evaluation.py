@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.contract import progress_protocol, run_files, scoring, training_plan
+from app.trainer import data as run_data
 
 BATCH_SIZE = 16
 
@@ -131,23 +132,13 @@ def _generated_length(tokens, tokenizer: SamplerTokenizer) -> int:
     return count
 
 
-def read_jsonl_examples(path: Path) -> list[tuple[str, str]]:
-    examples = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                value = json.loads(line)
-                examples.append((value["prompt"], value["response"]))
-    return examples
-
-
 def eval_set_for(run_dir: Path, config: dict, examples: list[tuple[str, str]], eval_idx: list[int]) -> EvalSet | None:
     """What the run is scored on: the separate eval dataset when it names one, else the held-out split."""
     limit = config["eval_max_examples"]
     if limit == 0:
         return None
     if config.get("eval_dataset_key"):
-        chosen = read_jsonl_examples(run_dir / run_files.EVAL_DATASET_FILE)[:limit]
+        chosen = run_data.read_examples(run_dir / run_files.EVAL_DATASET_FILE)[:limit]
         return EvalSet(chosen, config["eval_dataset_key"], "eval dataset") if chosen else None
     chosen = [examples[i] for i in eval_idx[:limit]]
     return EvalSet(chosen, config["dataset_key"], "held-out split") if chosen else None
