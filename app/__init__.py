@@ -30,14 +30,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         database_url = embedded_database_url(instance_dir())
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-        "pool_pre_ping": True,
+        "pool_pre_ping": False,  # see ping_idle_connections
         "pool_size": app.config["DB_POOL_SIZE"],
         "max_overflow": app.config["DB_MAX_OVERFLOW"],
     }
 
-    from app.extensions import csrf, db, login_manager, migrate
+    from app.extensions import csrf, db, login_manager, migrate, ping_idle_connections
 
     db.init_app(app)
+    with app.app_context():
+        ping_idle_connections(db.engine, app.config["DB_PING_IDLE_SECONDS"])
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
     login_manager.init_app(app)

@@ -66,6 +66,8 @@ def load_settings() -> dict:
         # a smaller pool closes and reopens connections under load.
         "DB_POOL_SIZE": _int("TUNIX_DB_POOL_SIZE", _int("GUNICORN_THREADS", 8) + 1),
         "DB_MAX_OVERFLOW": _int("TUNIX_DB_MAX_OVERFLOW", 5),
+        # A pooled connection idle this long is checked with a round trip before use; busy ones are not.
+        "DB_PING_IDLE_SECONDS": _float("TUNIX_DB_PING_IDLE_SECONDS", 1.0),
         # How often a worker recounts the run counts exactly (they are kept by a trigger meanwhile).
         "COUNTS_RECONCILE_SECONDS": _float("TUNIX_COUNTS_RECONCILE_SECONDS", 3600.0),
         # JAX's persistent compilation cache, shared by the trainers a host starts ("" turns it off).

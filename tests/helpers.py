@@ -79,11 +79,17 @@ def run_status(client, run_id: str) -> str:
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
-    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds.
+
+    Once it holds, this process's change feeds have heard every commit made so far (app.change_feed):
+    what another process wrote before the condition held is then seen by pages served here too."""
+    from app import change_feed
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
+            change_feed.sync_started()
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")

@@ -8,9 +8,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from flask_login import UserMixin
 from sqlalchemy import delete, func, or_, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from app.change_feed import USERS, FeedCache
 from app.errors import AppError, ConflictError, NotFoundError, ValidationError
 from app.extensions import db
 from app.models import ADMIN, MEMBER, ApiToken, SignInFailure, User
@@ -90,8 +92,31 @@ def find_user(username: str) -> User | None:
     return db.session.scalar(select(User).where(User.username == username))
 
 
-def get_user(user_id: int) -> User | None:
-    return db.session.get(User, user_id)
+@dataclass(frozen=True, eq=False)
+class SignedInUser(UserMixin):
+    """Who a page session belongs to: a copy of the user row, so a process can keep it between requests."""
+
+    id: int
+    username: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+
+# Every page request signs in from its session cookie. The copy is kept until the user's row changes
+# or is deleted (a trigger notifies; app.change_feed), so a poll does not read the user every time.
+_signed_in = FeedCache(USERS, size=4096)
+
+
+def signed_in_user(user_id: int) -> SignedInUser | None:
+    """The user a session names, or None when it no longer exists."""
+    def load() -> SignedInUser | None:
+        row = db.session.execute(select(User.id, User.username, User.role).where(User.id == user_id)).first()
+        return None if row is None else SignedInUser(row.id, row.username, row.role)
+
+    return _signed_in.get(str(user_id), load)
 
 
 def has_users() -> bool:
@@ -139,7 +164,7 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_token(user: User, label: str = "") -> tuple[ApiToken, str]:
+def create_token(user: User | SignedInUser, label: str = "") -> tuple[ApiToken, str]:
     """A new API token for the user and its secret, which is shown once and stored only as a hash."""
     label = (label or "").strip() or "token"
     if len(label) > LABEL_MAX or any(ord(c) < 32 or ord(c) == 127 for c in label):

@@ -2,6 +2,7 @@
 queue statistics /metrics reports."""
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import metrics
+from app.change_feed import WHOLE, WORKERS, FeedCache
 from app.extensions import db
 from app.models import TunixRun, Worker
 from app.runs import counts
@@ -72,14 +74,27 @@ def count_alive(alive_within_seconds: float) -> int:
         Worker.state != STOPPED, _seen_within(alive_within_seconds))) or 0)
 
 
-def worker_presence(alive_within_seconds: float) -> tuple[float | None, int]:
-    """In one query: seconds since any running worker last heartbeated (None when none is registered),
-    and how many heartbeated within the given time."""
-    quiet, alive = db.session.execute(
-        select(func.extract("epoch", func.now() - func.max(Worker.last_seen_at)),
-               func.count().filter(_seen_within(alive_within_seconds)))
+# The workers' heartbeats, kept per process until a worker writes its row (a trigger notifies).
+_heartbeats = FeedCache(WORKERS, size=1)
+
+
+def _read_heartbeats() -> tuple[float, float, tuple[float, ...]]:
+    """When this was read (monotonic), the database's clock then, and each running worker's last heartbeat
+    (epoch seconds, on the database's clock)."""
+    now, seen = db.session.execute(
+        select(func.extract("epoch", func.now()), func.array_agg(func.extract("epoch", Worker.last_seen_at)))
         .where(Worker.state != STOPPED)).one()
-    return (None if quiet is None else float(quiet)), int(alive or 0)
+    return time.monotonic(), float(now), tuple(float(s) for s in seen or ())
+
+
+def worker_presence(alive_within_seconds: float) -> tuple[float | None, int]:
+    """Seconds since any running worker last heartbeated (None when none is registered), and how many
+    heartbeated within the given time; from the heartbeats this process last read, aged by the time since."""
+    read_at, then, seen = _heartbeats.get(WHOLE, _read_heartbeats)
+    now = then + (time.monotonic() - read_at)
+    if not seen:
+        return None, 0
+    return max(0.0, now - max(seen)), sum(1 for s in seen if s >= now - alive_within_seconds)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The NOTIFY channels: run moves send on them inside their transaction; workers LISTEN (app.queue.listener)."""
+"""The NOTIFY channels: run moves send on them inside their transaction; workers LISTEN (app.listen)."""
 from __future__ import annotations
 
 from sqlalchemy import text

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Integer, cast, func, or_, select, tuple_
 
+from app.change_feed import QUEUE, RUNS, FeedCache
 from app.extensions import db
 from app.models import RunChart, RunMetric, TunixRun, User
 from app.runs import chart_series
@@ -122,15 +123,22 @@ def list_runs_query(*, status: str | None = None, mode: str | None = None, datas
     return stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
 
 
+# Kept per process until the run (or, for a place in the queue, the queue) is named by a notification.
+_fragment_states = FeedCache(RUNS, size=20_000)
+_queue_positions = FeedCache(QUEUE, size=20_000)
+
+
 def fragment_state(run_id: str):
     """What decides whether a run's status fragment changed: its version and status (and, for a pending
-    run, its place in the queue): one read by primary key. None for an unknown or malformed id."""
+    run, its place in the queue). One read by primary key, or none while the run has not changed since
+    this process last read it. None for an unknown or malformed id."""
     try:
         parsed = uuid.UUID(str(run_id))
     except ValueError:
         return None
-    return db.session.execute(select(TunixRun.id, TunixRun.version, TunixRun.status, TunixRun.queued_at)
-                              .where(TunixRun.id == parsed)).first()
+    return _fragment_states.get(str(parsed), lambda: db.session.execute(
+        select(TunixRun.id, TunixRun.version, TunixRun.status, TunixRun.queued_at)
+        .where(TunixRun.id == parsed)).first())
 
 
 QUEUE_COUNT_LIMIT = 200  # runs ahead counted exactly; past this the page says "over 200 runs ahead"
@@ -150,11 +158,16 @@ def queue_position(run) -> QueuePosition | None:
     """
     if run.status != PENDING or run.queued_at is None:
         return None
-    ahead = select(TunixRun.id).where(
-        TunixRun.status == PENDING,
-        tuple_(TunixRun.queued_at, TunixRun.id) < tuple_(run.queued_at, run.id)).limit(QUEUE_COUNT_LIMIT)
-    counted = int(db.session.scalar(select(func.count()).select_from(ahead.subquery())))
-    return QueuePosition(counted + 1, counted < QUEUE_COUNT_LIMIT)
+
+    def count() -> QueuePosition:
+        ahead = select(TunixRun.id).where(
+            TunixRun.status == PENDING,
+            tuple_(TunixRun.queued_at, TunixRun.id) < tuple_(run.queued_at, run.id)).limit(QUEUE_COUNT_LIMIT)
+        counted = int(db.session.scalar(select(func.count()).select_from(ahead.subquery())))
+        return QueuePosition(counted + 1, counted < QUEUE_COUNT_LIMIT)
+
+    # Counted again only once the queue has moved (a run entered or left it) since this process counted.
+    return _queue_positions.get((str(run.id), run.queued_at), count)
 
 
 _typical: tuple[float, float | None] | None = None  # (when, value): every pending page asks for it

@@ -24,7 +24,7 @@ OPEN_ENDPOINTS = frozenset({"auth.login", "static", "api.health", "prometheus_me
 
 @login_manager.user_loader
 def _load_user(user_id: str):
-    return accounts.get_user(int(user_id)) if user_id.isdigit() else None
+    return accounts.signed_in_user(int(user_id)) if user_id.isdigit() else None
 
 
 @token_auth.verify_token

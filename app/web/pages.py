@@ -121,12 +121,17 @@ def run_status_fragment(run_id: str):
     With ?log_after=SEQ it also carries the output stored since that chunk, appended
     to the page's log out of band.
     """
-    # Conditional requests: every open page asks every few seconds, and mostly nothing has changed.
-    # The validator takes one indexed read; a match is answered 304 before anything is rendered.
+    # Every open page asks every few seconds, and mostly nothing has changed. The validator comes from
+    # what this process has heard changed (app.change_feed): a match is answered 304, and a request
+    # without one gets the fragment this process last rendered for the same validator.
     viewer = f"{current_actor().user_id}:{session.get('csrf_token', '')}"
-    etag = run_view.fragment_etag(run_id, request.query_string.decode(errors="replace"), viewer)
-    if etag is not None and request.if_none_match.contains(etag):
-        return _fragment_headers(Response(status=304), etag)
+    state = run_view.fragment_state(run_id, request.query_string.decode(errors="replace"), viewer)
+    if state is not None:
+        if request.if_none_match.contains(state.etag):
+            return _fragment_headers(Response(status=304), state.etag)
+        kept = run_view.rendered_fragment(state)
+        if kept is not None:
+            return _fragment_headers(Response(kept), state.etag)
     run = run_or_404(run_id)
     try:
         log_after = max(0, int(request.args.get("log_after", "")))
@@ -134,9 +139,12 @@ def run_status_fragment(run_id: str):
         log_after = None
     seen = request.args.get("seen")
     body = render_template("runs/_status.html", log_increment=log_after is not None,
-                           **run_view.status_context(run, log_after=log_after,
+                           **run_view.status_context(run, log_after=log_after, state=state,
                                                      seen_status=seen if seen in STATUSES else None))
-    return _fragment_headers(Response(body), etag)
+    if state is None:
+        return _fragment_headers(Response(body), None)
+    run_view.keep_fragment(state, run, body)
+    return _fragment_headers(Response(body), state.etag)
 
 
 def _fragment_headers(response: Response, etag: str | None) -> Response:

@@ -10,7 +10,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Hashable
 
 from flask import current_app
 from markupsafe import Markup
@@ -142,53 +142,94 @@ class Waiting:
         return cls(position, _queue_estimate(position.position, alive), _worker_note(quiet))
 
 
-_CHARTS: OrderedDict[tuple, Markup | None] = OrderedDict()
-_CHARTS_KEPT = 512
-_charts_lock = threading.Lock()
+class Drawn:
+    """Markup drawn once and served again while its key holds; the oldest go first past `max_chars`."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars, self._chars = max_chars, 0
+        self._kept: OrderedDict[Hashable, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> str | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def keep(self, key: Hashable, markup: str) -> None:
+        with self._lock:
+            if key in self._kept:
+                return
+            self._kept[key] = markup
+            self._chars += len(markup)
+            while self._chars > self.max_chars and self._kept:
+                self._chars -= len(self._kept.popitem(last=False)[1])
+
+
+# Every open page of a run asks for the same picture and the same fragment every few seconds.
+_charts = Drawn(max_chars=16_000_000)
+_fragments = Drawn(max_chars=16_000_000)
 
 
 def chart_markup(run_id) -> Markup | None:
-    """The run's drawn chart; drawn once per version of its series in this process, since every open
-    page of a run asks for the same picture every few seconds."""
+    """The run's drawn chart; drawn once per version of its series in this process."""
     version = queries.chart_version(run_id)  # a few bytes; the series (tens of KB) only when not drawn yet
-    key = (run_id, version)
     if version is not None:
-        with _charts_lock:
-            if key in _CHARTS:
-                _CHARTS.move_to_end(key)
-                return _CHARTS[key]
+        found = _charts.get((run_id, version))
+        if found is not None:
+            return Markup(found)
     series, version = queries.chart_of(run_id)
-    if version is None:
-        return loss_chart.render_charts(series)
-    key = (run_id, version)
     drawn = loss_chart.render_charts(series)
-    with _charts_lock:
-        _CHARTS[key] = drawn
-        while len(_CHARTS) > _CHARTS_KEPT:
-            _CHARTS.popitem(last=False)
+    if version is not None and drawn is not None:
+        _charts.keep((run_id, version), str(drawn))
     return drawn
 
 
-def fragment_etag(run_id: str, query: str, viewer: str) -> str | None:
-    """The status fragment's validator, decided by one indexed read (and, for a pending run, its queue
-    place and the workers' presence, which change without the run). None for an unknown run."""
+@dataclass(frozen=True)
+class FragmentState:
+    """What the status fragment's validator was computed from."""
+
+    etag: str
+    version: int
+    status: str
+    waiting: Waiting
+
+
+def fragment_state(run_id: str, query: str, viewer: str) -> FragmentState | None:
+    """The status fragment's validator and what decided it: the run's version and status (and, for a
+    pending run, its queue place and the workers' presence, which change without the run). Each is
+    read from the database only when this process has heard that it changed (app.change_feed).
+    None for an unknown run."""
     row = queries.fragment_state(run_id)
     if row is None:
         return None
     parts = [str(row.version), row.status, query, viewer, str(current_app.config["STATUS_POLL_SECONDS"])]
+    waiting = Waiting.of(row)
     if row.status == PENDING:
-        waiting = Waiting.of(row)
         parts += [repr(waiting.position), repr(waiting.wait_seconds), waiting.worker_note or ""]
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()
+    return FragmentState(hashlib.sha1("|".join(parts).encode()).hexdigest(), row.version, row.status, waiting)
+
+
+def rendered_fragment(state: FragmentState) -> str | None:
+    """The fragment this process rendered for the same validator, if it still has it."""
+    return _fragments.get(state.etag)
+
+
+def keep_fragment(state: FragmentState, run: TunixRun, body: str) -> None:
+    """Keep a rendered fragment under its validator, unless the run moved on while it was rendered."""
+    if run.version == state.version and run.status == state.status:
+        _fragments.keep(state.etag, body)
 
 
 def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: str | None = None,
-                   whole_log: bool = False) -> dict:
+                   whole_log: bool = False, state: FragmentState | None = None) -> dict:
     """What the status fragment renders. When the poll saw another status than the run has now, the
     sections around the block are rendered too, to be swapped in out of band (nothing goes stale).
 
     The fragment reads the output stored after `log_after`; without it (and unless `whole_log`, for
-    the page) only where the output ends, so the next poll reads on from there."""
+    the page) only where the output ends, so the next poll reads on from there. The queue place comes
+    from `state` when the run has not moved on since it was computed."""
     max_lines = current_app.config["LOG_TAIL_LINES"]
     if log_after is not None:
         log = logs.after(run.id, log_after, max_lines)
@@ -196,7 +237,8 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
         log = logs.tail(run.id, max_lines)
     else:
         log = logs.LogSlice([], logs.last_seq(run.id))
-    waiting = Waiting.of(run)
+    same = state is not None and state.version == run.version and state.status == run.status
+    waiting = state.waiting if same else Waiting.of(run)
     context = {"run": run, "progress": ProgressView.of(run), "scores": ScoresView.of(run),
                "chart": chart_markup(run.id),
                "queue_position": waiting.position, "queue_wait_seconds": waiting.wait_seconds,

@@ -26,9 +26,9 @@ from app.execution.lease import RunLease
 from app.execution.runner import execute_leased_run
 from app.execution.tunix_execution import STOP_SHUTDOWN, ExecutionSettings, StopRequest
 from app.extensions import db
+from app.listen import RECONNECTED
 from app.queue import registry, store as queue_store
-from app.queue.listener import RECONNECTED
-from app.runs.channels import CANCEL_CHANNEL
+from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
 from app.runs import counts
 from app.runs.lifecycle import LeasedRun
 from app.sweeps import service as sweep_service
@@ -90,10 +90,10 @@ class Worker:
         if db.engine.dialect.name != "postgresql":
             raise SystemExit("worker.py needs Postgres: the queue claims runs with SKIP LOCKED")
         if self.use_listen:
-            from app.queue.listener import QueueListener
+            from app.listen import Listener
 
-            self.listener = QueueListener(db.engine.url.set(drivername="postgresql").render_as_string(False),
-                                          application_name=f"tunix-rt-listen {self.worker_id}")
+            self.listener = Listener(db.engine.url.set(drivername="postgresql").render_as_string(False),
+                                     (QUEUE_CHANNEL, CANCEL_CHANNEL), f"tunix-rt-listen {self.worker_id}")
         log.info("worker %s: started (%s, fallback poll every %.1f s, lease %.0f s, heartbeat %.0f s)",
                  self.worker_id, "LISTEN/NOTIFY" if self.use_listen else "polling only", self.poll_seconds,
                  self.lease_timeout_seconds, self.heartbeat_seconds)

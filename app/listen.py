@@ -1,11 +1,12 @@
-"""The worker's LISTEN connection: wakes it the moment a run is queued or a cancel is asked.
+"""A LISTEN connection to Postgres: it wakes a worker the moment a run is queued or a cancel is
+asked, and tells each web process which cached reads changed (app.change_feed).
 
 LISTEN needs a session-mode connection to Postgres: behind a transaction-mode pooler
 (PgBouncer in transaction mode) notifications never arrive, and the worker falls back
-to polling every TUNIX_WORKER_POLL_SECONDS. A dropped connection is noticed, logged and
-re-established; until then the worker polls. A notification sent while the connection was
-down is lost, so a re-established connection reports RECONNECTED: the worker then looks at
-the queue (and at its run's cancel flag) at once instead of waiting for the next poll.
+to polling every TUNIX_WORKER_POLL_SECONDS (and a web process to reading every time). A dropped
+connection is noticed, logged and re-established. A notification sent while the connection was
+down is lost, so a re-established connection reports RECONNECTED: the worker then looks at the
+queue (and at its run's cancel flag) at once, and a web process forgets what it cached.
 """
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
-
-log = logging.getLogger("tunix_rt.worker")
+log = logging.getLogger("tunix_rt.listen")
 
 SLICE_SECONDS = 0.25  # how often a blocked wait looks at the stop flag
 RECONNECT_MAX_SECONDS = 30.0
@@ -27,11 +26,10 @@ RECONNECT_MAX_SECONDS = 30.0
 RECONNECTED = "tunix_rt_listen_reconnected"
 
 
-class QueueListener:
-    """One autocommit connection LISTENing on the queue and cancel channels."""
+class Listener:
+    """One autocommit connection LISTENing on the given channels."""
 
-    def __init__(self, dsn: str, channels: tuple[str, ...] = (QUEUE_CHANNEL, CANCEL_CHANNEL),
-                 application_name: str = "tunix-rt-worker-listen"):
+    def __init__(self, dsn: str, channels: tuple[str, ...], application_name: str):
         self.dsn, self.channels, self.application_name = dsn, channels, application_name
         self.conn: psycopg2.extensions.connection | None = None
         self._pending: list[tuple[str, str]] = []
@@ -46,8 +44,9 @@ class QueueListener:
 
     def _connect(self) -> None:
         try:
-            conn = psycopg2.connect(self.dsn, application_name=self.application_name[:63], keepalives=1, keepalives_idle=30, keepalives_interval=10,
-                                    keepalives_count=3, connect_timeout=5)
+            conn = psycopg2.connect(self.dsn, application_name=self.application_name[:63], keepalives=1,
+                                    keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                                    connect_timeout=5)
             conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:
                 for channel in self.channels:
@@ -104,7 +103,7 @@ class QueueListener:
                 return found
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._check_alive()
+                self.check_alive()
                 return []
             if not self.connected:
                 stop.wait(min(SLICE_SECONDS, remaining))
@@ -115,8 +114,8 @@ class QueueListener:
                 self._broken(exc)
         return []
 
-    def _check_alive(self) -> None:
-        # A connection can die without a word (server restart, network): ask it something.
+    def check_alive(self) -> None:
+        """Ask the connection something: one can die without a word (server restart, network)."""
         if not self.connected:
             return
         try:
