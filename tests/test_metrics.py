@@ -38,7 +38,7 @@ def test_metrics_move_with_runs(client):
     for name, labels in [("tunix_run_duration_seconds_count", {"mode": "sync", "status": "completed"}),
                          ("tunix_run_duration_seconds_count", {"mode": "dry_run", "status": "completed"}),
                          ("tunix_db_write_latency_seconds_count", {"operation": "create_run"}),
-                         ("tunix_db_write_latency_seconds_count", {"operation": "transition"}),
+                         ("tunix_db_write_latency_seconds_count", {"operation": "finish"}),
                          ("tunix_db_write_latency_seconds_count", {"operation": "record_progress"})]:
         assert sample(after, name, **labels) > sample(before, name, **labels), (name, labels)
     assert "flask_http_request_total" in after

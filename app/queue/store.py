@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 
 from app import metrics
 from app.extensions import db
@@ -18,9 +18,8 @@ from app.runs.states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, L
                              REQUEUEABLE_MODES)
 
 # Walks ix_tunix_runs_pending_queue; rows another worker has locked are skipped, not waited on.
-_NEXT_PENDING_ID = (select(TunixRun.id).where(TunixRun.status == PENDING)
-                    .order_by(TunixRun.queued_at, TunixRun.id).limit(1)
-                    .with_for_update(skip_locked=True).scalar_subquery())
+_NEXT_PENDING_ID = (f"SELECT id FROM tunix_runs WHERE status = '{PENDING}' ORDER BY queued_at, id LIMIT 1 "
+                    "FOR UPDATE SKIP LOCKED")
 
 # Walks ix_tunix_runs_leased_heartbeat; two sweeping workers never take the same run.
 _OLDEST_EXPIRED_LEASE = text("""
@@ -36,9 +35,8 @@ _OLDEST_EXPIRED_LEASE = text("""
 def claim_next_run(worker_id: str) -> LeasedRun | None:
     """Claim the oldest pending run for this worker and mark it running, in one short transaction."""
     # One statement: UPDATE ... WHERE id = (the oldest pending run, locked, SKIP LOCKED) RETURNING what the
-    # execution needs. Timed as a reader would call it: the locking select, the update and the commit.
-    with metrics.timed_db_write("claim"):
-        return lifecycle.claim(_NEXT_PENDING_ID, worker_id)
+    # execution needs, timed (as "claim") with its commit.
+    return lifecycle.claim(_NEXT_PENDING_ID, worker_id)
 
 
 def renew_lease(run_id: uuid.UUID, lease: Lease) -> str | None:

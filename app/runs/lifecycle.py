@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2.extras import Json
 from sqlalchemy import func, update
 
 from app import metrics
@@ -110,15 +111,44 @@ def _transition(which, run_id, from_status: str | tuple[str, ...], to_status: st
     return row
 
 
-def claim(pick, worker_id: str) -> LeasedRun | None:
-    """pending -> running for this worker, on the run `pick` chooses (the queue's locking subquery):
-    a new attempt with a fresh heartbeat, and what the execution needs, in one statement."""
-    row = _transition(TunixRun.id == pick, None, PENDING, RUNNING, worker_id=worker_id, started_at=event_time(),
-                      heartbeat_at=event_time(), attempt=TunixRun.attempt + 1, cancel_requested_at=None,
-                      returning=(TunixRun.dataset_key, TunixRun.config, TunixRun.max_attempts, TunixRun.worker_id,
-                                 TunixRun.attempt, TunixRun.sweep_id))
+# The two moves a worker makes on every run, as SQL the driver runs as written, each its own
+# transaction. Through the ORM a claim and a finish cost 5.9 ms, of which Postgres took 2.5 ms.
+_CLAIM_SQL = f"""
+UPDATE tunix_runs SET status = '{RUNNING}', version = version + 1, worker_id = %(worker)s, attempt = attempt + 1,
+       started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), cancel_requested_at = NULL
+WHERE id = ({{pick}}) AND status = '{PENDING}'
+RETURNING id, mode, dataset_key, config, max_attempts, worker_id, attempt, sweep_id
+"""
+_FINISH_SQL = f"""
+UPDATE tunix_runs SET status = %(status)s, version = version + 1, completed_at = clock_timestamp(),
+       duration_seconds = extract(epoch FROM clock_timestamp() - started_at), exit_code = %(exit_code)s,
+       error_message = %(error_message)s, stdout_tail = %(stdout)s, stderr_tail = %(stderr)s, result = %(result)s,
+       final_loss = %(final_loss)s, final_eval_loss = %(final_eval_loss)s, evaluated_on = %(evaluated_on)s,
+       answer_match = %(answer_match)s, exact_match = %(exact_match)s
+WHERE id = %(id)s AND status IN ({", ".join(f"'{s}'" for s in LEASED_STATUSES)})
+  AND (%(holder)s IS NULL OR (worker_id = %(holder)s AND attempt = %(attempt)s))
+RETURNING id, mode, duration_seconds
+"""
+
+
+_LEASED = "/".join(LEASED_STATUSES)
+
+
+def _write(sql: str, params: dict[str, Any], metric: str):
+    """One statement and its commit; the row it returned, or None."""
+    with metrics.timed_db_write(metric):
+        row = db.session.connection().exec_driver_sql(sql, params).first()
+        db.session.commit()
+    return row
+
+
+def claim(pick: str, worker_id: str) -> LeasedRun | None:
+    """pending -> running for this worker, on the run `pick` chooses (the SQL of the queue's locking
+    subquery): a new attempt with a fresh heartbeat, and what the execution needs, in one statement."""
+    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id}, "claim")
     if row is None:
         return None
+    log.info("run %s: %s -> %s", row.id, PENDING, RUNNING)
     return LeasedRun(row.id, row.mode, row.dataset_key, dict(row.config), row.max_attempts,
                      Lease(row.worker_id, row.attempt), row.sweep_id)
 
@@ -138,9 +168,23 @@ def finish(run_id: uuid.UUID, status: str, *, lease: Lease | None = None, exit_c
 
     The run may have been asked to cancel meanwhile; an outcome that arrived first still wins.
     """
-    return transition(run_id, LEASED_STATUSES, status, lease=lease, exit_code=exit_code,
-                      error_message=error_message, stdout_tail=stdout, stderr_tail=stderr, result=result,
-                      **evaluation.score_columns(result))
+    for source in LEASED_STATUSES:
+        if not states.can_transition(source, status) or not states.is_terminal(status):
+            raise InvalidTransition(f"{source} -> {status} is not a finish")
+    scores = {"final_loss": None, "final_eval_loss": None, "evaluated_on": None, "answer_match": None,
+              "exact_match": None, **evaluation.score_columns(result)}
+    row = _write(_FINISH_SQL, {
+        "id": run_id, "status": status, "holder": lease.holder if lease else None,
+        "attempt": lease.attempt if lease else None, "exit_code": exit_code, "error_message": error_message,
+        "stdout": stdout, "stderr": stderr, "result": None if result is None else Json(result), **scores},
+        "finish")
+    if row is None:
+        log.info("run %s: %s -> %s refused, it is no longer %s%s", run_id, _LEASED, status, _LEASED,
+                 f" held by {lease.holder}" if lease else "")
+        return False
+    log.info("run %s: %s -> %s%s", row.id, _LEASED, status, f" ({error_message})" if error_message else "")
+    metrics.observe_run_finished(row.mode, status, row.duration_seconds)
+    return True
 
 
 def fail(run_id: uuid.UUID, reason: str, *, lease: Lease | None = None, recovered: bool = False) -> bool:

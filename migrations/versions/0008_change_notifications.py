@@ -1,9 +1,16 @@
-"""Change notifications: what a web process caches (app.change_feed) is told when it goes stale.
+"""Change notifications: what a web process caches (app.change_feed) is told when it goes stale; and
+the run counters of a status change kept by a row trigger, not a statement trigger.
 
 A run whose version or status changes names itself on tunix_rt_run_changed (with " queue" when it
 enters or leaves the queue); an insert of pending runs says "queue" once per statement. A changed or
 deleted user names itself on tunix_rt_user_changed; any write to workers says so on
 tunix_rt_worker_changed, once per statement. Postgres sends them when the transaction commits.
+
+Runs change status one at a time (a claim, a finish), and every update of tunix_runs (heartbeats
+and progress included) paid for the statement trigger's transition tables: a claim and its finish
+spent more time in that trigger than in the updates. Now one row trigger, fired only when what it
+counts or notifies changed, does both. Inserts and deletes, which come in bulk, keep their
+statement triggers.
 
 Revision ID: 0008
 Revises: 0007
@@ -15,13 +22,37 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-FUNCTIONS = """
-CREATE FUNCTION tunix_notify_run_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+SHARDS = 16  # as in 0007
+
+FUNCTIONS = f"""
+DROP TRIGGER tunix_runs_counted_update ON tunix_runs;
+DROP FUNCTION tunix_count_updated();
+
+CREATE FUNCTION tunix_run_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    row_ record := CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    queue_moved boolean := OLD.status = 'pending' OR row_.status = 'pending';
+    my_shard int := pg_backend_pid() % {SHARDS};
 BEGIN
-    PERFORM pg_notify('tunix_rt_run_changed', row_.id::text || CASE WHEN queue_moved THEN ' queue' ELSE '' END);
+    IF OLD.status IS DISTINCT FROM NEW.status OR OLD.mode IS DISTINCT FROM NEW.mode THEN
+        INSERT INTO run_counters (name, shard, n)
+        VALUES ('runs:' || OLD.status || ':' || OLD.mode, my_shard, -1),
+               ('runs:' || NEW.status || ':' || NEW.mode, my_shard, 1)
+        ON CONFLICT (name, shard) DO UPDATE SET n = run_counters.n + EXCLUDED.n;
+    END IF;
+    IF OLD.recoveries IS DISTINCT FROM NEW.recoveries THEN
+        INSERT INTO run_counters (name, shard, n) VALUES ('recoveries', my_shard, NEW.recoveries - OLD.recoveries)
+        ON CONFLICT (name, shard) DO UPDATE SET n = run_counters.n + EXCLUDED.n;
+    END IF;
+    IF OLD.version IS DISTINCT FROM NEW.version OR OLD.status IS DISTINCT FROM NEW.status THEN
+        PERFORM pg_notify('tunix_rt_run_changed', NEW.id::text
+                          || CASE WHEN 'pending' IN (OLD.status, NEW.status) THEN ' queue' ELSE '' END);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION tunix_notify_run_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('tunix_rt_run_changed', OLD.id::text || CASE WHEN OLD.status = 'pending' THEN ' queue' ELSE '' END);
     RETURN NULL;
 END
 $$;
@@ -49,12 +80,13 @@ BEGIN
 END
 $$;
 
--- A heartbeat or a lease renewal changes neither version nor status: no notification.
-CREATE TRIGGER tunix_runs_notify_update AFTER UPDATE ON tunix_runs FOR EACH ROW
-    WHEN (OLD.version IS DISTINCT FROM NEW.version OR OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION tunix_notify_run_changed();
+-- A heartbeat or a lease renewal changes none of these: the trigger is not even called.
+CREATE TRIGGER tunix_runs_updated AFTER UPDATE ON tunix_runs FOR EACH ROW
+    WHEN (OLD.version IS DISTINCT FROM NEW.version OR OLD.status IS DISTINCT FROM NEW.status
+          OR OLD.mode IS DISTINCT FROM NEW.mode OR OLD.recoveries IS DISTINCT FROM NEW.recoveries)
+    EXECUTE FUNCTION tunix_run_updated();
 CREATE TRIGGER tunix_runs_notify_delete AFTER DELETE ON tunix_runs FOR EACH ROW
-    EXECUTE FUNCTION tunix_notify_run_changed();
+    EXECUTE FUNCTION tunix_notify_run_deleted();
 CREATE TRIGGER tunix_runs_notify_insert AFTER INSERT ON tunix_runs REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tunix_notify_runs_queued();
 CREATE TRIGGER users_notify_change AFTER UPDATE OR DELETE ON users FOR EACH ROW
@@ -63,7 +95,30 @@ CREATE TRIGGER workers_notify_change AFTER INSERT OR UPDATE OR DELETE ON workers
     EXECUTE FUNCTION tunix_notify_workers_changed();
 """
 
-TRIGGERS = {"tunix_runs": ("tunix_runs_notify_update", "tunix_runs_notify_delete", "tunix_runs_notify_insert"),
+# What downgrade puts back: 0007's statement trigger for updates.
+STATEMENT_COUNTER_0007 = """
+CREATE FUNCTION tunix_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tunix_bump_counters((SELECT jsonb_object_agg(name, n) FROM (
+        SELECT name, sum(n) AS n FROM (
+            SELECT 'runs:' || o.status || ':' || o.mode AS name, -1 AS n FROM old_rows o JOIN new_rows n USING (id)
+                WHERE o.status <> n.status OR o.mode <> n.mode
+            UNION ALL
+            SELECT 'runs:' || n.status || ':' || n.mode, 1 FROM old_rows o JOIN new_rows n USING (id)
+                WHERE o.status <> n.status OR o.mode <> n.mode
+            UNION ALL
+            SELECT 'recoveries', n.recoveries - o.recoveries FROM old_rows o JOIN new_rows n USING (id)
+                WHERE n.recoveries <> o.recoveries) changes
+        GROUP BY name) counted));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tunix_runs_counted_update AFTER UPDATE ON tunix_runs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_updated();
+"""
+
+TRIGGERS = {"tunix_runs": ("tunix_runs_updated", "tunix_runs_notify_delete", "tunix_runs_notify_insert"),
             "users": ("users_notify_change",), "workers": ("workers_notify_change",)}
 
 
@@ -75,5 +130,7 @@ def downgrade():
     for table, names in TRIGGERS.items():
         for name in names:
             op.execute(f"DROP TRIGGER {name} ON {table}")
-    for function in ("run_changed", "runs_queued", "user_changed", "workers_changed"):
+    op.execute("DROP FUNCTION tunix_run_updated()")
+    for function in ("run_deleted", "runs_queued", "user_changed", "workers_changed"):
         op.execute(f"DROP FUNCTION tunix_notify_{function}()")
+    op.execute(STATEMENT_COUNTER_0007)
