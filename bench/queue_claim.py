@@ -65,7 +65,7 @@ def ours_worker(url: str) -> tuple[int, float]:
 
     app = create_app({"DATABASE_URL": url})
     done = 0
-    with app.app_context():
+    with app.app_context(), lifecycle.own_connection():  # as worker.py's loop does
         worker_id = f"bench-{os.getpid()}"
         started = time.perf_counter()
         while True:

@@ -29,6 +29,28 @@ def test_terminal_runs_never_change(client):
         lifecycle.transition(uuid.UUID(run_id), "completed", "running")
 
 
+def test_a_worker_s_own_connection_claims_finishes_and_gives_way_to_its_session_s_lock(client):
+    first, second = (uuid.UUID(submit(client)["run_id"]) for _ in range(2))
+    with lifecycle.own_connection(lock_wait_ms=200):
+        run = queue_store.claim_next_run("worker-a")
+        assert run.id == first and run_status(client, str(first)) == "running"  # committed on its own
+        # This thread's session holds the run's row, uncommitted: a finish on the own connection would
+        # wait for it forever. It gives up after the lock wait and goes through the session instead.
+        db.session.execute(text("UPDATE tunix_runs SET name = 'held by the session' WHERE id = :id"), {"id": first})
+        assert lifecycle.finish(first, "completed", lease=run.lease)
+        # A lost connection fails one move; the next opens another.
+        backend = db.session.scalar(text("SELECT pid FROM pg_stat_activity WHERE application_name = :name "
+                                         "AND datname = current_database()"), {"name": lifecycle.OWN_APPLICATION_NAME})
+        db.session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        db.session.commit()
+        with pytest.raises(Exception):
+            queue_store.claim_next_run("worker-a")
+        assert queue_store.claim_next_run("worker-a").id == second
+    db.session.expire_all()
+    assert run_json(client, str(first))["status"] == "completed" and run_json(client, str(first))["name"] == (
+        "held by the session")
+
+
 def test_only_the_lease_holder_can_write(client):
     run_id = uuid.UUID(submit(client)["run_id"])
     run = queue_store.claim_next_run("worker-a")

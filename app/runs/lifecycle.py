@@ -7,13 +7,17 @@ caller's transaction, which may have been open for a while.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
+from psycopg2.errors import LockNotAvailable
 from psycopg2.extras import Json
 from sqlalchemy import func, update
+from sqlalchemy.exc import OperationalError
 
 from app import metrics
 from app.extensions import db
@@ -134,12 +138,66 @@ RETURNING id, mode, duration_seconds
 _LEASED = "/".join(LEASED_STATUSES)
 
 
+# A worker's own connection for its claims and finishes (see own_connection), per thread.
+_own = threading.local()
+OWN_LOCK_WAIT_MS = 5000  # how long a statement on it may wait for a lock before going through the session
+OWN_APPLICATION_NAME = "tunix-rt-run-moves"  # as pg_stat_activity shows it
+
+
+@contextlib.contextmanager
+def own_connection(lock_wait_ms: int = OWN_LOCK_WAIT_MS) -> Iterator[None]:
+    """Within this block, this thread's claims and finishes run on a connection of their own (opened at
+    the first of them, and again after one is lost).
+
+    A worker makes them back to back, and the session's bookkeeping around each transaction (a
+    connection out of the pool and back, a transaction begun and closed) cost as much as the
+    statements themselves (bench/queue_claim.py). A statement on that connection that waits
+    `lock_wait_ms` for a lock (one held by this thread's own session, say, which would wait on it
+    forever) gives up and goes through the session instead.
+    """
+    _own.lock_wait_ms, _own.connection = lock_wait_ms, None
+    try:
+        yield
+    finally:
+        connection, _own.connection, _own.lock_wait_ms = _own.connection, None, None
+        if connection is not None:
+            connection.close()
+
+
+def _own_connection():
+    """This thread's own connection, opened now if it wants one and has none; None when it wants none."""
+    if getattr(_own, "lock_wait_ms", None) is None:
+        return None
+    if _own.connection is None:
+        connection = db.engine.connect()
+        connection.exec_driver_sql(f"SET lock_timeout = {int(_own.lock_wait_ms)}")
+        connection.exec_driver_sql(f"SET application_name = '{OWN_APPLICATION_NAME}'")
+        connection.commit()
+        _own.connection = connection
+    return _own.connection
+
+
 def _write(sql: str, params: dict[str, Any], metric: str):
     """One statement and its commit; the row it returned, or None."""
     with metrics.timed_db_write(metric):
+        own = _own_connection()
+        if own is not None:
+            try:
+                row = own.exec_driver_sql(sql, params).first()
+                own.commit()
+                return row
+            except OperationalError as error:
+                if not isinstance(error.orig, LockNotAvailable):
+                    _own.connection = None  # lost, most likely: the next statement opens another
+                    with contextlib.suppress(Exception):
+                        own.close()
+                    raise
+                own.rollback()
+                log.info("%s waited %d ms for a lock on its own connection; going through the session",
+                         metric, _own.lock_wait_ms)
         row = db.session.connection().exec_driver_sql(sql, params).first()
         db.session.commit()
-    return row
+        return row
 
 
 def claim(pick: str, worker_id: str) -> LeasedRun | None:

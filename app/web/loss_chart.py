@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from markupsafe import Markup, escape
 
@@ -53,7 +54,7 @@ def nice_ticks(low: float, high: float, count: int) -> list[float]:
     return ticks
 
 
-def _label(value: float) -> str:
+def number_label(value: float) -> str:
     return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
 
 
@@ -63,52 +64,86 @@ def _describe(name: str, points: list[dict]) -> str:
             f"{points[-1]['step']}, best {best['loss']:.4g} at step {best['step']}.")
 
 
-@dataclass
-class _Frame:
-    """The axes of one chart: ticks, grid and titles drawn, and the scales to place points with."""
+@dataclass(frozen=True)
+class Axis:
+    """One axis: its ticks, the range it spans (in data units), its title, and how values map onto it."""
 
-    size: Size
+    ticks: list[float]
+    low: float
+    high: float
+    title: str
+    scale: Callable[[float], float] = float  # math.log10 for a log axis
+    label: Callable[[float], str] = number_label
+
+
+@dataclass(frozen=True)
+class Margins:
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+
+@dataclass
+class Frame:
+    """The axes of one chart, drawn (ticks, grid, titles), and the scales to place points with."""
+
     parts: list[str]
-    x: object
-    y: object
+    x: Callable[[float], float]
+    y: Callable[[float], float]
     left: int
 
 
-def _frame(points: list[dict], size: Size, ident: str, title: str, summary: str) -> _Frame:
+def axes(css_class: str, width: int, height: int, font: int, margins: Margins, ident: str, title: str,
+         summary: str, x_axis: Axis, y_axis: Axis) -> Frame:
+    """An SVG chart's opening, its title and description (for screen readers), grid, ticks and axis titles;
+    every chart of the app (loss curves, sweep plots) is drawn on one of these."""
+    left, top = margins.left, margins.top
+    plot_w, plot_h = width - left - margins.right, height - top - margins.bottom
+    x_low, x_high = x_axis.scale(x_axis.low), x_axis.scale(x_axis.high)
+    y_low, y_high = y_axis.low, y_axis.high
+
+    def x(value: float) -> float:
+        return left + (plot_w * (x_axis.scale(value) - x_low) / (x_high - x_low) if x_high > x_low else plot_w / 2)
+
+    def y(value: float) -> float:
+        return top + plot_h * (1 - (value - y_low) / (y_high - y_low))
+
+    parts = [f'<svg class="{css_class}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-labelledby="{ident}-title {ident}-desc" font-size="{font}" xmlns="http://www.w3.org/2000/svg">',
+             f'<title id="{ident}-title">{escape(title)}</title><desc id="{ident}-desc">{escape(summary)}</desc>']
+    for tick in y_axis.ticks:
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - margins.right}" y1="{y(tick):.1f}" '
+                     f'y2="{y(tick):.1f}"/><text class="tick" x="{left - 6}" y="{y(tick) + font / 3:.1f}" '
+                     f'text-anchor="end">{y_axis.label(tick)}</text>')
+    for tick in x_axis.ticks:
+        if x_low - 1e-9 <= x_axis.scale(tick) <= x_high + 1e-9:
+            parts.append(f'<text class="tick" x="{x(tick):.1f}" y="{top + plot_h + font + 4}" '
+                         f'text-anchor="middle">{x_axis.label(tick)}</text>')
+    parts.append(f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{height - 6}" '
+                 f'text-anchor="middle">{escape(x_axis.title)}</text>')
+    parts.append(f'<text class="axis-title" transform="translate({font + 2},{top + plot_h / 2:.1f}) rotate(-90)" '
+                 f'text-anchor="middle">{escape(y_axis.title)}</text>')
+    return Frame(parts, x, y, left)
+
+
+def integer_label(value: float) -> str:
+    return f"{int(value)}"
+
+
+def _frame(points: list[dict], size: Size, ident: str, title: str, summary: str) -> Frame:
     steps = [p["step"] for p in points]
     losses = [p["loss"] for p in points]
     y_ticks = nice_ticks(min(losses), max(losses), size.y_ticks)
     x_ticks = [t for t in nice_ticks(min(steps), max(steps), size.x_ticks) if t == int(t)]
-    y_low, y_high = y_ticks[0], y_ticks[-1]
-    x_low, x_high = min(x_ticks[0], min(steps)), max(x_ticks[-1], max(steps))
     font = size.font
-    left, right, top, bottom = font * 4 + 8, 12, font * 2 + 10, font * 3 + 8
-    plot_w, plot_h = size.width - left - right, size.height - top - bottom
-
-    def x(step: float) -> float:
-        return left + (plot_w * (step - x_low) / (x_high - x_low) if x_high > x_low else plot_w / 2)
-
-    def y(loss: float) -> float:
-        return top + plot_h * (1 - (loss - y_low) / (y_high - y_low))
-
-    parts = [f'<svg class="loss-chart {size.name}" viewBox="0 0 {size.width} {size.height}" role="img" '
-             f'aria-labelledby="{ident}-title {ident}-desc" font-size="{font}" xmlns="http://www.w3.org/2000/svg">',
-             f'<title id="{ident}-title">{escape(title)}</title><desc id="{ident}-desc">{escape(summary)}</desc>']
-    for tick in y_ticks:
-        parts.append(f'<line class="grid" x1="{left}" x2="{size.width - right}" y1="{y(tick):.1f}" '
-                     f'y2="{y(tick):.1f}"/><text class="tick" x="{left - 6}" y="{y(tick) + font / 3:.1f}" '
-                     f'text-anchor="end">{_label(tick)}</text>')
-    for tick in x_ticks:
-        parts.append(f'<text class="tick" x="{x(tick):.1f}" y="{top + plot_h + font + 4}" '
-                     f'text-anchor="middle">{int(tick)}</text>')
-    parts.append(f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{size.height - 6}" '
-                 f'text-anchor="middle">step</text>')
-    parts.append(f'<text class="axis-title" transform="translate({font + 2},{top + plot_h / 2:.1f}) rotate(-90)" '
-                 f'text-anchor="middle">loss</text>')
-    return _Frame(size, parts, x, y, left)
+    return axes(f"loss-chart {size.name}", size.width, size.height, font,
+                Margins(font * 4 + 8, 12, font * 2 + 10, font * 3 + 8), ident, title, summary,
+                Axis(x_ticks, min(x_ticks[0], min(steps)), max(x_ticks[-1], max(steps)), "step", label=integer_label),
+                Axis(y_ticks, y_ticks[0], y_ticks[-1], "loss"))
 
 
-def _coords(frame: _Frame, points: list[dict]) -> str:
+def _coords(frame: Frame, points: list[dict]) -> str:
     return " ".join(f"{frame.x(p['step']):.1f},{frame.y(p['loss']):.1f}" for p in points)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from app.web.loss_chart import _label, nice_ticks
+from app.web.loss_chart import Axis, Margins, axes, integer_label, nice_ticks, number_label
 
 WIDTH, HEIGHT, FONT = 520, 240, 11
 
@@ -37,41 +37,18 @@ def scatter(points: list[Point], *, ident: str, title: str, x_label: str, y_labe
     y_ticks = nice_ticks(min(ys), max(ys), 5)
     if log_x:
         x_ticks = _log_ticks(min(xs), max(xs))
-        to_x = math.log10
     else:
         x_ticks = nice_ticks(min(xs), max(xs), 6)
         if integer_x:
             x_ticks = [t for t in x_ticks if t == int(t)] or [min(xs)]
-        to_x = float
-    x_low, x_high = to_x(min(x_ticks[0], min(xs))), to_x(max(x_ticks[-1], max(xs)))
-    y_low, y_high = y_ticks[0], y_ticks[-1]
-    left, right, top, bottom = FONT * 5 + 8, 14, FONT + 10, FONT * 3 + 8
-    plot_w, plot_h = WIDTH - left - right, HEIGHT - top - bottom
-
-    def sx(value: float) -> float:
-        return left + (plot_w * (to_x(value) - x_low) / (x_high - x_low) if x_high > x_low else plot_w / 2)
-
-    def sy(value: float) -> float:
-        return top + plot_h * (1 - (value - y_low) / (y_high - y_low))
-
     summary = "; ".join(p.title for p in points[:40])
-    parts = [f'<svg class="sweep-chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" font-size="{FONT}" '
-             f'aria-labelledby="{ident}-title {ident}-desc" xmlns="http://www.w3.org/2000/svg">',
-             f'<title id="{ident}-title">{escape(title)}</title><desc id="{ident}-desc">{escape(summary)}</desc>']
-    for tick in y_ticks:
-        parts.append(f'<line class="grid" x1="{left}" x2="{WIDTH - right}" y1="{sy(tick):.1f}" y2="{sy(tick):.1f}"/>'
-                     f'<text class="tick" x="{left - 6}" y="{sy(tick) + FONT / 3:.1f}" text-anchor="end">'
-                     f'{_label(tick)}</text>')
-    for tick in x_ticks:
-        if to_x(tick) < x_low - 1e-9 or to_x(tick) > x_high + 1e-9:
-            continue
-        text = f"{int(tick)}" if integer_x else _label(tick)
-        parts.append(f'<text class="tick" x="{sx(tick):.1f}" y="{top + plot_h + FONT + 4}" '
-                     f'text-anchor="middle">{text}</text>')
-    parts.append(f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
-                 f'{escape(x_label)}{" (log scale)" if log_x else ""}</text>')
-    parts.append(f'<text class="axis-title" transform="translate({FONT + 2},{top + plot_h / 2:.1f}) rotate(-90)" '
-                 f'text-anchor="middle">{escape(y_label)}</text>')
+    frame = axes("sweep-chart", WIDTH, HEIGHT, FONT, Margins(FONT * 5 + 8, 14, FONT + 10, FONT * 3 + 8),
+                 ident, title, summary,
+                 Axis(x_ticks, min(x_ticks[0], min(xs)), max(x_ticks[-1], max(xs)),
+                      x_label + (" (log scale)" if log_x else ""), math.log10 if log_x else float,
+                      integer_label if integer_x else number_label),
+                 Axis(y_ticks, y_ticks[0], y_ticks[-1], y_label))
+    parts, sx, sy, left = frame.parts, frame.x, frame.y, frame.left
     if best_line:
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in best_line)
         parts.append(f'<polyline class="best-so-far" fill="none" points="{coords}"/>')

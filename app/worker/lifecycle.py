@@ -30,6 +30,7 @@ from app.listen import RECONNECTED
 from app.queue import registry, store as queue_store
 from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
 from app.runs import counts
+from app.runs import lifecycle as run_moves
 from app.runs.lifecycle import LeasedRun
 from app.sweeps import service as sweep_service
 
@@ -97,29 +98,33 @@ class Worker:
         log.info("worker %s: started (%s, fallback poll every %.1f s, lease %.0f s, heartbeat %.0f s)",
                  self.worker_id, "LISTEN/NOTIFY" if self.use_listen else "polling only", self.poll_seconds,
                  self.lease_timeout_seconds, self.heartbeat_seconds)
-        backoff = 1.0
         try:
             self._with_db_retry(lambda: registry.register(self.worker_id, socket.gethostname(), os.getpid()))
             self._with_db_retry(registry.prune_stopped)
-            while not self._stopping.is_set():
-                try:
-                    self._housekeeping()
-                    worked = self.run_once()
-                    backoff = 1.0
-                except DB_ERRORS as exc:
-                    db.session.rollback()
-                    log.warning("worker %s: database unavailable (%s); retrying in %.0f s", self.worker_id,
-                                type(exc).__name__, backoff)
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
-                    continue
-                if not worked:
-                    if self.exit_when_idle:
-                        break
-                    self._wait_for_work()
+            with run_moves.own_connection():
+                self._loop()
         finally:
             self._deregister()
         log.info("worker %s: stopped after %d runs", self.worker_id, self.runs_done)
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            try:
+                self._housekeeping()
+                worked = self.run_once()
+                backoff = 1.0
+            except DB_ERRORS as exc:
+                db.session.rollback()
+                log.warning("worker %s: database unavailable (%s); retrying in %.0f s", self.worker_id,
+                            type(exc).__name__, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
+                continue
+            if not worked:
+                if self.exit_when_idle:
+                    break
+                self._wait_for_work()
 
     def _wait_for_work(self) -> None:
         if self.listener is not None:
