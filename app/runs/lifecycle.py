@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -126,11 +127,12 @@ RETURNING id, mode, dataset_key, config, max_attempts, worker_id, attempt, sweep
 _FINISH_SQL = f"""
 UPDATE tunix_runs SET status = %(status)s, version = version + 1, completed_at = clock_timestamp(),
        duration_seconds = extract(epoch FROM clock_timestamp() - started_at), exit_code = %(exit_code)s,
-       error_message = %(error_message)s, stdout_tail = %(stdout)s, stderr_tail = %(stderr)s, result = %(result)s,
+       error_message = %(error_message)s, stdout_tail = %(stdout)s, stderr_tail = %(stderr)s,
+       result = %(result)s::jsonb,
        final_loss = %(final_loss)s, final_eval_loss = %(final_eval_loss)s, evaluated_on = %(evaluated_on)s,
        answer_match = %(answer_match)s, exact_match = %(exact_match)s
 WHERE id = %(id)s AND status IN ({", ".join(f"'{s}'" for s in LEASED_STATUSES)})
-  AND (%(holder)s IS NULL OR (worker_id = %(holder)s AND attempt = %(attempt)s))
+  AND (%(holder)s::text IS NULL OR (worker_id = %(holder)s AND attempt = %(attempt)s))
 RETURNING id, mode, duration_seconds
 """
 
@@ -173,17 +175,42 @@ def _own_connection():
         connection.exec_driver_sql(f"SET lock_timeout = {int(_own.lock_wait_ms)}")
         connection.exec_driver_sql(f"SET application_name = '{OWN_APPLICATION_NAME}'")
         connection.commit()
-        _own.connection = connection
+        _own.connection, _own.prepared = connection, {}
     return _own.connection
 
 
-def _write(sql: str, params: dict[str, Any], metric: str):
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+def _execute_prepared(connection, sql: str, params: dict[str, Any], prefix: str):
+    """Run `sql` (after `prefix`, in the same round trip) as a statement prepared once on this connection:
+    planned once, not at every call."""
+    found = _own.prepared.get(sql)
+    if found is None:
+        names = list(dict.fromkeys(_PARAMETER.findall(sql)))
+        positional = _PARAMETER.sub(lambda m: f"${names.index(m[1]) + 1}", sql)
+        found = (f"tunix_run_move_{len(_own.prepared)}", names)
+        connection.exec_driver_sql(f"PREPARE {found[0]} AS {positional}")
+        _own.prepared[sql] = found
+    name, names = found
+    return connection.exec_driver_sql(f"{prefix}EXECUTE {name}({', '.join(f'%({n})s' for n in names)})", params)
+
+
+# A claim's commit need not wait for the disk: if Postgres crashes before its WAL is flushed, the run
+# is pending again after recovery, and the worker that thought it held it finds out at its next lease
+# renewal (the compare-and-set on holder and attempt fails) and stops, as after any lost lease.
+# The worker's next synchronous commit (progress, a heartbeat) flushes the claim anyway.
+_NO_FLUSH_WAIT = "SET LOCAL synchronous_commit = off; "
+
+
+def _write(sql: str, params: dict[str, Any], metric: str, *, wait_for_flush: bool = True):
     """One statement and its commit; the row it returned, or None."""
+    prefix = "" if wait_for_flush else _NO_FLUSH_WAIT
     with metrics.timed_db_write(metric):
         own = _own_connection()
         if own is not None:
             try:
-                row = own.exec_driver_sql(sql, params).first()
+                row = _execute_prepared(own, sql, params, prefix).first()
                 own.commit()
                 return row
             except OperationalError as error:
@@ -193,9 +220,13 @@ def _write(sql: str, params: dict[str, Any], metric: str):
                         own.close()
                     raise
                 own.rollback()
+                # Whether a PREPARE made in that transaction outlived it or not, start again from none.
+                own.exec_driver_sql("DEALLOCATE ALL")
+                own.commit()
+                _own.prepared = {}
                 log.info("%s waited %d ms for a lock on its own connection; going through the session",
                          metric, _own.lock_wait_ms)
-        row = db.session.connection().exec_driver_sql(sql, params).first()
+        row = db.session.connection().exec_driver_sql(prefix + sql, params).first()
         db.session.commit()
         return row
 
@@ -203,7 +234,7 @@ def _write(sql: str, params: dict[str, Any], metric: str):
 def claim(pick: str, worker_id: str) -> LeasedRun | None:
     """pending -> running for this worker, on the run `pick` chooses (the SQL of the queue's locking
     subquery): a new attempt with a fresh heartbeat, and what the execution needs, in one statement."""
-    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id}, "claim")
+    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id}, "claim", wait_for_flush=False)
     if row is None:
         return None
     log.info("run %s: %s -> %s", row.id, PENDING, RUNNING)
