@@ -3,7 +3,7 @@
 Every open run page asks for its status fragment every few seconds, and mostly nothing has
 changed. So each process keeps one LISTEN connection (a daemon thread, started on first use) on
 the channels that triggers notify (migration 0008): a run whose version or status changed, the
-queue moving, a user changed or deleted, a worker's heartbeat. A cached read (`FeedCache`) holds
+queue moving, a user or an API token changed or deleted, a worker's heartbeat. A cached read (`FeedCache`) holds
 until a notification names its key, or its whole topic.
 
 Nothing is served from memory while that connection is down: a lost connection means lost
@@ -34,13 +34,14 @@ log = logging.getLogger("tunix_rt.change_feed")
 # The channels the triggers of migration 0008 notify, and what their payloads say.
 RUN_CHANGED = "tunix_rt_run_changed"  # "<run id>", plus " queue" when it entered or left the queue; "queue" alone
 USER_CHANGED = "tunix_rt_user_changed"  # "<user id>"
+TOKEN_CHANGED = "tunix_rt_token_changed"  # "<token hash>": revoked, its use noted, or its user deleted
 WORKER_CHANGED = "tunix_rt_worker_changed"  # "": some worker registered, heartbeated, stopped or was pruned
 SYNC_CHANNEL = "tunix_rt_feed_sync"  # "<token>" that sync() waits for
-CHANNELS = (RUN_CHANGED, USER_CHANGED, WORKER_CHANGED, SYNC_CHANNEL)
+CHANNELS = (RUN_CHANGED, USER_CHANGED, TOKEN_CHANGED, WORKER_CHANGED, SYNC_CHANNEL)
 
 # What a cache follows: a notification on its channel names a key, or the whole topic.
-RUNS, QUEUE, USERS, WORKERS = "runs", "queue", "users", "workers"
-TOPICS = (RUNS, QUEUE, USERS, WORKERS)
+RUNS, QUEUE, USERS, TOKENS, WORKERS = "runs", "queue", "users", "tokens", "workers"
+TOPICS = (RUNS, QUEUE, USERS, TOKENS, WORKERS)
 WHOLE = ""  # the key that stands for every key of a topic
 
 CHECK_SECONDS = 5.0  # a silent connection is asked whether it is alive this often
@@ -141,6 +142,8 @@ class ChangeFeed:
                         self._name(QUEUE, WHOLE)
                 elif channel == USER_CHANGED:
                     self._name(USERS, payload)
+                elif channel == TOKEN_CHANGED:
+                    self._name(TOKENS, payload)
                 elif channel == WORKER_CHANGED:
                     self._name(WORKERS, WHOLE)
             if len(self._synced) > 1000:

@@ -167,3 +167,19 @@ def _backend_alive(database_url, pid) -> bool:
     with contextlib.closing(psycopg2.connect(dsn)) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
         return cursor.fetchone() is not None
+
+
+def test_an_api_poll_reads_nothing_until_its_run_or_its_token_changes(client, elsewhere):
+    feed = live_feed()
+    run_id = submit(client)["run_id"]
+    assert client.get(f"/api/tunix/runs/{run_id}/status").get_json()["status"] == "pending"
+    with statements() as sent:
+        assert client.get(f"/api/tunix/runs/{run_id}/status").get_json()["status"] == "pending"
+    assert sent == []  # token, owner and status all from memory (its use was noted at the first call)
+    start(elsewhere, run_id)
+    assert feed.sync()
+    assert client.get(f"/api/tunix/runs/{run_id}/status").get_json()["status"] == "running"
+    elsewhere("DELETE FROM api_tokens")  # revoked, from another host
+    assert feed.sync()
+    assert client.get(f"/api/tunix/runs/{run_id}/status").status_code == 401
+    assert client.get(f"/api/tunix/runs/{uuid.uuid4()}/status").status_code == 401

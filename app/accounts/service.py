@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from flask_login import UserMixin
 from sqlalchemy import delete, func, or_, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.change_feed import USERS, FeedCache
+from app.change_feed import TOKENS, USERS, FeedCache
 from app.errors import AppError, ConflictError, NotFoundError, ValidationError
 from app.extensions import db
 from app.models import ADMIN, MEMBER, ApiToken, SignInFailure, User
@@ -176,19 +175,25 @@ def create_token(user: User | SignedInUser, label: str = "") -> tuple[ApiToken, 
     return token, secret
 
 
-def user_for_token(secret: str) -> User | None:
+# A script polling the API sends its token on every call; what it names is kept until the token row
+# changes or goes (a trigger notifies: revoked, its use noted, its user deleted).
+_tokens = FeedCache(TOKENS, size=4096)
+
+
+def user_for_token(secret: str) -> SignedInUser | None:
     """The user a bearer token belongs to, or None; notes its use at most once a minute."""
     if not secret or not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
         return None
     digest = _digest(secret)
-    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
-    if token is None or not hmac.compare_digest(token.token_hash, digest):
+    found = _tokens.get(digest, lambda: db.session.execute(
+        select(ApiToken.id, ApiToken.user_id, ApiToken.last_used_at).where(ApiToken.token_hash == digest)).first())
+    if found is None:
         return None
     now = datetime.now(timezone.utc)
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= TOKEN_TOUCH_SECONDS:
-        db.session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+    if found.last_used_at is None or (now - found.last_used_at).total_seconds() >= TOKEN_TOUCH_SECONDS:
+        db.session.execute(update(ApiToken).where(ApiToken.id == found.id).values(last_used_at=now))
         db.session.commit()
-    return token.user
+    return signed_in_user(found.user_id)
 
 
 def list_tokens(user_id: int) -> list[ApiToken]:

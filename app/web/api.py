@@ -4,11 +4,14 @@ Refusals raised by the services (`app.errors`) become JSON errors in `app.web.er
 """
 from __future__ import annotations
 
+import uuid
+
 from flask import Blueprint, current_app, jsonify, request, url_for
 from sqlalchemy import text
 
 from app.datasets import parsing, store as dataset_store
-from app.errors import ValidationError
+from app.change_feed import RUNS, FeedCache
+from app.errors import NotFoundError, ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
 from app.queue import registry
@@ -71,9 +74,17 @@ def submit_run():
     return jsonify(serializers.run_detail(run, queries.retries_of(run.id))), 200, headers
 
 
+# Scripts poll this; the payload changes only when the run's version does (app.change_feed).
+_statuses = FeedCache(RUNS, size=20_000)
+
+
 @bp.get("/tunix/runs/<run_id>/status")
 def get_run_status(run_id: str):
-    return jsonify(serializers.run_status(run_or_404(run_id)))
+    try:
+        key = str(uuid.UUID(run_id))
+    except ValueError:
+        raise NotFoundError(f"no run with id {run_id!r}") from None
+    return jsonify(_statuses.get(key, lambda: serializers.run_status(run_or_404(key))))
 
 
 @bp.get("/tunix/runs/<run_id>")

@@ -3,7 +3,8 @@ the run counters of a status change kept by a row trigger, not a statement trigg
 
 A run whose version or status changes names itself on tunix_rt_run_changed (with " queue" when it
 enters or leaves the queue); an insert of pending runs says "queue" once per statement. A changed or
-deleted user names itself on tunix_rt_user_changed; any write to workers says so on
+deleted user names itself on tunix_rt_user_changed, an API token (by its hash) on
+tunix_rt_token_changed; any write to workers says so on
 tunix_rt_worker_changed, once per statement. Postgres sends them when the transaction commits.
 
 Runs change status one at a time (a claim, a finish), and every update of tunix_runs (heartbeats
@@ -73,6 +74,13 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION tunix_notify_token_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('tunix_rt_token_changed', OLD.token_hash);
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION tunix_notify_workers_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('tunix_rt_worker_changed', '');
@@ -91,6 +99,8 @@ CREATE TRIGGER tunix_runs_notify_insert AFTER INSERT ON tunix_runs REFERENCING N
     FOR EACH STATEMENT EXECUTE FUNCTION tunix_notify_runs_queued();
 CREATE TRIGGER users_notify_change AFTER UPDATE OR DELETE ON users FOR EACH ROW
     EXECUTE FUNCTION tunix_notify_user_changed();
+CREATE TRIGGER api_tokens_notify_change AFTER UPDATE OR DELETE ON api_tokens FOR EACH ROW
+    EXECUTE FUNCTION tunix_notify_token_changed();
 CREATE TRIGGER workers_notify_change AFTER INSERT OR UPDATE OR DELETE ON workers FOR EACH STATEMENT
     EXECUTE FUNCTION tunix_notify_workers_changed();
 """
@@ -119,7 +129,8 @@ CREATE TRIGGER tunix_runs_counted_update AFTER UPDATE ON tunix_runs
 """
 
 TRIGGERS = {"tunix_runs": ("tunix_runs_updated", "tunix_runs_notify_delete", "tunix_runs_notify_insert"),
-            "users": ("users_notify_change",), "workers": ("workers_notify_change",)}
+            "users": ("users_notify_change",), "api_tokens": ("api_tokens_notify_change",),
+            "workers": ("workers_notify_change",)}
 
 
 def upgrade():
@@ -131,6 +142,6 @@ def downgrade():
         for name in names:
             op.execute(f"DROP TRIGGER {name} ON {table}")
     op.execute("DROP FUNCTION tunix_run_updated()")
-    for function in ("run_deleted", "runs_queued", "user_changed", "workers_changed"):
+    for function in ("run_deleted", "runs_queued", "user_changed", "token_changed", "workers_changed"):
         op.execute(f"DROP FUNCTION tunix_notify_{function}()")
     op.execute(STATEMENT_COUNTER_0007)
