@@ -141,6 +141,13 @@ def fragment_state(run_id: str):
         .where(TunixRun.id == parsed)).first())
 
 
+def status_row(run_id: str):
+    """The columns of a run's status (as the API's status call shows it), read afresh; None for an unknown id."""
+    return db.session.execute(select(TunixRun.id, TunixRun.status, TunixRun.queued_at, TunixRun.started_at,
+                                     TunixRun.completed_at, TunixRun.exit_code)
+                              .where(TunixRun.id == uuid.UUID(run_id))).first()
+
+
 QUEUE_COUNT_LIMIT = 200  # runs ahead counted exactly; past this the page says "over 200 runs ahead"
 
 
