@@ -276,7 +276,7 @@ def list_and_metrics(app, seconds_per_query: int = 30) -> list[dict]:
             text_plan = "\n".join(plan)
             uses_index = "Index Scan" in text_plan or "Index Only Scan" in text_plan or "Bitmap Index" in text_plan
             position_in_index = "cursor" not in name or bool(re.search(
-                r"Index Cond: .*ROW\((tunix_runs\.)?created_at, (tunix_runs\.)?id\) <", text_plan))
+                r"Index Cond: .*ROW\((\(?(tunix_runs\.)?\w+\)?(::text)?, )?(tunix_runs\.)?created_at, (tunix_runs\.)?id\) <", text_plan))
             rows.append({"query": name, "p50_ms": round(statistics.median(times), 2), "index": uses_index,
                          "position_is_index_condition": position_in_index, "plan": plan})
         times = []

@@ -1,9 +1,11 @@
 """A run's moves between states: one compare-and-set (`transition`) and the named moves built on it.
 
-`transition` is the only code that writes a run's status. Each named move (claim,
-requeue, finish, fail, cancel) sets its own columns here and nowhere else. Every
-time it stores is the time of the event (`clock_timestamp()`), not the start of the
-caller's transaction, which may have been open for a while.
+This module is the only code that writes a run's status. Each named move (claim, requeue,
+finish, fail, cancel) sets its own columns here and nowhere else: through `transition`, or,
+for the two moves a worker makes on every run (claim and finish), through a compare-and-set of
+their own written as plain SQL. Every time it stores is the time of the event
+(`clock_timestamp()`), not the start of the caller's transaction, which may have been open
+for a while.
 """
 from __future__ import annotations
 

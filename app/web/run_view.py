@@ -168,8 +168,8 @@ class Drawn:
 
 
 # Every open page of a run asks for the same picture and the same fragment every few seconds.
-_charts = Drawn(max_chars=16_000_000)
-_fragments = Drawn(max_chars=16_000_000)
+_charts = Drawn(max_chars=8_000_000)  # about 170 runs' charts; a process holds at most these two
+_fragments = Drawn(max_chars=8_000_000)
 
 
 def chart_markup(run_id) -> Markup | None:
