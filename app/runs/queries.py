@@ -119,14 +119,7 @@ def list_runs_query(*, status: str | None = None, mode: str | None = None, datas
         created, run_id = decode_cursor(cursor)
         # A row comparison is an index condition on (..., created_at, id); the equivalent OR is a filter
         # Postgres applies while it walks the index from the top (seconds, deep in a million runs).
-        # With a filter, its column leads the comparison, so only that filter's index can serve it:
-        # otherwise the planner may walk the created index and filter out whole stretches of it.
-        lead = next(((column, value) for column, value in ((TunixRun.status, status), (TunixRun.mode, mode),
-                                                           (TunixRun.dataset_key, dataset_key)) if value), None)
-        if lead is None:
-            stmt = stmt.where(tuple_(TunixRun.created_at, TunixRun.id) < tuple_(created, run_id))
-        else:
-            stmt = stmt.where(tuple_(lead[0], TunixRun.created_at, TunixRun.id) < tuple_(lead[1], created, run_id))
+        stmt = stmt.where(tuple_(TunixRun.created_at, TunixRun.id) < tuple_(created, run_id))
     return stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
 
 
