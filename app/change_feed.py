@@ -8,7 +8,10 @@ until a notification names its key, or its whole topic.
 
 Nothing is served from memory while that connection is down: a lost connection means lost
 notifications, so everything cached is forgotten the moment the loss is noticed, and reads go to
-the database until the connection is back. A commit made by this process forgets everything
+the database until the connection is back. Every few seconds a probe (a NOTIFY sent from another
+connection) must come back through it; until the first does, or while one is overdue, the feed
+counts as down: so a LISTEN that hears nothing (behind a transaction-mode pooler, or cut off
+without a word) never leaves stale answers in memory for more than a moment. A commit made by this process forgets everything
 too, so a process reads its own writes at once. Another process's commit is seen when its
 notification arrives, which Postgres sends as that commit completes; `sync()` waits for it.
 """
@@ -18,6 +21,7 @@ import logging
 import os
 import select
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,7 +48,8 @@ RUNS, QUEUE, USERS, TOKENS, WORKERS = "runs", "queue", "users", "tokens", "worke
 TOPICS = (RUNS, QUEUE, USERS, TOKENS, WORKERS)
 WHOLE = ""  # the key that stands for every key of a topic
 
-CHECK_SECONDS = 5.0  # a silent connection is asked whether it is alive this often
+CHECK_SECONDS = 5.0  # a probe goes round (NOTIFY from elsewhere, heard here) this often
+PROBE_TIMEOUT_SECONDS = 2.0  # a probe not heard by then: nothing is served from memory until one is
 RECENT_KEPT = 10_000  # keys whose latest notification is remembered per topic
 
 
@@ -68,6 +73,8 @@ class ChangeFeed:
         self._named: dict[str, OrderedDict[Hashable, int]] = {t: OrderedDict() for t in TOPICS}
         self._forgotten_below = dict.fromkeys(TOPICS, 0)  # older namings are no longer remembered
         self._synced: set[str] = set()
+        self._probe: _Probe | None = None
+        self._proven_before = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="tunix-rt-change-feed", daemon=True)
         self._thread.start()
@@ -102,17 +109,22 @@ class ChangeFeed:
         """Wait until every commit made before this call has been heard; False when the feed is down."""
         if not self._live:
             return False
-        token = uuid.uuid4().hex
-        connection = psycopg2.connect(self.dsn, application_name="tunix-rt-feed-sync", connect_timeout=5)
+        token = self._send_token()
+        # Postgres delivers notifications in commit order: once this one is heard, so are all before it.
+        with self._cond:
+            return self._cond.wait_for(lambda: token in self._synced or not self._live, timeout) and self._live
+
+    def _send_token(self, token: str | None = None) -> str:
+        """NOTIFY a token (a new one unless given) on the sync channel from a connection of its own."""
+        token = token or uuid.uuid4().hex
+        connection = psycopg2.connect(self.dsn, application_name="tunix-rt-feed-probe", connect_timeout=5)
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_notify(%s, %s)", (SYNC_CHANNEL, token))
         finally:
             connection.close()
-        # Postgres delivers notifications in commit order: once this one is heard, so are all before it.
-        with self._cond:
-            return self._cond.wait_for(lambda: token in self._synced or not self._live, timeout) and self._live
+        return token
 
     def stop(self) -> None:
         self._stop.set()
@@ -130,10 +142,12 @@ class ChangeFeed:
         with self._cond:
             if not connected or any(channel == RECONNECTED for channel, _ in heard):
                 self._epoch += 1  # what was cached may have missed a notification
-            self._live = connected
+                self._probe = None  # and the connection must prove itself again
             for channel, payload in heard:
                 if channel == SYNC_CHANNEL:
                     self._synced.add(payload)
+                    if self._probe is not None and payload == self._probe.token:
+                        self._probe.heard = True
                 elif channel == RUN_CHANGED:
                     run_id, _, queue = payload.partition(" ")
                     if run_id and run_id != "queue":
@@ -148,7 +162,38 @@ class ChangeFeed:
                     self._name(WORKERS, WHOLE)
             if len(self._synced) > 1000:
                 self._synced.clear()
+            live = connected and self._proven
+            if self._live and not live:
+                self._epoch += 1
+            self._live = live
             self._cond.notify_all()
+
+    @property
+    def _proven(self) -> bool:
+        """Whether the last probe came back, or the one in flight is not overdue yet."""
+        probe = self._probe
+        if probe is None:
+            return False
+        return probe.heard or (self._proven_before and time.monotonic() - probe.sent_at < PROBE_TIMEOUT_SECONDS)
+
+    def _check(self) -> None:
+        """Send a probe when one is due: a notification from another connection that must come back.
+        LISTEN can look fine and hear nothing (a transaction-mode pooler in between, a network cut
+        without a word), and then nothing may be served from memory."""
+        with self._cond:
+            probe = self._probe
+            due = probe is None or (probe.heard and time.monotonic() - probe.sent_at >= CHECK_SECONDS) or (
+                not probe.heard and time.monotonic() - probe.sent_at >= PROBE_TIMEOUT_SECONDS)
+            if not due:
+                return
+            self._proven_before = probe is not None and probe.heard
+            self._probe = _Probe(uuid.uuid4().hex, time.monotonic())  # before it is sent: it may come back at once
+            token = self._probe.token
+        try:
+            self._send_token(token)
+        except psycopg2.Error as exc:
+            log.warning("change feed: cannot send its probe (%s); reading from the database meanwhile",
+                        type(exc).__name__)
 
     def _follow(self) -> None:
         listener = Listener(self.dsn, CHANNELS, f"tunix-rt-feed {self.pid}")
@@ -159,12 +204,14 @@ class ChangeFeed:
                 if not listener.connected:
                     self._stop.wait(0.25)
                     continue
+                self._check()
                 try:
-                    ready = select.select([listener.conn], [], [], CHECK_SECONDS)[0]
+                    ready = select.select([listener.conn], [], [], PROBE_TIMEOUT_SECONDS / 4)[0]
                 except (OSError, ValueError):
                     ready = True  # the next poll notices what broke
-                if not ready:
-                    listener.check_alive()
+                if not ready and self._probe is not None and not self._probe.heard and \
+                        time.monotonic() - self._probe.sent_at >= PROBE_TIMEOUT_SECONDS:
+                    listener.check_alive()  # overdue: maybe the connection itself is gone
         except Exception:  # a bug here must not leave stale caches behind: stop serving from them
             log.exception("the change feed stopped; reads go to the database from now on")
             raise
@@ -173,6 +220,13 @@ class ChangeFeed:
                 self._live = False
                 self._epoch += 1
             listener.close()
+
+
+@dataclass
+class _Probe:
+    token: str
+    sent_at: float
+    heard: bool = False
 
 
 _feeds: dict[object, ChangeFeed] = {}  # by the engine's URL

@@ -1,6 +1,7 @@
 """The change feed: a web process serves a poll from what it has read, and only until Postgres says that
 changed. Writes come from a second connection here, as they would from a worker on another host."""
 import contextlib
+import time
 import uuid
 
 import psycopg2
@@ -183,3 +184,18 @@ def test_an_api_poll_reads_nothing_until_its_run_or_its_token_changes(client, el
     assert feed.sync()
     assert client.get(f"/api/tunix/runs/{run_id}/status").status_code == 401
     assert client.get(f"/api/tunix/runs/{uuid.uuid4()}/status").status_code == 401
+
+
+def test_a_probe_that_does_not_come_back_takes_the_feed_down_until_one_does(app):
+    # A LISTEN that hears nothing (behind a transaction-mode pooler, say) looks healthy from its side;
+    # only a notification sent from elsewhere and heard here proves it.
+    feed = live_feed()
+    cache = change_feed.FeedCache(change_feed.RUNS, size=4)
+    assert cache.get("k", lambda: "kept") == "kept" and cache.get("k", lambda: "read again") == "kept"
+    with feed._cond:
+        feed._probe = change_feed._Probe("a token nobody sends", time.monotonic() - change_feed.PROBE_TIMEOUT_SECONDS)
+    feed._hear([], connected=True)
+    assert not feed.live and feed.mark(change_feed.RUNS) is None
+    assert cache.get("k", lambda: "read again") == "read again"
+    wait_for(lambda: feed.live, timeout=30)  # the next probe came back
+    assert cache.get("k", lambda: "after") == "after"  # what was kept before is not trusted again
