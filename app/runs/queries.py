@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, or_, select, tuple_
+from sqlalchemy import ARRAY, Integer, String, any_, cast, func, literal, or_, select, tuple_
 
 from app.change_feed import QUEUE, RUNS, FeedCache
 from app.extensions import db
@@ -109,18 +109,26 @@ def list_runs_query(*, status: str | None = None, mode: str | None = None, datas
         stmt = stmt.where(TunixRun.created_by == select(User.id).where(User.username == user).scalar_subquery())
     if tag:
         stmt = stmt.where(TunixRun.tags.contains([tag]))
-    if status:
-        stmt = stmt.where(TunixRun.status == status)
-    if mode:
-        stmt = stmt.where(TunixRun.mode == mode)
-    if dataset_key:
-        stmt = stmt.where(TunixRun.dataset_key == dataset_key)
+    # The first filter among status, mode and dataset leads: its index, (column, created_at, id), is the
+    # one to walk. Written `= ANY(ARRAY[value])` and ordered by that column too, so that no other index
+    # gives the order: with a plain `=` the planner may walk the created index instead and filter out
+    # whole stretches of it (22-44 ms, a cursor deep in a million runs).
+    lead = None
+    for column, value in ((TunixRun.status, status), (TunixRun.mode, mode), (TunixRun.dataset_key, dataset_key)):
+        if not value:
+            continue
+        if lead is None:
+            lead = column
+            stmt = stmt.where(column == any_(literal([value], ARRAY(String))))
+        else:
+            stmt = stmt.where(column == value)
     if cursor:
         created, run_id = decode_cursor(cursor)
         # A row comparison is an index condition on (..., created_at, id); the equivalent OR is a filter
         # Postgres applies while it walks the index from the top (seconds, deep in a million runs).
         stmt = stmt.where(tuple_(TunixRun.created_at, TunixRun.id) < tuple_(created, run_id))
-    return stmt.order_by(TunixRun.created_at.desc(), TunixRun.id.desc()).limit(limit + 1)
+    order = (TunixRun.created_at.desc(), TunixRun.id.desc())
+    return stmt.order_by(*((lead.desc(),) if lead is not None else ()), *order).limit(limit + 1)
 
 
 # Kept per process until the run (or, for a place in the queue, the queue) is named by a notification.
