@@ -75,7 +75,6 @@ class ChangeFeed:
         self._synced: set[str] = set()
         self._probe: _Probe | None = None
         self._proven_before = False
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="tunix-rt-change-feed", daemon=True)
         self._thread.start()
 
@@ -125,9 +124,6 @@ class ChangeFeed:
         finally:
             connection.close()
         return token
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _name(self, topic: str, key: Hashable) -> None:
         self._seen[topic] += 1
@@ -198,11 +194,11 @@ class ChangeFeed:
     def _follow(self) -> None:
         listener = Listener(self.dsn, CHANNELS, f"tunix-rt-feed {self.pid}")
         try:
-            while not self._stop.is_set():
+            while True:
                 heard = listener.poll()
                 self._hear(heard, listener.connected)
                 if not listener.connected:
-                    self._stop.wait(0.25)
+                    time.sleep(0.25)
                     continue
                 self._check()
                 try:

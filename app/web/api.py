@@ -84,7 +84,14 @@ def get_run_status(run_id: str):
         key = str(uuid.UUID(run_id))
     except ValueError:
         raise NotFoundError(f"no run with id {run_id!r}") from None
-    return jsonify(_statuses.get(key, lambda: serializers.run_status(queries.status_row(key) or run_or_404(key))))
+
+    def read() -> dict:
+        row = queries.status_row(key)
+        if row is None:
+            raise NotFoundError(f"no run with id {run_id!r}")
+        return serializers.run_status(row)
+
+    return jsonify(_statuses.get(key, read))
 
 
 @bp.get("/tunix/runs/<run_id>")

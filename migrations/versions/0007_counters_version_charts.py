@@ -42,6 +42,14 @@ BEGIN
 END
 $$;
 
+CREATE TRIGGER tunix_runs_counted_insert AFTER INSERT ON tunix_runs REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_inserted();
+CREATE TRIGGER tunix_runs_counted_delete AFTER DELETE ON tunix_runs REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_deleted();
+"""
+
+# Kept apart: migration 0008 replaces it with a row trigger, and its downgrade puts this back.
+UPDATE_COUNTER = """
 CREATE FUNCTION tunix_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM tunix_bump_counters((SELECT jsonb_object_agg(name, n) FROM (
@@ -58,11 +66,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE TRIGGER tunix_runs_counted_insert AFTER INSERT ON tunix_runs REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_inserted();
-CREATE TRIGGER tunix_runs_counted_delete AFTER DELETE ON tunix_runs REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_deleted();
 CREATE TRIGGER tunix_runs_counted_update AFTER UPDATE ON tunix_runs
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_updated();
@@ -85,6 +88,7 @@ def upgrade():
         sa.Column("version", sa.BigInteger(), nullable=False, server_default="0"),
     )
     op.execute(COUNT_FUNCTIONS)
+    op.execute(UPDATE_COUNTER)
     op.execute("INSERT INTO run_counters (name, shard, n) "
                "SELECT 'runs:' || status || ':' || mode, 0, count(*) FROM tunix_runs GROUP BY status, mode")
     op.execute("INSERT INTO run_counters (name, shard, n) SELECT 'recoveries', 0, coalesce(sum(recoveries), 0) "

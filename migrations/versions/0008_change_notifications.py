@@ -16,7 +16,7 @@ statement triggers.
 Revision ID: 0008
 Revises: 0007
 """
-from alembic import op
+from alembic import context, op
 
 revision = "0008"
 down_revision = "0007"
@@ -105,29 +105,6 @@ CREATE TRIGGER workers_notify_change AFTER INSERT OR UPDATE OR DELETE ON workers
     EXECUTE FUNCTION tunix_notify_workers_changed();
 """
 
-# What downgrade puts back: 0007's statement trigger for updates.
-STATEMENT_COUNTER_0007 = """
-CREATE FUNCTION tunix_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM tunix_bump_counters((SELECT jsonb_object_agg(name, n) FROM (
-        SELECT name, sum(n) AS n FROM (
-            SELECT 'runs:' || o.status || ':' || o.mode AS name, -1 AS n FROM old_rows o JOIN new_rows n USING (id)
-                WHERE o.status <> n.status OR o.mode <> n.mode
-            UNION ALL
-            SELECT 'runs:' || n.status || ':' || n.mode, 1 FROM old_rows o JOIN new_rows n USING (id)
-                WHERE o.status <> n.status OR o.mode <> n.mode
-            UNION ALL
-            SELECT 'recoveries', n.recoveries - o.recoveries FROM old_rows o JOIN new_rows n USING (id)
-                WHERE n.recoveries <> o.recoveries) changes
-        GROUP BY name) counted));
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER tunix_runs_counted_update AFTER UPDATE ON tunix_runs
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tunix_count_updated();
-"""
-
 TRIGGERS = {"tunix_runs": ("tunix_runs_updated", "tunix_runs_notify_delete", "tunix_runs_notify_insert"),
             "users": ("users_notify_change",), "api_tokens": ("api_tokens_notify_change",),
             "workers": ("workers_notify_change",)}
@@ -144,4 +121,5 @@ def downgrade():
     op.execute("DROP FUNCTION tunix_run_updated()")
     for function in ("run_deleted", "runs_queued", "user_changed", "token_changed", "workers_changed"):
         op.execute(f"DROP FUNCTION tunix_notify_{function}()")
-    op.execute(STATEMENT_COUNTER_0007)
+    # 0007's statement trigger for updates, as that migration wrote it.
+    op.execute(context.script.get_revision("0007").module.UPDATE_COUNTER)
