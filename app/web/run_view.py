@@ -195,6 +195,10 @@ class FragmentState:
     status: str
     waiting: Waiting
 
+    def describes(self, run: TunixRun) -> bool:
+        """Whether the run is still as this state saw it (it may have moved on since)."""
+        return run.version == self.version and run.status == self.status
+
 
 def fragment_state(run_id: str, query: str, viewer: str) -> FragmentState | None:
     """The status fragment's validator and what decided it: the run's version and status (and, for a
@@ -218,7 +222,7 @@ def rendered_fragment(state: FragmentState) -> str | None:
 
 def keep_fragment(state: FragmentState, run: TunixRun, body: str) -> None:
     """Keep a rendered fragment under its validator, unless the run moved on while it was rendered."""
-    if run.version == state.version and run.status == state.status:
+    if state.describes(run):
         _fragments.keep(state.etag, body)
 
 
@@ -237,8 +241,7 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
         log = logs.tail(run.id, max_lines)
     else:
         log = logs.LogSlice([], logs.last_seq(run.id))
-    same = state is not None and state.version == run.version and state.status == run.status
-    waiting = state.waiting if same else Waiting.of(run)
+    waiting = state.waiting if state is not None and state.describes(run) else Waiting.of(run)
     context = {"run": run, "progress": ProgressView.of(run), "scores": ScoresView.of(run),
                "chart": chart_markup(run.id),
                "queue_position": waiting.position, "queue_wait_seconds": waiting.wait_seconds,
