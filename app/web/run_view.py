@@ -190,14 +190,15 @@ def chart_markup(run_id) -> Markup | None:
 class FragmentState:
     """What the status fragment's validator was computed from."""
 
+    run_id: str
     etag: str
     version: int
     status: str
     waiting: Waiting
 
     def describes(self, run: TunixRun) -> bool:
-        """Whether the run is still as this state saw it (it may have moved on since)."""
-        return run.version == self.version and run.status == self.status
+        """Whether this state is of this run, and the run is still as it saw it (it may have moved on since)."""
+        return str(run.id) == self.run_id and run.version == self.version and run.status == self.status
 
 
 def fragment_state(run_id: str, query: str, viewer: str) -> FragmentState | None:
@@ -208,22 +209,26 @@ def fragment_state(run_id: str, query: str, viewer: str) -> FragmentState | None
     row = queries.fragment_state(run_id)
     if row is None:
         return None
-    parts = [str(row.version), row.status, query, viewer, str(current_app.config["STATUS_POLL_SECONDS"])]
+    # The run's id comes first: two runs at the same version, status and poll position render
+    # different fragments, so they must never share a validator (nor a kept body).
+    parts = [str(row.id), str(row.version), row.status, query, viewer,
+             str(current_app.config["STATUS_POLL_SECONDS"])]
     waiting = Waiting.of(row)
     if row.status == PENDING:
         parts += [repr(waiting.position), repr(waiting.wait_seconds), waiting.worker_note or ""]
-    return FragmentState(hashlib.sha1("|".join(parts).encode()).hexdigest(), row.version, row.status, waiting)
+    return FragmentState(str(row.id), hashlib.sha1("|".join(parts).encode()).hexdigest(), row.version, row.status,
+                         waiting)
 
 
 def rendered_fragment(state: FragmentState) -> str | None:
-    """The fragment this process rendered for the same validator, if it still has it."""
-    return _fragments.get(state.etag)
+    """The fragment this process rendered for the same run and validator, if it still has it."""
+    return _fragments.get((state.run_id, state.etag))
 
 
 def keep_fragment(state: FragmentState, run: TunixRun, body: str) -> None:
-    """Keep a rendered fragment under its validator, unless the run moved on while it was rendered."""
+    """Keep a rendered fragment under its run and validator, unless the run moved on while it was rendered."""
     if state.describes(run):
-        _fragments.keep(state.etag, body)
+        _fragments.keep((state.run_id, state.etag), body)
 
 
 def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: str | None = None,
