@@ -197,15 +197,6 @@ class TunixRun(db.Model):
         """True while a user may still cancel the run."""
         return self.status in CANCELLABLE_STATUSES
 
-    @property
-    def time_left_seconds(self) -> float | None:
-        """Estimated seconds to the last step, from the pace so far; None when there is no estimate."""
-        progress = self.progress or {}
-        step, total, elapsed = progress.get("step"), progress.get("total_steps"), progress.get("elapsed_seconds")
-        if self.status != RUNNING or not step or not total or not elapsed:
-            return None
-        return elapsed / step * max(0, total - step)
-
 
 SWEEP_RUNNING, SWEEP_COMPLETED, SWEEP_CANCELLED, SWEEP_FAILED = "running", "completed", "cancelled", "failed"
 SWEEP_STATUSES = (SWEEP_RUNNING, SWEEP_COMPLETED, SWEEP_CANCELLED, SWEEP_FAILED)

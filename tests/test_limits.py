@@ -2,19 +2,52 @@
 import io
 import json
 
+import pytest
+
 from app.datasets.parsing import parse_jsonl
 from tests.helpers import SAMPLE, submit
 
 
 def test_sync_mode_takes_only_runs_that_fit_its_time(client, app):
-    app.config["SYNC_MAX_SECONDS"] = 20  # the sample's 162 tiny steps: about 15 s of start-up plus 3 s
+    app.config["SYNC_MAX_SECONDS"] = 30  # the sample's 162 tiny steps: about 20 s by tiny's nominal figures
     assert submit(client, "sync")["status"] == "completed"
     too_long = client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "num_epochs": 50})
     assert too_long.status_code == 422
-    assert "mode=async" in too_long.get_json()["details"]["mode"]
+    message = too_long.get_json()["details"]["mode"]
+    # The figure says how it was made: the parts, and that they are nominal (the stand-in trainer
+    # reports no training pace, so no completed run measured tiny).
+    assert "2700 steps at 0.07 s each" in message and "nominal figures for tiny" in message
+    assert "scoring 24 answers of up to 64 tokens" in message and "Queue it instead (async)" in message
     assert client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE, "num_epochs": 50}).status_code == 202
     form = client.post("/runs/new", data={"dataset_key": SAMPLE, "num_epochs": "50", "mode": "sync"})
-    assert form.status_code == 422 and "mode=async" in form.get_data(as_text=True)
+    assert form.status_code == 422 and "Queue it instead (async)" in form.get_data(as_text=True)
+
+
+def test_the_sync_estimate_uses_the_pace_completed_runs_of_the_model_kept(client, app):
+    from app.extensions import db
+    from app.models import TunixRun
+    from app.runs import estimates
+
+    config = {"dataset_key": SAMPLE, "model_id": "tiny", "eval_fraction": 0.1, "num_epochs": 3, "batch_size": 4,
+              "max_steps": None, "eval_max_examples": 200, "eval_max_new_tokens": 64, "eval_dataset_key": None}
+    nominal = estimates.estimate(config)
+    assert nominal.measured_runs == 0 and nominal.steps == 162 and nominal.scored_examples == 24
+    # A completed run of 18 steps at 60 steps/s that took 24.8 s, 0.4 s of them scoring 2 x 24 answers.
+    for _ in range(3):
+        run_id = submit(client)["run_id"]
+        db.session.query(TunixRun).filter_by(id=run_id).update({
+            "status": "completed", "duration_seconds": 24.8, "result": {
+                "steps": 18, "steps_per_second": 60.0,
+                "evaluation": {"before": {"examples": 24, "seconds": 0.3}, "after": {"examples": 24, "seconds": 0.1}}}})
+    db.session.commit()
+    measured = estimates.estimate(config)
+    assert measured.measured_runs == 3
+    assert measured.step_seconds == pytest.approx(1 / 60)
+    assert measured.overhead_seconds == pytest.approx(24.8 - 18 / 60 - 0.4)
+    assert measured.token_seconds == pytest.approx(0.4 / (48 * 64))
+    # 162 steps at the measured pace and the same start-up: far from the 24.8 s / 18 steps a whole run took.
+    assert measured.total_seconds == pytest.approx(24.1 + 162 / 60 + 0.4)
+    assert "the median of the latest 3 completed runs of tiny" in measured.explain()
 
 
 def test_one_user_may_hold_only_so_many_active_runs(client, app):

@@ -190,13 +190,24 @@ def test_the_runs_list_shows_progress_and_loss_and_polls_its_active_rows_in_one_
 
 
 def test_rates_are_smoothed_and_time_left_is_only_estimated_while_running(client):
+    from app.runs.progress import time_left_seconds
+
     recorder = ProgressRecorder(uuid.UUID(submit(client)["run_id"]))
-    for step, rate in enumerate([50.0, 2000.0, 2200.0, 216380.0 / 100], start=1):
+    # The first step took 10 s (tracing and compiling); the steady pace after it is 0.5 s a step.
+    for step, rate, elapsed in ((1, 50.0, 10.0), (2, 2000.0, 10.5), (3, 2200.0, 11.0), (4, 2163.8, 11.5)):
         recorder.on_event({"event": "step", "step": step, "loss": 1.0, "tokens_per_second": rate,
-                           "elapsed_seconds": step * 1.0})
-    assert recorder._progress["tokens_per_second"] == pytest.approx((2000 + 2200 + 2163.8) / 3, abs=0.1)
-    run = TunixRun(status="running", progress={"step": 2, "total_steps": 10, "elapsed_seconds": 4.0})
-    assert run.time_left_seconds == 16.0
+                           "elapsed_seconds": elapsed})
+    progress = recorder._progress
+    assert progress["tokens_per_second"] == pytest.approx((2000 + 2200 + 2163.8) / 3, abs=0.1)
+    assert progress["seconds_per_step"] == pytest.approx(0.5)
+    progress = {**progress, "total_steps": 10}
+    assert time_left_seconds("running", progress) == pytest.approx(6 * 0.5)  # not 6 x 11.5 / 4
+    # With scoring after training to come: 24 answers in batches of 16 at 0.25 s a batch (the pass before).
+    progress["evaluation_before"] = {"examples": 24, "batch_size": 16, "batch_seconds": 0.25}
+    assert time_left_seconds("running", progress) == pytest.approx(3.0 + 0.5)
+    progress.update(phase="scoring_after", evaluating={"phase": "after", "done": 16, "total": 24})
+    assert time_left_seconds("running", progress) == pytest.approx(0.25)  # never "0.0 s left" mid-pass
+    for phase in ("loading", "scoring_before", "storing"):
+        assert time_left_seconds("running", {**progress, "phase": phase}) is None
     for status in ("cancelling", "pending", "completed"):
-        run.status = status
-        assert run.time_left_seconds is None
+        assert time_left_seconds(status, progress) is None

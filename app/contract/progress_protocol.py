@@ -1,11 +1,13 @@
 """The trainer's progress protocol: one JSON object per line on stdout.
 
 Events (each a JSON object with an "event" key):
+  phase       {"name"}: one of PHASES, as the trainer moves from one part of its work to the next
   start       {"total_steps", "steps_per_epoch", "num_epochs", "train_examples", "eval_examples", ...}
   step        {"step", "loss", "learning_rate", "tokens_per_second", "elapsed_seconds"}
   eval        {"step", "loss"}
   checkpoint  {"step", "path"}
   evaluate    {"phase": "before"|"after", "done", "total"}, and "metrics" with the last one of a pass
+              (with "batch_seconds": one batch's time without compilation, to foresee the next pass)
   end         {"steps", "final_loss", "best_loss", "best_eval_loss", "tokens_per_second", "evaluation", ...}
   error       {"message"}
 Human-readable lines may be interleaved; they are kept in the stdout tail.
@@ -18,7 +20,11 @@ import math
 import sys
 from typing import Any
 
-EVENTS = frozenset({"start", "step", "eval", "checkpoint", "evaluate", "end", "error"})
+EVENTS = frozenset({"phase", "start", "step", "eval", "checkpoint", "evaluate", "end", "error"})
+# What the trainer is doing, in order; the run page names it and bases the time left on it.
+LOADING, SCORING_BEFORE, TRAINING, SCORING_AFTER, STORING = (
+    "loading", "scoring_before", "training", "scoring_after", "storing")
+PHASES = (LOADING, SCORING_BEFORE, TRAINING, SCORING_AFTER, STORING)
 
 
 def encode_event(event: str, **fields: Any) -> str:

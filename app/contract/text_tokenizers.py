@@ -30,7 +30,8 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         data = bytes(i - self.offset for i in ids if self.offset <= i < self.offset + 256)
-        return data.decode("utf-8", errors="replace")
+        # An untrained model emits bytes that are not UTF-8: keep them readable as \xNN, not as boxes.
+        return data.decode("utf-8", errors="backslashreplace")
 
 
 class CheckpointTokenizer:

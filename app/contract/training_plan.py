@@ -64,7 +64,34 @@ def eval_batch_size(num_eval: int, batch_size: int) -> int:
     return min(batch_size, num_eval)
 
 
-def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None) -> dict[str, Any]:
+def scored_count(config: dict[str, Any], num_examples: int, eval_dataset_examples: int | None = None) -> int:
+    """How many examples the evaluation scores: the eval dataset's (or the held-out split's), up to
+    eval_max_examples."""
+    available = eval_dataset_examples if config.get("eval_dataset_key") else eval_count(
+        num_examples, config["eval_fraction"])
+    return min(config["eval_max_examples"], available or 0)
+
+
+def notes(config: dict[str, Any], num_examples: int, eval_dataset_examples: int | None = None) -> list[str]:
+    """What the run will do that its settings may not lead one to expect (not problems: it can train)."""
+    found = []
+    num_eval = eval_count(num_examples, config["eval_fraction"])
+    steps = total_steps(config, num_examples - num_eval)
+    if num_eval and steps and config["eval_every_n_steps"] > steps:
+        found.append(f"eval_every_n_steps: {config['eval_every_n_steps']} is more than the {steps} steps, so the "
+                     "eval loss is measured only before the first step and after the last")
+    asked = config["eval_max_examples"]
+    scored = scored_count(config, num_examples, eval_dataset_examples)
+    if asked and scored < asked:
+        source = f"the eval dataset {config['eval_dataset_key']}" if config.get("eval_dataset_key") else \
+            f"the held-out split ({config['eval_fraction']:g} of {num_examples} examples)"
+        found.append(f"eval_max_examples: {asked:,} asked, but {source} holds {scored:,}, so {scored:,} "
+                     f"{'is' if scored == 1 else 'are'} scored")
+    return found
+
+
+def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
+             eval_dataset_examples: int | None = None) -> dict[str, Any]:
     """What a run would do: split, token counts, steps, and every problem that would stop it."""
     from app.contract.text_tokenizers import load_tokenizer
 
@@ -102,6 +129,8 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None) ->
         "steps_per_epoch": spe, "total_steps": steps,
         "eval_steps_per_pass": (len(eval_idx) // eval_batch_size(len(eval_idx), config["batch_size"])
                                 if eval_idx else 0),
+        "scored_examples": scored_count(config, n, eval_dataset_examples),
+        "notes": notes(config, n, eval_dataset_examples) if n else [],
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "trainer_config": config,
     }

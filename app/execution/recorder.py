@@ -47,6 +47,7 @@ class ProgressRecorder:
         self._next_seq: int | None = None
         self._last_flush = self._clock()
         self._recent_rates: deque[float] = deque(maxlen=RATE_WINDOW_STEPS)
+        self._recent_steps: deque[tuple[int, float]] = deque(maxlen=RATE_WINDOW_STEPS + 1)  # (step, elapsed)
         self._chart: dict[str, Any] | None = None  # loaded from its row at the first write (a retry continues it)
         self._pending_chart: dict[str, Any] | None = None  # what the chart becomes once the write commits
 
@@ -55,18 +56,24 @@ class ProgressRecorder:
         point = progress_protocol.metric_point(event)
         if point is not None:
             self._points[(point["split"], point["step"])] = point
-        if kind == "start":
+        if kind == "phase" and event.get("name") in progress_protocol.PHASES:
+            self._progress.update(phase=event["name"], phase_started_at=round(time.time(), 3))
+        elif kind == "start":
             self._progress.update(total_steps=event.get("total_steps"), started=True)
         elif kind == "step":
             rate = progress_protocol.finite(event.get("tokens_per_second"))
-            if rate is not None and event.get("step") != 1:  # the first step also traces and compiles
-                self._recent_rates.append(rate)
-            self._progress.update(step=event.get("step"), loss=event.get("loss"),
-                                  elapsed_seconds=event.get("elapsed_seconds"),
+            elapsed = progress_protocol.finite(event.get("elapsed_seconds"))
+            if event.get("step") != 1:  # the first step also traces and compiles: it is no pace
+                if rate is not None:
+                    self._recent_rates.append(rate)
+                if isinstance(event.get("step"), int) and elapsed is not None:
+                    self._recent_steps.append((event["step"], elapsed))
+            self._progress.update(step=event.get("step"), loss=event.get("loss"), elapsed_seconds=elapsed,
                                   tokens_per_second=(round(sum(self._recent_rates) / len(self._recent_rates), 1)
-                                                     if self._recent_rates else None))
+                                                     if self._recent_rates else None),
+                                  seconds_per_step=self._steady_pace())
         elif kind == "eval":
-            self._progress.update(eval_loss=event.get("loss"))
+            self._progress.update(eval_loss=event.get("loss"), eval_step=event.get("step"))
         elif kind == "checkpoint":
             self._progress.update(last_checkpoint_step=event.get("step"))
         elif kind == "evaluate" and event.get("phase") in ("before", "after"):
@@ -74,9 +81,16 @@ class ProgressRecorder:
                                               "total": event.get("total")})
             if isinstance(event.get("metrics"), dict):
                 self._progress[f"evaluation_{event['phase']}"] = event["metrics"]
-        if kind in ("start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1) or (
+        if kind in ("phase", "start", "eval", "checkpoint") or (kind == "step" and event.get("step") == 1) or (
                 kind == "evaluate" and (event.get("done") == 0 or "metrics" in event)):
             self.flush()
+
+    def _steady_pace(self) -> float | None:
+        """Seconds per step over the recent steps, the compiling first step left out; None before two."""
+        if len(self._recent_steps) < 2:
+            return None
+        (first, start), (last, end) = self._recent_steps[0], self._recent_steps[-1]
+        return round((end - start) / (last - first), 4) if last > first and end >= start else None
 
     def on_output(self, stream: str, data: bytes) -> None:
         if self._log_capped:

@@ -25,7 +25,7 @@ from app.accounts.service import Actor
 from app.errors import AppError, ConflictError, ForbiddenError, ValidationError
 from app.extensions import db
 from app.models import TunixRun
-from app.runs import lifecycle, states, validation
+from app.runs import estimates, lifecycle, states, validation
 from app.runs.channels import QUEUE_CHANNEL, notify
 from app.runs.states import ASYNC, CANCELLING, DRY_RUN, PENDING, REQUEUEABLE_MODES, RUNNING
 
@@ -140,36 +140,15 @@ class TooManyActiveRuns(AppError):
     status = 429
 
 
-# Seconds per training step when no finished run of the model tells better; and start-up.
-NOMINAL_STEP_SECONDS = {"tiny": 0.02, "small": 0.2}
-CHECKPOINT_STEP_SECONDS = 1.0
-STARTUP_SECONDS = 15.0
-
-
-def estimated_training_seconds(config: dict[str, Any]) -> float:
-    """How long a run with this config should train: its planned steps at the pace recent runs of the
-    same model kept (their median), else a nominal pace for the model, plus start-up."""
-    dataset = dataset_store.get_dataset(config["dataset_key"])
-    train = dataset.num_examples - training_plan.eval_count(dataset.num_examples, config["eval_fraction"])
-    steps = training_plan.total_steps(config, train)
-    paces = sorted(row.duration_seconds / row.steps for row in db.session.execute(
-        select(TunixRun.duration_seconds, TunixRun.result["steps"].as_integer().label("steps"))
-        .where(TunixRun.model_id == config["model_id"], TunixRun.status == states.COMPLETED,
-               TunixRun.mode != DRY_RUN, TunixRun.duration_seconds.is_not(None))
-        .order_by(TunixRun.created_at.desc()).limit(20)) if row.steps)
-    pace = paces[len(paces) // 2] if paces else NOMINAL_STEP_SECONDS.get(config["model_id"], CHECKPOINT_STEP_SECONDS)
-    return STARTUP_SECONDS + steps * pace
-
-
 def _check_limits(config: dict[str, Any], mode: str, created_by: int | None) -> None:
     """Keep one request, or one user, from taking the service."""
     settings = current_app.config
     if mode == states.SYNC:
-        estimate = estimated_training_seconds(config)
-        if estimate > settings["SYNC_MAX_SECONDS"]:
+        estimate = estimates.estimate(config)
+        if estimate.total_seconds > settings["SYNC_MAX_SECONDS"]:
             raise ValidationError("run too long for mode=sync", {"mode": (
-                f"this run would train for about {estimate:.0f} s, more than the {settings['SYNC_MAX_SECONDS']:.0f} s "
-                "a sync request may take; submit it with mode=async")})
+                f"this run should take {estimate.explain()}: more than the {settings['SYNC_MAX_SECONDS']:.0f} s "
+                "a sync run may take. Queue it instead (async)")})
     cap = settings["MAX_ACTIVE_RUNS_PER_USER"]
     if created_by is not None and cap and mode != DRY_RUN:
         active = db.session.scalar(select(func.count()).select_from(TunixRun).where(
@@ -233,12 +212,27 @@ def plan_dry_run(run: TunixRun) -> bool:
     """Carry out a dry run: check the dataset and the config, store the plan, end the run."""
     examples = list(dataset_store.iter_examples(run.dataset_key))
     try:
-        plan = training_plan.plan_run(run.config, examples)
+        plan = training_plan.plan_run(run.config, examples, eval_dataset_examples=_eval_dataset_size(run.config))
     except training_plan.PlanError as exc:
         plan = {"ok": False, "problems": [str(exc)]}
     status = states.COMPLETED if plan["ok"] else states.FAILED
     error = None if plan["ok"] else "dry run found problems: " + "; ".join(plan["problems"])
     return lifecycle.finish(run.id, status, result=plan, error_message=error)
+
+
+def _eval_dataset_size(config: dict[str, Any]) -> int | None:
+    dataset = dataset_store.get_dataset(config["eval_dataset_key"]) if config.get("eval_dataset_key") else None
+    return None if dataset is None else dataset.num_examples
+
+
+def plan_notes(run: TunixRun) -> list[str]:
+    """What the run's settings will do that one may not expect (the plan's notes, for any run)."""
+    config = run.config if isinstance(run.config, dict) else {}
+    dataset = dataset_store.get_dataset(run.dataset_key)
+    try:
+        return training_plan.notes(config, dataset.num_examples, _eval_dataset_size(config)) if dataset else []
+    except (KeyError, TypeError):  # a config stored before one of the settings existed
+        return []
 
 
 def rollback() -> None:

@@ -77,6 +77,7 @@ class Evaluator:
             num_kv_heads=model_config.num_kv_heads, head_dim=model_config.head_dim)
         self.batch_size = min(BATCH_SIZE, len(self.prompts))
         self._sampler = None
+        self._compiled = False
 
     def run(self, model, phase: str) -> dict:
         """Generate and score every example with the model as it is now; append to predictions.jsonl."""
@@ -89,13 +90,16 @@ class Evaluator:
         total = len(self.prompts)
         _drop_phase(self.run_dir / run_files.PREDICTIONS_FILE, phase)  # an earlier attempt's partial pass
         progress_protocol.emit("evaluate", phase=phase, done=0, total=total)
-        verdicts, lengths, started = [], [], time.monotonic()
+        verdicts, lengths, started, batch_times = [], [], time.monotonic(), []
+        compiles = self._compiled is False
         with (self.run_dir / run_files.PREDICTIONS_FILE).open("a", encoding="utf-8") as out:
             for first in range(0, total, self.batch_size):
                 batch = self.prompts[first:first + self.batch_size]
                 padded = batch + [batch[0]] * (self.batch_size - len(batch))
+                batch_started = time.monotonic()
                 output = self._sampler(padded, max_generation_steps=self.max_new_tokens,
                                        max_prompt_length=self.max_prompt_length, temperature=0.0)
+                batch_times.append(time.monotonic() - batch_started)
                 for offset, prompt in enumerate(batch):
                     index = first + offset
                     prediction, reference = output.text[offset], self.eval_set.examples[index][1]
@@ -109,7 +113,13 @@ class Evaluator:
                         "answer_match": verdict.answer, "generated_tokens": generated}) + "\n")
                 progress_protocol.emit("evaluate", phase=phase, done=min(first + self.batch_size, total),
                                        total=total)
+        self._compiled = True
         metrics = scoring.summarize(verdicts, lengths, time.monotonic() - started)
+        # The first batch of the first pass also traces and compiles generation: say so beside its
+        # tokens/s, and leave it out of the batch time the next pass is foreseen with.
+        steady = batch_times[1:] if compiles and len(batch_times) > 1 else batch_times
+        metrics.update(includes_compilation=compiles, batch_size=self.batch_size,
+                       batch_seconds=round(sum(steady) / len(steady), 4) if steady else None)
         progress_protocol.emit("evaluate", phase=phase, done=total, total=total, metrics=metrics)
         return metrics
 

@@ -48,8 +48,8 @@ def _model_inputs(pad_id: int):
 class ProgressHooks:
     """Tunix training hooks that print protocol events: steps, evals, checkpoints."""
 
-    def __init__(self, train_batches: run_data.TrainBatches, total_steps: int):
-        self.train_batches, self.total_steps = train_batches, total_steps
+    def __init__(self, train_batches: run_data.TrainBatches, total_steps: int, evaluates: bool):
+        self.train_batches, self.total_steps, self.evaluates = train_batches, total_steps, evaluates
         self.train_start = None
         self.last_time = None
         self.first_step_at = None
@@ -66,7 +66,10 @@ class ProgressHooks:
         pass
 
     def on_train_step_start(self, trainer):
-        pass
+        # Tunix evaluates every eval_every_n_steps; the last step is evaluated too, so the run's final
+        # eval loss is the trained model's (an 18-step run with a cadence of 20 was scored untrained).
+        if self.evaluates and trainer.train_steps + 1 == self.total_steps:
+            trainer.config.eval_every_n_steps = self.total_steps
 
     def on_eval_step_start(self, trainer):
         pass
@@ -157,7 +160,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     trainer = _trainer_resuming_if_possible(peft_trainer, model, optimizer, training_config,
                                             run_dir / run_files.CHECKPOINTS_DIR)
     trainer = trainer.with_gen_model_input_fn(_model_inputs(tokenizer.pad_id))
-    hooks = ProgressHooks(train_batches, total_steps)
+    hooks = ProgressHooks(train_batches, total_steps, evaluates=len(eval_batches) > 0)
     trainer.with_training_hooks(hooks)
     _stop_on_sigterm(train_batches)
     resumed_from = trainer.train_steps
@@ -178,6 +181,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
         scoring.run(trainer.model, "before")
         scoring.save_before()
 
+    progress_protocol.emit("phase", name=progress_protocol.TRAINING)
     trainer.train(train_batches, eval_batches if len(eval_batches) else None)
     if hooks.last_checkpoint != trainer.checkpoint_manager.latest_step():
         hooks._report_checkpoint(trainer)
@@ -187,6 +191,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     if not summary["stopped_early"]:  # a cancelled or timed-out run is not scored
         scoring.run(trainer.model, "after")
     summary["evaluation"] = scoring.outcome()
+    progress_protocol.emit("phase", name=progress_protocol.STORING)
     if config["finetune"] == "full" and not summary["stopped_early"]:
         source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
         hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source)
@@ -228,6 +233,8 @@ class _Scoring:
     def run(self, model, phase: str) -> None:
         if self.evaluator is None:
             return
+        progress_protocol.emit("phase", name=progress_protocol.SCORING_BEFORE if phase == "before"
+                               else progress_protocol.SCORING_AFTER)
         try:
             self.passes[phase] = self.evaluator.run(model, phase)
         except Exception as exc:
@@ -288,6 +295,7 @@ def _summary(hooks: ProgressHooks, trainer, total_steps: int, started: float) ->
         "first_loss": _finite(hooks.losses[0]) if hooks.losses else None,
         "best_loss": _finite(min(hooks.losses)) if hooks.losses else None,
         "final_eval_loss": hooks.eval_losses[-1][1] if hooks.eval_losses else None,
+        "final_eval_step": hooks.eval_losses[-1][0] if hooks.eval_losses else None,
         "best_eval_loss": min(l for _, l in hooks.eval_losses) if hooks.eval_losses else None,
         "tokens_per_second": round(sum(tokens) / train_seconds, 1) if train_seconds > 0 else None,
         "steps_per_second": round(len(times) / train_seconds, 2) if train_seconds > 0 else None,

@@ -17,7 +17,9 @@ from markupsafe import Markup
 
 from app.models import TunixRun
 from app.queue import registry
-from app.runs import artifacts, evaluation, logs, queries
+from app.contract.progress_protocol import TRAINING
+from app.runs import artifacts, evaluation, logs, queries, service
+from app.runs import progress as run_progress
 from app.runs.states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
 from app.web import loss_chart
 
@@ -42,7 +44,9 @@ class ProgressView:
     total_steps: int | None
     loss: float | None
     eval_loss: float | None
-    elapsed_seconds: float | None
+    eval_step: int | None  # the step the eval loss was measured at
+    phase: str | None  # what the trainer is doing, in words, while the run is active
+    training_seconds: float | None  # since the first step, while training
     time_left_seconds: float | None
     tokens_per_second: float | None  # smoothed while running; the run's own figure once it ended
 
@@ -54,9 +58,14 @@ class ProgressView:
             return None
         result = run.result if isinstance(run.result, dict) else {}
         rate = _number(result, "tokens_per_second") if run.is_terminal else None
+        phase = run_progress.phase_of(progress) if run.status == RUNNING else None
+        eval_step = _number(progress, "eval_step")
         return cls(step=int(_number(progress, "step") or 0), total_steps=int(total),
                    loss=_number(progress, "loss"), eval_loss=_number(progress, "eval_loss"),
-                   elapsed_seconds=_number(progress, "elapsed_seconds"), time_left_seconds=run.time_left_seconds,
+                   eval_step=None if eval_step is None else int(eval_step),
+                   phase=run_progress.PHASE_WORDS[phase] if phase else None,
+                   training_seconds=_number(progress, "elapsed_seconds") if phase == TRAINING else None,
+                   time_left_seconds=run_progress.time_left_seconds(run.status, progress),
                    tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"))
 
 
@@ -261,6 +270,7 @@ def _surroundings(run: TunixRun) -> dict:
     examples = evaluation.predictions(run.id, "after", 0, EXAMPLES_SHOWN) if run.is_terminal and not run.is_plan \
         else None
     return {"artifacts": artifacts.group(current_app.config["ARTIFACTS_ROOT"], run.id),
+            "notes": [] if run.is_plan else service.plan_notes(run),
             "retries": queries.retries_of(run.id), "examples": examples,
             "examples_before": evaluation.before_verdicts(run.id, [p.position for p in examples.items])
             if examples else {}}
