@@ -1,6 +1,7 @@
 """Accounts: sign-in for pages, bearer tokens for the API, ownership, sign-in limits, the CLI, headers."""
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -65,7 +66,9 @@ def test_tokens_are_stored_as_hashes_shown_once_and_revocable(client, credential
     created = client.post("/settings/tokens", data={"label": "nightly sweep"})
     page = created.get_data(as_text=True)
     assert created.status_code == 201 and "shown this once" in page and "nightly sweep" in page
-    secret = page.split('aria-label="New token">')[1].split("<")[0]
+    secret = re.search(r'id="new-token"[^>]*>([^<]+)<', page)[1]
+    assert created.headers["Cache-Control"] == "no-store"  # no cache may keep the page that shows it
+    assert f'Bearer {secret}' in page  # a curl example to try it with
     assert client.get("/api/tunix/runs", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
     assert secret not in client.get("/settings/tokens").get_data(as_text=True)
     token_id = db.session.scalar(select(ApiToken.id).where(ApiToken.label == "nightly sweep"))

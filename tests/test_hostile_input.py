@@ -114,7 +114,7 @@ def test_script_payloads_are_shown_as_text_on_every_page(client, app):
         client.post("/api/datasets", json={"name": f"x{i}", "description": payload,
                                            "examples": [{"prompt": payload, "response": payload}]})
         app.config.update(TRAIN_COMMAND=["/bin/sh", "-c", f"printf '%s\\n' '{payload}'; exit 3", "trainer"])
-        run_id = submit(client, "sync", name=payload, dataset_key=f"x{i}-v1")["run_id"]
+        run_id = submit(client, "sync", name=payload, dataset_key=f"x{i}-v1", batch_size=1)["run_id"]
         client.post("/settings/tokens", data={"label": payload})
         for path in (f"/runs/{run_id}", f"/runs/{run_id}/status?seen=running", "/runs", f"/datasets/x{i}-v1",
                      "/datasets", "/settings/tokens", f"/runs/{run_id}/cancel"):

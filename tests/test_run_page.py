@@ -211,3 +211,22 @@ def test_rates_are_smoothed_and_time_left_is_only_estimated_while_running(client
         assert time_left_seconds("running", {**progress, "phase": phase}) is None
     for status in ("cancelling", "pending", "completed"):
         assert time_left_seconds(status, progress) is None
+
+def test_a_pending_run_s_wait_counts_down_from_the_runs_ahead_and_never_freezes(client):
+    from app.queue import registry
+
+    registry.register("gpu-1:1:aa", "gpu-1", 1)
+    for _ in range(3):  # the typical run takes 60 s
+        done = submit(client)["run_id"]
+        _set(done, status="completed", duration_seconds=60.0, started_at="2026-01-01T00:00:00Z",
+             completed_at="2026-01-01T00:01:00Z")
+    running, waiting = submit(client)["run_id"], submit(client)["run_id"]
+    db.session.execute(text("UPDATE tunix_runs SET status = 'running', worker_id = 'gpu-1:1:aa', attempt = 1, "
+                            "started_at = now() - interval '20 seconds', heartbeat_at = now() WHERE id = :id"),
+                       {"id": running})
+    db.session.commit()
+    # One worker, busy for about 40 s more with the run ahead.
+    assert "It should start in about 40.0 s." in client.get(f"/runs/{waiting}").get_data(as_text=True)
+    _set(running, started_at="2026-01-01T00:00:00Z")  # the run ahead is taking longer than usual
+    page = client.get(f"/runs/{waiting}/status?seen=pending").get_data(as_text=True)
+    assert "It should start any moment now." in page and "about" not in page.split("any moment")[0][-40:]

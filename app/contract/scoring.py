@@ -8,6 +8,7 @@ answer_match  the final answers are equal: with an answer_pattern, its one group
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -89,3 +90,14 @@ def summarize(verdicts: Iterable[Verdict], generated_tokens: Iterable[int], seco
         "generation_tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "seconds": round(seconds, 3),
     }
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95 % Wilson score interval of a match rate measured on n examples; None without examples.
+
+    Unlike rate ± z·sqrt(rate(1-rate)/n) it stays inside [0, 1] and is not zero-width at 0 % or 100 %."""
+    if not n:
+        return None
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

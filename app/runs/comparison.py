@@ -13,15 +13,16 @@ from app.runs import evaluation, queries
 MIN_RUNS, MAX_RUNS = 2, 8
 IGNORED_CONFIG = frozenset({"name", "tags"})  # shown as the run's label, not as a difference
 
-# (key, label, which is better); values come from the result, the score columns or the run itself.
+# (key, label, which is better, how it is shown); values come from the result, the score columns or the run.
 METRICS = (
-    ("final_loss", "Final loss", "min"), ("best_loss", "Best loss", "min"),
-    ("final_eval_loss", "Final eval loss", "min"), ("best_eval_loss", "Best eval loss", "min"),
-    ("answer_match", "Answer match (after)", "max"), ("exact_match", "Exact match (after)", "max"),
-    ("answer_match_before", "Answer match (before)", None),
-    ("tokens_per_second", "Tokens/s", "max"), ("steps", "Steps", None),
-    ("duration_seconds", "Duration (s)", "min"),
+    ("final_loss", "Final loss", "min", "loss"), ("best_loss", "Best loss", "min", "loss"),
+    ("final_eval_loss", "Final eval loss", "min", "loss"), ("best_eval_loss", "Best eval loss", "min", "loss"),
+    ("answer_match", "Answer match (after)", "max", "rate"), ("exact_match", "Exact match (after)", "max", "rate"),
+    ("answer_match_before", "Answer match (before)", None, "rate"),
+    ("tokens_per_second", "Training tokens/s", "max", "speed"), ("steps", "Steps", None, "count"),
+    ("duration_seconds", "Duration", "min", "duration"),
 )
+DIRECTION_WORDS = {"min": "lower is better", "max": "higher is better"}
 
 
 def parse_ids(values: Iterable[str]) -> list[uuid.UUID]:
@@ -46,7 +47,14 @@ class MetricRow:
     key: str
     label: str
     values: list[float | None]
+    kind: str = "number"  # how a value is shown: loss, rate, speed, count, duration
+    better: str | None = None  # "min" or "max": the direction the best value is marked by
     best: set[int] = field(default_factory=set)  # indexes of the runs holding the best value
+    examples: list[int | None] = field(default_factory=list)  # answers a rate was measured on, per run
+
+    @property
+    def direction(self) -> str | None:
+        return DIRECTION_WORDS.get(self.better or "")
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Comparison:
     series: list[dict[str, list[dict[str, Any]]]]
     config_differences: list[tuple[str, list[Any]]]
     metrics: list[MetricRow]
+    warnings: list[str] = field(default_factory=list)  # why the runs may not be comparable
 
 
 def _finite(value: Any) -> float | None:
@@ -96,10 +105,35 @@ def compare(ids: list[uuid.UUID], max_points: int) -> Comparison:
     differences = [(k, [c.get(k) for c in configs]) for k in keys
                    if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []
-    for key, label, better in METRICS:
-        row = MetricRow(key, label, [_metric(run, key) for run in runs])
+    for key, label, better, kind in METRICS:
+        row = MetricRow(key, label, [_metric(run, key) for run in runs], kind, better,
+                        examples=[_scored_on(run, key) for run in runs])
         if any(v is not None for v in row.values):
             _mark_best(row, better)
             rows.append(row)
     series = [queries.metric_series(run.id, max_points) for run in runs]
-    return Comparison(runs, series, differences, rows)
+    return Comparison(runs, series, differences, rows, _warnings(runs))
+
+
+def _scored_on(run: TunixRun, key: str) -> int | None:
+    """How many answers a run's match rate rests on."""
+    if key not in ("answer_match", "exact_match", "answer_match_before"):
+        return None
+    examples = (evaluation.of(run.result if isinstance(run.result, dict) else None) or {}).get("examples")
+    return examples if isinstance(examples, int) else None
+
+
+def _warnings(runs: list[TunixRun]) -> list[str]:
+    """What makes these runs' figures not directly comparable."""
+    found = []
+    datasets = sorted({run.dataset_key for run in runs})
+    if len(datasets) > 1:
+        found.append(f"These runs trained on different datasets ({', '.join(datasets)}): their losses are not "
+                     "measured on the same examples.")
+    scored = sorted({f"{e.get('dataset_key')} ({e.get('source')})" for e in
+                     (evaluation.of(run.result if isinstance(run.result, dict) else None) for run in runs)
+                     if e and e.get("dataset_key")})
+    if len(scored) > 1:
+        found.append(f"These runs were scored on different eval sets ({', '.join(scored)}): their match rates "
+                     "are not measured on the same questions.")
+    return found

@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlalchemy import ARRAY, Integer, String, any_, cast, func, literal, or_, select, tuple_
 
-from app.change_feed import QUEUE, RUNS, FeedCache
+from app.change_feed import QUEUE, RUNS, WHOLE, FeedCache
 from app.extensions import db
 from app.models import RunChart, RunMetric, TunixRun, User
 from app.runs import chart_series
-from app.runs.states import ASYNC, COMPLETED, PENDING
+from app.runs.states import ASYNC, CANCELLING, COMPLETED, PENDING, RUNNING
 
 
 def get_run(run_id: str) -> TunixRun | None:
@@ -185,6 +185,21 @@ def queue_position(run) -> QueuePosition | None:
     return _queue_positions.get((str(run.id), run.queued_at), count)
 
 
+_running_since = FeedCache(QUEUE, size=1)
+
+
+def running_since(limit: int) -> list[float]:
+    """When the queued runs now running started (epoch seconds, oldest first, at most `limit`); read again
+    once the queue moves (a worker that ends a run claims the next one)."""
+    def read() -> tuple[float, ...]:
+        return tuple(float(t) for t in db.session.scalars(
+            select(func.extract("epoch", TunixRun.started_at))
+            .where(TunixRun.status.in_((RUNNING, CANCELLING)), TunixRun.mode == ASYNC,
+                   TunixRun.started_at.is_not(None))
+            .order_by(TunixRun.started_at).limit(QUEUE_COUNT_LIMIT)))
+    return list(_running_since.get(WHOLE, read))[:limit]
+
+
 _typical: tuple[float, float | None] | None = None  # (when, value): every pending page asks for it
 
 
@@ -203,6 +218,12 @@ def typical_run_seconds(sample: int = 20, reuse_seconds: float = 0.0) -> float |
         .order_by(TunixRun.created_at.desc()).limit(sample)))
     _typical = (now, float(durations[len(durations) // 2]) if durations else None)
     return _typical[1]
+
+
+def run_by_idempotency_key(key: str, created_by: int | None) -> TunixRun | None:
+    """The run a submission with this key started for this user, if it did."""
+    return db.session.scalar(select(TunixRun).where(TunixRun.idempotency_key == key,
+                                                    TunixRun.created_by == created_by))
 
 
 def runs_by_ids(run_ids: list[uuid.UUID]) -> list[TunixRun]:

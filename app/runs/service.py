@@ -47,20 +47,28 @@ def model_roots(config) -> list[Path]:
         instance_dir() / "models", Path(config["ARTIFACTS_ROOT"])]
 
 
-def validate_submission(raw: dict[str, Any]) -> dict[str, Any]:
-    """Full validated config, or ValidationError naming every bad field (dataset included)."""
+def validate_submission(raw: dict[str, Any], mode: str | None = None) -> dict[str, Any]:
+    """Full validated config, or ValidationError naming every bad field in one round: the fields, the
+    datasets, and (for a run that trains) the steps the dataset gives."""
     try:
-        config = validation.validate_run_config(raw, model_roots=model_roots(current_app.config))
-    except ValidationError as exc:
-        key = raw.get("dataset_key") if isinstance(raw, dict) else None
-        if "dataset_key" not in exc.details and isinstance(key, str) and key.strip():
-            if dataset_store.get_dataset(key.strip()) is None:
-                exc.details["dataset_key"] = f"unknown dataset {key.strip()!r}"
+        return _checked_with_datasets(validation.validate_run_config(
+            raw, model_roots=model_roots(current_app.config)), {}, mode)
+    except validation.ConfigErrors as exc:
+        _checked_with_datasets(exc.valid, exc.details, mode)
         raise
-    unknown = {key: f"unknown dataset {config[key]!r}" for key in ("dataset_key", "eval_dataset_key")
-               if config.get(key) and dataset_store.get_dataset(config[key]) is None}
-    if unknown:
-        raise ValidationError(validation.INVALID_CONFIG, unknown)
+
+
+def _checked_with_datasets(config: dict[str, Any], problems: dict[str, str], mode: str | None) -> dict[str, Any]:
+    """Add what the datasets say about `config` to `problems` (the fields already refused); raise if any."""
+    datasets = {key: dataset_store.get_dataset(config[key]) for key in ("dataset_key", "eval_dataset_key")
+                if config.get(key) and key not in problems}
+    problems.update({key: f"unknown dataset {config[key]!r}" for key, found in datasets.items() if found is None})
+    training = datasets.get("dataset_key")
+    if training is not None and mode in (states.SYNC, ASYNC):  # a dry run reports these in its plan
+        problems.update({k: v for k, v in validation.steps_problems(config, training.num_examples).items()
+                         if k not in problems})
+    if problems:
+        raise ValidationError(validation.INVALID_CONFIG, problems)
     return config
 
 
@@ -80,7 +88,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
 
 def _submit(raw: dict[str, Any], mode: str, idempotency_key: str | None, retry_of: uuid.UUID | None,
             created_by: int | None) -> tuple[TunixRun, bool]:
-    config = validate_submission(raw)
+    config = validate_submission(raw, mode)
     if idempotency_key:
         existing = _find_by_idempotency_key(idempotency_key)
         if existing is not None:

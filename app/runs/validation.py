@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from app.contract import model_catalog, scoring
 from app.errors import ValidationError
+from app.runs.states import MODE_CHOICES
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,19 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         except ValueError as exc:
             errors[field.name] = str(exc)
 
-    if not errors:
-        errors.update(_cross_field_problems(config))
+    # Problems between fields come in the same round as the rest, for the fields that are valid.
+    errors.update({k: v for k, v in _cross_field_problems(config).items() if k not in errors})
     if errors:
-        raise ValidationError(INVALID_CONFIG, errors)
+        raise ConfigErrors(errors, config)
     return config
+
+
+class ConfigErrors(ValidationError):
+    """A config with bad fields; `valid` holds the fields that passed, for checks that need several."""
+
+    def __init__(self, details: dict[str, str], valid: dict[str, Any]):
+        super().__init__(INVALID_CONFIG, details)
+        self.valid = valid
 
 
 def check_name(value: Any) -> str | None:
@@ -233,9 +242,43 @@ def _check_tags(value: Any) -> list[str]:
 def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
     problems = {}
     max_steps = config.get("max_steps")
-    if max_steps is not None and config["warmup_steps"] >= max_steps:
+    if max_steps is not None and config.get("warmup_steps") is not None and config["warmup_steps"] >= max_steps:
         problems["warmup_steps"] = f"must be smaller than max_steps ({max_steps})"
     return problems
+
+
+def steps_problems(config: dict[str, Any], num_examples: int) -> dict[str, str]:
+    """Problems that need the dataset's size: warmup that would never end, a batch larger than the split."""
+    from app.contract import training_plan
+
+    needed = ("eval_fraction", "batch_size", "num_epochs", "max_steps", "warmup_steps")
+    if any(key not in config for key in needed):
+        return {}
+    train = num_examples - training_plan.eval_count(num_examples, config["eval_fraction"])
+    steps = training_plan.total_steps(config, train)
+    if num_examples and steps == 0:
+        return {"batch_size": f"must be at most the {train} training examples"}
+    if steps and config["warmup_steps"] >= steps and "max_steps" not in _cross_field_problems(config):
+        return {"warmup_steps": f"must be smaller than the {steps} steps this run will take"}
+    return {}
+
+
+# The form's labels, in the form's order: the error summary lists problems this way, in the page's words.
+FORM_LABELS = {"dataset_key": "Dataset", "model_id": "Model", "name": "Name", "tags": "Tags", "mode": "Mode",
+               **{f.name: f.label for f in FIELDS}, "eval_dataset_key": "Score on",
+               "answer_pattern": "Answer pattern"}
+_FIELD_NAME = re.compile(r"\b(" + "|".join(sorted(FORM_LABELS, key=len, reverse=True)) + r")\b")
+_MODE_WORDS = {mode: f"“{words}”" for mode, words in MODE_CHOICES}
+
+
+def in_form_words(details: dict[str, str]) -> dict[str, str]:
+    """A refusal's messages as the form says them: field names become their labels, modes their choices,
+    in the form's order."""
+    def words(message: str) -> str:
+        message = re.sub(r"\((async|sync|dry_run)\)", lambda m: f"(choose {_MODE_WORDS[m[1]]})", message)
+        return _FIELD_NAME.sub(lambda m: f"“{FORM_LABELS[m[1]]}”", message)
+    ordered = [k for k in FORM_LABELS if k in details] + [k for k in details if k not in FORM_LABELS]
+    return {key: words(str(details[key])) for key in ordered}
 
 
 def form_defaults() -> dict[str, Any]:

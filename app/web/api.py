@@ -136,8 +136,9 @@ def compare_runs():
         "runs": [serializers.run_summary(run) for run in found.runs],
         "series": {str(run.id): series for run, series in zip(found.runs, found.series)},
         "config_differences": {key: values for key, values in found.config_differences},
-        "metrics": [{"key": row.key, "label": row.label, "values": row.values,
-                     "best": [str(found.runs[i].id) for i in sorted(row.best)]} for row in found.metrics]})
+        "metrics": [{"key": row.key, "label": row.label, "values": row.values, "better": row.better,
+                     "best": [str(found.runs[i].id) for i in sorted(row.best)]} for row in found.metrics],
+        "warnings": found.warnings})
 
 
 @bp.post("/tunix/runs/<run_id>/cancel")

@@ -115,8 +115,9 @@ def create_token():
     except ValidationError as exc:
         return render_template("settings/tokens.html", tokens=accounts.list_tokens(current_user.id),
                                new_secret=None, errors=exc.details), 422
+    # The secret is on this page alone: no cache, the browser's or a proxy's, may keep it.
     return render_template("settings/tokens.html", tokens=accounts.list_tokens(current_user.id), new_secret=secret,
-                           errors={}), 201
+                           errors={}), 201, {"Cache-Control": "no-store"}
 
 
 @bp.post("/settings/tokens/<int:token_id>/revoke")

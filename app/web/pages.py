@@ -83,8 +83,19 @@ def run_rows():
 
 
 def _form_context(values: dict, errors: dict) -> dict:
+    # The form's own idempotency key, made when it is first shown and kept while it is corrected: a
+    # double click, or a submission sent twice, starts one run.
+    values.setdefault("submission", uuid.uuid4().hex)
     return {"values": values, "errors": errors, "fields": validation.FIELDS, "presets": model_catalog.PRESETS,
-            "datasets": dataset_store.list_datasets()}
+            "datasets": dataset_store.list_datasets(), "labels": validation.FORM_LABELS}
+
+
+def _form_key(submission: str) -> str | None:
+    """The idempotency key a form submission is known by (None for a malformed one)."""
+    try:
+        return f"form:{uuid.UUID(hex=submission).hex}"
+    except (ValueError, TypeError):
+        return None
 
 
 @bp.get("/runs/new")
@@ -101,11 +112,30 @@ def new_run():
 def submit_run():
     values = {k: v for k, v in request.form.items() if k != "csrf_token"}
     mode = values.pop("mode", SYNC)
+    submission = values.pop("submission", "")
+    key = _form_key(submission)
     try:
-        run, _ = submit_and_carry_out(values, mode, current_actor())
+        try:
+            run, _ = submit_and_carry_out(values, mode, current_actor(), key)
+        except service.IdempotencyConflict:
+            # The same form sent again with other settings (back, edit, resubmit): that is a new run.
+            run, _ = submit_and_carry_out(values, mode, current_actor())
     except ValidationError as exc:
-        return render_template("runs/new.html", **_form_context({**values, "mode": mode}, exc.details)), 422
+        errors = validation.in_form_words(exc.details)
+        return render_template("runs/new.html", **_form_context({**values, "mode": mode, "submission": submission},
+                                                                errors)), 422
     return redirect(url_for("pages.show_run", run_id=run.id), code=303)
+
+
+@bp.get("/runs/submitted/<submission>")
+def submitted_progress(submission: str):
+    """How a form submission carried out in its request is coming along, for the form's progress panel."""
+    key = _form_key(submission)
+    run = queries.run_by_idempotency_key(key, current_actor().user_id) if key else None
+    response = Response(render_template("runs/_submitted.html", run=run, status_words=run_view.STATUS_WORDS,
+                                        progress=run_view.ProgressView.of(run) if run else None))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/runs/<run_id>")

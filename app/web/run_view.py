@@ -6,7 +6,9 @@ last one stored (a start without a step, a run without an eval split), and each 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
+import time
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from markupsafe import Markup
 
 from app.models import TunixRun
 from app.queue import registry
+from app.contract import scoring
 from app.contract.progress_protocol import TRAINING
 from app.runs import artifacts, evaluation, logs, queries, service
 from app.runs import progress as run_progress
@@ -76,6 +79,31 @@ EXAMPLES_SHOWN = 20
 
 
 @dataclass(frozen=True)
+class Score:
+    """One figure of one scoring pass, with what it rests on."""
+
+    value: float
+    examples: int | None  # how many answers it was measured on
+    interval: tuple[float, float] | None  # 95 % interval of a rate
+    includes_compilation: bool  # a tokens/s whose pass also compiled generation
+
+    @property
+    def matches(self) -> int | None:
+        return None if self.examples is None else round(self.value * self.examples)
+
+    @classmethod
+    def of(cls, metrics: dict[str, Any] | None, key: str, kind: str, first_pass: bool) -> "Score | None":
+        value = _number(metrics or {}, key)
+        if value is None:
+            return None
+        examples = _number(metrics, "examples")
+        examples = None if examples is None else int(examples)
+        compiled = metrics.get("includes_compilation")
+        return cls(value, examples, scoring.wilson_interval(value, examples or 0) if kind == "rate" else None,
+                   key == "generation_tokens_per_second" and (compiled if isinstance(compiled, bool) else first_pass))
+
+
+@dataclass(frozen=True)
 class ScoresView:
     """Before → after scores, live while the run trains and final once it ended."""
 
@@ -87,10 +115,11 @@ class ScoresView:
     source: str | None
     error: str | None
     skipped: str | None
+    asked: int | None = None  # eval_max_examples, when more were asked than the eval set holds
 
     @property
-    def rows(self) -> list[tuple[str, str, Any, Any]]:
-        return [(key, label, kind, (self.before or {}).get(key), (self.after or {}).get(key))
+    def rows(self) -> list[tuple[str, str, str, Score | None, Score | None]]:
+        return [(key, label, kind, Score.of(self.before, key, kind, True), Score.of(self.after, key, kind, False))
                 for key, label, kind in SCORE_ROWS]
 
     @classmethod
@@ -99,9 +128,12 @@ class ScoresView:
             return None
         progress = run.progress if isinstance(run.progress, dict) else {}
         final = evaluation.of(run.result)
+        asked = (run.config or {}).get("eval_max_examples") if isinstance(run.config, dict) else None
         if final is not None:
-            return cls(_mapping(final.get("before")), _mapping(final.get("after")), None, final.get("examples"),
-                       final.get("dataset_key"), final.get("source"), final.get("error"), final.get("skipped"))
+            examples = final.get("examples")
+            return cls(_mapping(final.get("before")), _mapping(final.get("after")), None, examples,
+                       final.get("dataset_key"), final.get("source"), final.get("error"), final.get("skipped"),
+                       asked if isinstance(asked, int) and isinstance(examples, int) and asked > examples else None)
         before, after = _mapping(progress.get("evaluation_before")), _mapping(progress.get("evaluation_after"))
         evaluating = _mapping(progress.get("evaluating")) if not run.is_terminal else None
         if evaluating and evaluating.get("done") == evaluating.get("total"):
@@ -116,11 +148,29 @@ def _mapping(value: Any) -> dict[str, Any] | None:
 
 
 def _queue_estimate(position: int | None, workers: int) -> float | None:
-    """When a pending run should start, from the typical run time and the live workers; None when unknown."""
+    """Seconds until a pending run should start, counted from now; None when unknown.
+
+    Each live worker frees up when its current run has run the typical time (an idle one, now); the
+    runs ahead take the slots as they free up. So the figure counts down as the running runs go on,
+    and once they take longer than usual it reaches 0 ("any moment now") instead of freezing."""
     if not position or workers == 0:
         return None
     typical = queries.typical_run_seconds(reuse_seconds=current_app.config["METRICS_CACHE_SECONDS"])
-    return None if typical is None else math.ceil(position / workers) * typical
+    if typical is None:
+        return None
+    now = time.time()
+    started = queries.running_since(workers)
+    slots = sorted(max(now, since + typical) for since in started) + [now] * (workers - len(started))
+    heapq.heapify(slots)
+    for _ in range(position - 1):  # the runs ahead, each in the first slot to free up
+        heapq.heappush(slots, heapq.heappop(slots) + typical)
+    return _coarse(slots[0] - now)
+
+
+def _coarse(seconds: float) -> float:
+    """A wait as precise as it can honestly be (and as often as the page shows it changing)."""
+    step = 5 if seconds < 60 else 30 if seconds < 600 else 300
+    return float(math.ceil(seconds / step) * step)
 
 
 def _worker_note(quiet: float | None) -> str | None:
