@@ -230,3 +230,32 @@ def test_a_damaged_checkpoint_is_named_as_such(tmp_path):
     error = next(json.loads(line) for line in again.stdout.splitlines() if line.startswith('{"event":"error"'))
     assert "could not read the checkpoint saved at step 4" in error["message"]
     assert "Delete that folder" in error["message"]
+
+
+def test_a_short_run_is_evaluated_after_its_last_step_and_says_what_its_figures_rest_on(client, app):
+    """18 steps with an eval every 20: the eval loss is measured at step 0 and after step 18, never only
+    untrained; the page says where each figure comes from."""
+    app.config["TRAIN_COMMAND"] = REAL_TRAINER
+    app.config["RUN_TIMEOUT_SECONDS"] = 600.0  # a real run inside the request, on a busy CI host
+    run = client.post("/api/tunix/run?mode=sync", json={
+        "dataset_key": SAMPLE, "max_steps": 18, "eval_every_n_steps": 20, "eval_max_new_tokens": 8}).get_json()
+    assert run["status"] == "completed", run["error_message"] or run["stderr_tail"]
+    assert [p["step"] for p in metrics_of(client, run["run_id"])["eval"]] == [0, 18]
+    result = run["result"]
+    assert result["final_eval_step"] == 18
+    before, after = result["evaluation"]["before"], result["evaluation"]["after"]
+    assert before["includes_compilation"] is True and after["includes_compilation"] is False
+    assert before["batch_seconds"] > 0 and before["batch_size"] == 16
+    assert run["progress"]["phase"] == "storing" and run["progress"]["eval_step"] == 18
+
+    page = client.get(f"/runs/{run['run_id']}").get_data(as_text=True)
+    assert f"{result['final_eval_loss']:.4f} (at step 18)" in page
+    assert "not measured after the last step" not in page
+    assert "24 answers scored" in page and "all it holds (200 were asked)" in page
+    assert "includes compiling generation" in page and "95 % interval" in page
+    assert "Answer match</dt>" in page and "Exact match</dt>" in page  # what the two rates mean
+    # The plan and the page both say what 200 scored examples and a cadence of 20 come to here.
+    assert "eval_every_n_steps: 20 is more than the 18 steps" in page
+    assert "eval_max_examples: 200 asked, but the held-out split (0.1 of 240 examples) holds 24" in page
+    predictions = client.get(f"/api/tunix/runs/{run['run_id']}/evaluation?phase=before&limit=24").get_json()
+    assert all("\ufffd" not in p["prediction"] for p in predictions["examples"]), "bytes are escaped, not boxes"
