@@ -236,3 +236,98 @@ def test_unchanged_polls_are_answered_304_and_polling_keeps_its_pace(client, app
         assert page.get_attribute("#run-status", "hx-get") is None
     finally:
         app.wsgi_app = inner
+
+
+RECORD_STATUS_BLOCKS = """
+window.__blocks = [];
+const note = () => { const block = document.getElementById('run-status'); if (block) window.__blocks.push(block.outerHTML); };
+note();
+document.body.addEventListener('htmx:afterSettle', note);
+"""
+
+
+def test_a_retried_run_s_page_follows_that_run_alone_to_its_end(client, live_server, page, worker_env,
+                                                                 start_worker):
+    """Retry from a finished run's page, then follow the new run live: every status block the page shows
+    names the new run alone, and its step count only moves forward (the old page once switched to an
+    earlier run's "completed ... step 18 of 18" and stopped polling)."""
+    import re
+
+    start_worker(worker_env(fake_trainer_command("--steps", "5", "--sleep", "1", "--artifacts")))
+    first = pending_run(client)
+    page.goto(f"{live_server}/runs/{first}")
+    page.wait_for_selector('#run-status[data-status="completed"]', timeout=30_000)
+    for _ in range(2):  # retries of retries: each new run passes the versions its predecessor did
+        page.click("#run-status button:has-text('Retry')")
+        page.wait_for_url(lambda url: f"/runs/{first}" not in url)
+        retried = page.url.rsplit("/", 1)[1]
+        page.evaluate(RECORD_STATUS_BLOCKS)
+        page.wait_for_selector('#run-status[data-status="completed"]', timeout=30_000)
+        blocks = page.evaluate("window.__blocks")
+        assert len(blocks) >= 2, "the page followed the run live"
+        steps = []
+        for block in blocks:
+            assert set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", block)) <= {retried}
+            steps += [int(s) for s in re.findall(r"step (\d+) of 5", block)]
+        assert steps == sorted(steps), steps
+        assert f'action="/runs/{retried}/retry"' in blocks[-1]
+        assert client.get(f"/api/tunix/runs/{retried}").get_json()["retry_of"] == first
+        first = retried
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_double_click_on_start_run_starts_one_run(client, app, live_server, page, mode):
+    app.config["TRAIN_COMMAND"] = fake_trainer_command("--sleep", "3")
+    posts, progress = [], []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and r.url.endswith("/runs/new") else None)
+
+    def read_progress(route):
+        answer = route.fetch()
+        progress.append(answer.text())
+        route.fulfill(response=answer)
+
+    page.route("**/runs/submitted/**", read_progress)
+    page.goto(f"{live_server}/runs/new")
+    page.check(f"input[name=mode][value={mode}]")
+    page.dblclick("button[type=submit] >> text=Start run", no_wait_after=True)
+    page.wait_for_url(lambda url: "/runs/new" not in url, timeout=30_000)
+    runs = client.get("/api/tunix/runs").get_json()["runs"]
+    assert len(runs) == 1 and runs[0]["mode"] == mode
+    assert page.url.endswith(runs[0]["run_id"])
+    assert len(posts) == 1, "the second click sent nothing"
+    if mode == "sync":
+        # While the run was carried out in the request, the form's panel read how it was coming along.
+        assert any(f"Run {runs[0]['run_id'][:8]}</strong>: running" in body for body in progress), progress
+    else:
+        assert progress == []  # a queued run's page opens at once
+
+
+def test_lora_settings_show_only_with_lora_and_tables_say_they_scroll(client, live_server, page):
+    page.goto(f"{live_server}/runs/new")
+    assert not page.is_visible("#lora_rank")
+    page.select_option("#finetune", "lora")
+    assert page.is_visible("#lora_rank") and page.is_visible("#lora_alpha")
+    page.select_option("#finetune", "full")
+    assert not page.is_visible("#lora_rank")
+    run_id = submit(client, "dry_run")["run_id"]
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{live_server}/runs/{run_id}")
+    assert page.is_visible(".scroll-cue[data-shown]")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{live_server}/runs/{run_id}")
+    assert not page.is_visible(".scroll-cue[data-shown]")
+
+
+def test_a_new_token_can_be_copied(browser, live_server, credentials):
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    sign_in_browser(page, live_server, credentials)
+    page.goto(f"{live_server}/settings/tokens")
+    page.fill("#label", "laptop")
+    page.click("button >> text=Create a token")
+    secret = page.inner_text("#new-token").strip()
+    page.click("button[data-copy=new-token]")
+    page.wait_for_selector("button[data-copy=new-token] >> text=Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    assert f"Bearer {secret}" in page.inner_text("#new-token-curl")
+    context.close()
