@@ -33,8 +33,9 @@ def _run_pages(client, app) -> dict[str, str]:
     db.session.execute(text(
         "UPDATE tunix_runs SET status = 'running', started_at = now(), worker_id = 'gpu-1:4242:ab12cd', attempt = 1, "
         "progress = CAST(:p AS jsonb) WHERE id = :id"),
-        {"id": running, "p": '{"total_steps": 120, "step": 45, "loss": 2.31, "elapsed_seconds": 30.5, '
-                             '"tokens_per_second": 18390.0, "eval_loss": 2.52}'})
+        {"id": running, "p": '{"phase": "training", "total_steps": 120, "step": 45, "loss": 2.31, '
+                             '"elapsed_seconds": 30.5, "seconds_per_step": 0.45, "tokens_per_second": 18390.0, '
+                             '"eval_loss": 2.52, "eval_step": 40}'})
     for step in range(1, 46):
         db.session.execute(text("INSERT INTO run_metrics (run_id, split, step, loss, recorded_at) "
                                 "VALUES (:id, 'train', :s, :l, now())"), {"id": running, "s": step, "l": 5.9 / step ** 0.4})
@@ -91,7 +92,7 @@ def _check(page, name: str, width_name: str) -> list[str]:
 def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser, credentials):
     registry.register("gpu-1:4242:ab12cd", "gpu-1", 4242)
     pages = {"runs": "/runs", "new-run": "/runs/new", **_run_pages(client, app), "datasets": "/datasets",
-             "dataset": f"/datasets/{SAMPLE}", "workers": "/workers", "tokens": "/settings/tokens"}
+             "dataset": f"/datasets/{SAMPLE}", "workers": "/workers", "tokens": "/settings/tokens", "api-help": "/help/api"}
     problems = []
     for width_name, width in WIDTHS.items():
         # axe is injected as a script of the test's own, which the app's CSP would refuse.

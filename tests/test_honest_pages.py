@@ -158,3 +158,25 @@ def test_small_things_a_first_afternoon_found(client, app):
     assert 'aria-label="Main"' in client.get("/runs").get_data(as_text=True)
     form = client.get("/runs/new").get_data(as_text=True)
     assert 'class="field field-lora"' in form  # hidden by the stylesheet unless LoRA is chosen
+
+
+def test_a_sweep_says_completed_and_shows_a_loss_as_every_page_does(client):
+    import uuid
+
+    from app.sweeps import service as sweep_service
+
+    sweep_id = client.post("/api/sweeps", json={
+        "name": "lr search", "base": {"dataset_key": SAMPLE, "max_steps": 40},
+        "space": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}},
+        "objective": {"metric": "final_eval_loss"}, "max_trials": 3, "parallelism": 1}).get_json()["sweep_id"]
+    db.session.execute(text("UPDATE tunix_runs SET status = 'completed', final_eval_loss = 1.23456789, "
+                            "completed_at = now(), started_at = now() WHERE sweep_id = :id AND trial_number = 1"),
+                       {"id": sweep_id})
+    db.session.commit()
+    sweep_service.advance(uuid.UUID(sweep_id))
+    page = client.get(f"/sweeps/{sweep_id}").get_data(as_text=True)
+    trials = page.split('class="trials"')[1].split("</table>")[0]
+    assert ">completed" in trials and ">complete<" not in trials
+    assert "1.2346" in page and "1.23457" not in page  # a loss to 4 decimals, as on the run and compare pages
+    assert "final_eval_loss 1.2346" in page
+    assert "1.2346 (trial 1)" in client.get("/sweeps").get_data(as_text=True)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from app.extensions import db
 from app.models import Dataset, TunixRun
-from tests.helpers import SAMPLE, submit
+from tests.helpers import SAMPLE, fake_trainer_command, submit
 
 LEAKS = ("Traceback", "psycopg2", "sqlalchemy", "SELECT ", "/work/", "/root/", "site-packages")
 ENDPOINTS_GET = ["/runs", "/runs/new", "/datasets", "/workers", "/api/tunix/runs", "/api/datasets", "/api/workers",
@@ -176,3 +176,45 @@ def test_random_headers_never_fail_the_server(client, app, headers, path, signed
     response = target.post(path, data=json.dumps({"dataset_key": SAMPLE}), headers=headers,
                            content_type=headers.get("Content-Type", "application/json"))
     assert_clean(response, (path, headers))
+
+
+def test_an_archive_is_named_after_its_folder_never_after_the_path_sent(client, app):
+    app.config["TRAIN_COMMAND"] = fake_trainer_command("--artifacts")
+    run_id = submit(client, "sync")["run_id"]
+    expected = f'attachment; filename="run-{run_id[:8]}-model.zip"'
+    for hostile in ("model/x%22%3B%20filename%2A%3DUTF-8%27%27evil.html%3B%20a%3D%22/..",
+                    "model/%E2%80%AE/..", "model/a%0d%0aSet-Cookie:%20b=c/..", "checkpoints/../model"):
+        response = client.get(f"/runs/{run_id}/archive/{hostile}.zip")
+        assert response.status_code in (200, 404), hostile
+        assert "Set-Cookie" not in response.headers and "evil" not in str(response.headers)
+        if hostile.startswith("model/x") or hostile.startswith("checkpoints/.."):
+            assert response.status_code == 200, hostile  # the audit's path: served, under the folder's name
+        if response.status_code == 200:
+            assert response.headers["Content-Disposition"] == expected, hostile
+    step = client.get(f"/runs/{run_id}/archive/checkpoints/3.zip")
+    assert step.headers["Content-Disposition"] == f'attachment; filename="run-{run_id[:8]}-checkpoints-3.zip"'
+
+
+def test_numbers_and_times_a_client_sends_are_bounded_before_they_reach_sql(client):
+    import base64
+
+    huge = "99999999999999999999"
+    run_id = submit(client)["run_id"]
+    for path in (f"/api/datasets/{SAMPLE}/leaderboard?offset={huge}", f"/api/sweeps?offset={huge}",
+                 f"/api/tunix/runs/{run_id}/evaluation?offset={huge}", f"/api/tunix/runs/{run_id}/logs?after={huge}",
+                 f"/api/sweeps?offset=2147483648", f"/api/tunix/runs/{run_id}/evaluation?offset=-1",
+                 f"/api/tunix/runs/{run_id}/evaluation?offset={'9' * 5000}"):
+        response = client.get(path)
+        assert response.status_code == 422, path
+        assert response.get_json()["details"], path
+    assert client.get(f"/datasets/{SAMPLE}/leaderboard?offset={huge}").status_code == 200
+    assert client.get(f"/runs/{run_id}/status?log_after={huge}").status_code == 200
+    assert client.get(f"/api/datasets/{SAMPLE}/leaderboard?offset=2147483647").status_code == 200
+    # A cursor whose time carries an offset Python takes and Postgres does not (±23:59).
+    for offset in ("+23:59", "-23:59"):
+        raw = f"2026-06-01T12:00:00{offset}|{run_id}".encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        assert client.get(f"/api/tunix/runs?cursor={cursor}").status_code == 200, offset
+        assert client.get(f"/runs?cursor={cursor}").status_code == 200, offset
+    naive = base64.urlsafe_b64encode(f"2026-06-01T12:00:00|{run_id}".encode()).decode().rstrip("=")
+    assert client.get(f"/api/tunix/runs?cursor={naive}").status_code == 422

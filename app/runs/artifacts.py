@@ -116,6 +116,17 @@ def resolve_folder(root: str | Path, run_id, relative: str) -> Path | None:
     return candidate
 
 
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def archive_name(root: str | Path, run_id, folder: Path) -> str:
+    """The download name of a resolved folder of the run: built from where it is, never from the path
+    the client sent, and plain ASCII, so nothing in it can end the header it goes into."""
+    relative = folder.relative_to(_run_dir(root, run_id))
+    parts = [_UNSAFE_IN_NAME.sub("_", part).strip("._") or "_" for part in relative.parts]
+    return f"run-{str(run_id)[:8]}-{'-'.join(parts)}"[:200]
+
+
 class _Sink:
     """A write-only file that hands out what was written so far; zipfile streams into it."""
 

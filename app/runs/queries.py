@@ -6,7 +6,7 @@ import binascii
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import ARRAY, Integer, String, any_, cast, func, literal, or_, select, tuple_
@@ -83,10 +83,14 @@ def encode_cursor(created_at: datetime, run_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """Parse a page cursor; raises ValueError when it is not one this service made."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.urlsafe_b64decode(cursor[:200] + "=" * (-len(cursor[:200]) % 4)).decode()
         created, run_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(run_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("a cursor's time has its zone")
+        # In UTC: Python takes offsets up to ±23:59, Postgres only up to ±15:59.
+        return when.astimezone(timezone.utc), uuid.UUID(run_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise ValueError("is not a valid page cursor") from exc
 
 

@@ -34,6 +34,21 @@ def format_time(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+RATE_METRICS = frozenset({"answer_match", "exact_match"})
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """A metric as every page shows it: a match rate as a percentage to 0.1, a loss to 4 decimals."""
+    if value is None:
+        return "—"
+    return f"{value * 100:.1f}%" if name in RATE_METRICS else f"{value:.4f}"
+
+
+def format_param(value) -> str:
+    """A hyperparameter value as every page shows it: a number to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 PREVIEW_CHARS = 2000  # a previewed prompt or response is cut here; the dataset keeps it whole
 
 
@@ -41,4 +56,5 @@ def template_globals() -> dict:
     """What every template may use."""
     return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES,
             "PENDING": PENDING, "DRY_RUN": DRY_RUN, "PREVIEW_CHARS": PREVIEW_CHARS,
-            "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time}
+            "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time,
+            "format_metric": format_metric, "format_param": format_param}

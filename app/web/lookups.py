@@ -40,16 +40,21 @@ def upload_limits() -> UploadLimits:
     return UploadLimits(current_app.config["DATASET_MAX_EXAMPLES"], current_app.config["DATASET_MAX_EXAMPLE_BYTES"])
 
 
-def whole_number_arg(name: str, minimum: int, maximum: int | None = None, default: int | None = None) -> int | None:
+# No number a client sends reaches SQL above this: a bigint parameter past 2**63 would be a 500.
+MAX_QUERY_NUMBER = 2**31 - 1
+
+
+def whole_number_arg(name: str, minimum: int, maximum: int = MAX_QUERY_NUMBER,
+                     default: int | None = None) -> int | None:
     """A whole-number query argument within bounds; ValidationError (422) naming it otherwise."""
     raw = request.args.get(name)
     if raw is None:
         return default
-    bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
+    bounds = f"from {minimum} to {maximum:,}"
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 20 else None
     except ValueError:
         value = None
-    if value is None or value < minimum or (maximum is not None and value > maximum):
+    if value is None or value < minimum or value > maximum:
         raise ValidationError("invalid query", {name: f"must be a whole number {bounds}"})
     return value

@@ -20,7 +20,7 @@ from app.runs import artifacts, comparison, evaluation, logs, queries, service, 
 from app.runs.states import ASYNC, MODES, STATUSES, SYNC
 from app.web import loss_chart, run_view
 from app.web.auth import current_actor
-from app.web.lookups import dataset_or_404, run_or_404, upload_limits
+from app.web.lookups import MAX_QUERY_NUMBER, dataset_or_404, run_or_404, upload_limits
 
 bp = Blueprint("pages", __name__)
 
@@ -164,7 +164,7 @@ def run_status_fragment(run_id: str):
             return _fragment_headers(Response(kept), state.etag)
     run = run_or_404(run_id)
     try:
-        log_after = max(0, int(request.args.get("log_after", "")))
+        log_after = min(max(0, int(request.args.get("log_after", "")[:20])), MAX_QUERY_NUMBER)
     except ValueError:
         log_after = None
     seen = request.args.get("seen")
@@ -232,7 +232,7 @@ def download_folder(run_id: str, folder: str):
     path = artifacts.resolve_folder(current_app.config["ARTIFACTS_ROOT"], run.id, folder)
     if path is None:
         raise NotFoundError("No such folder in this run's artifacts.")
-    name = f"run-{str(run.id)[:8]}-{folder.replace('/', '-')}"
+    name = artifacts.archive_name(current_app.config["ARTIFACTS_ROOT"], run.id, path)
     return Response(stream_with_context(artifacts.stream_zip(path, name)), mimetype="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
 
@@ -265,8 +265,10 @@ def leaderboard(key: str):
     dataset = dataset_or_404(key)
     limit = current_app.config["RUNS_PAGE_SIZE"]
     try:
-        offset = max(0, int(request.args.get("offset", "0")))
+        offset = max(0, int(request.args.get("offset", "0")[:20]))
     except ValueError:
+        offset = 0
+    if offset > MAX_QUERY_NUMBER:  # no page link makes one; show the first page rather than a 500
         offset = 0
     runs = evaluation.leaderboard(dataset.key, limit + 1, offset)
     return render_template("datasets/leaderboard.html", dataset=dataset, runs=runs[:limit], offset=offset,
