@@ -112,6 +112,12 @@ def test_compare_says_what_it_compares_and_which_way_is_better(client, app):
     assert "Duration <span class=\"direction\">(lower is better)</span>" in page
     assert "4 h 44 min" in page and "1.705e+04" not in page and "1,000" in page
     assert "of 5</span>" in page  # a rate says how many answers it rests on
+    # Durations that print the same are not ranked (one was starred over the other at "0.3 s" both).
+    _set(first, duration_seconds=0.31)
+    _set(second, duration_seconds=0.34)
+    page = client.get(f"/runs/compare?ids={first},{second}").get_data(as_text=True)
+    duration_row = page.split("Duration <span")[1].split("</tr>")[0]
+    assert duration_row.count("0.3 s") == 2 and "★" not in duration_row
     api = client.get(f"/api/tunix/runs/compare?ids={first},{second}").get_json()
     assert len(api["warnings"]) == 2 and {row["better"] for row in api["metrics"]} >= {"min", "max", None}
 

@@ -191,8 +191,10 @@ def test_an_archive_is_named_after_its_folder_never_after_the_path_sent(client, 
             assert response.status_code == 200, hostile  # the audit's path: served, under the folder's name
         if response.status_code == 200:
             assert response.headers["Content-Disposition"] == expected, hostile
+        response.close()
     step = client.get(f"/runs/{run_id}/archive/checkpoints/3.zip")
     assert step.headers["Content-Disposition"] == f'attachment; filename="run-{run_id[:8]}-checkpoints-3.zip"'
+    step.close()
 
 
 def test_numbers_and_times_a_client_sends_are_bounded_before_they_reach_sql(client):

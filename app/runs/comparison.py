@@ -84,12 +84,23 @@ def _metric(run: TunixRun, key: str) -> float | None:
     return _finite(result.get(key))
 
 
+# Digits each kind is shown with: values that look the same on the page rank the same.
+SHOWN_DIGITS = {"loss": 4, "rate": 3, "speed": 0, "count": 0}
+
+
+def _as_shown(value: float, kind: str) -> float:
+    if kind == "duration":  # as format_duration prints it: 12.3 s, 4 min 05 s, 2 h 03 min
+        return round(value, 1) if value < 60 else float(round(value)) if value < 3600 else round(value / 60) * 60.0
+    return round(value, SHOWN_DIGITS.get(kind, 6))
+
+
 def _mark_best(row: MetricRow, better: str | None) -> None:
-    present = [v for v in row.values if v is not None]
+    shown = [None if v is None else _as_shown(v, row.kind) for v in row.values]
+    present = [v for v in shown if v is not None]
     if better is None or len(present) < 2 or len(set(present)) == 1:
         return
     target = min(present) if better == "min" else max(present)
-    row.best = {i for i, v in enumerate(row.values) if v == target}
+    row.best = {i for i, v in enumerate(shown) if v == target}
 
 
 def compare(ids: list[uuid.UUID], max_points: int) -> Comparison:
