@@ -227,3 +227,27 @@ def test_the_median_pruner_stops_trials_that_trail(client, worker_env, start_wor
     assert body["best_trial_number"] in (1, 2, 3)
     page = client.get(f"/sweeps/{sweep_id}").get_data(as_text=True)
     assert "2 pruned" in page
+
+
+@pytest.mark.parametrize("sizes", [(50, 50, 50, 50), (50, 50, 5), (3,) * 9])
+def test_a_grid_is_bounded_before_any_of_it_is_built(client, sizes):
+    """The audit's 6.25 M combinations, and other shapes past the bound: each a 422 naming the space."""
+    fields = {"learning_rate": lambda k: 0.0001 * (k + 1), "weight_decay": lambda k: k / 100,
+              "seed": lambda k: k, "batch_size": lambda k: k + 1, "warmup_steps": lambda k: k,
+              "lora_rank": lambda k: k + 1, "lora_alpha": lambda k: k + 1.0, "eval_fraction": lambda k: k / 100,
+              "num_epochs": lambda k: k + 1, "max_seq_length": lambda k: 8 + k,
+              "checkpoint_every_n_steps": lambda k: k + 1, "eval_every_n_steps": lambda k: k + 1}
+    space = {name: {"type": "choice", "values": [make(k) for k in range(size)]}
+             for (name, make), size in zip(fields.items(), sizes)}
+    response = client.post("/api/sweeps", json=sweep_body(sampler="grid", max_trials=10, space=space))
+    assert response.status_code == 422, response.get_json()
+    assert "more than the 10,000 a grid sweep may hold" in response.get_json()["details"]["space"]
+    assert client.get("/api/sweeps").get_json()["sweeps"] == []
+
+
+def test_a_grid_at_the_bound_is_a_sweep(client):
+    space = {"learning_rate": {"type": "choice", "values": [0.0001 * (k + 1) for k in range(50)]},
+             "seed": {"type": "choice", "values": list(range(50))},
+             "batch_size": {"type": "choice", "values": [1, 2, 4, 8]}}
+    response = client.post("/api/sweeps", json=sweep_body(sampler="grid", max_trials=5, space=space))
+    assert response.status_code == 201, response.get_json()

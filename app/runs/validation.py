@@ -49,8 +49,8 @@ FIELDS: tuple[Field, ...] = (
           minimum=0.0, maximum=4096.0, exclusive_minimum=True),
     Field("eval_fraction", "float", 0.1, "Eval split", "Fraction of examples held out for evaluation.",
           minimum=0.0, maximum=0.5),
-    Field("eval_every_n_steps", "int", 20, "Eval every N steps", "How often the eval split is scored.",
-          minimum=1, maximum=1_000_000),
+    Field("eval_every_n_steps", "int", 20, "Eval every N steps", "How often the eval loss is measured on the "
+          "held-out split; it is measured after the last step too.", minimum=1, maximum=1_000_000),
     Field("checkpoint_every_n_steps", "int", 100, "Checkpoint every N steps",
           "How often a checkpoint is saved (a final one is always saved).", minimum=1, maximum=1_000_000),
     Field("seed", "int", 0, "Seed", "Seeds the model init, the data shuffle and the split.",

@@ -19,6 +19,9 @@ OBJECTIVES = {"final_eval_loss": "minimize", "best_eval_loss": "minimize", "fina
 PRUNABLE = ("final_eval_loss", "best_eval_loss")  # the eval loss is what trials report while they train
 DIRECTIONS = ("minimize", "maximize")
 MAX_TRIALS, MAX_PARALLELISM, MAX_PARAMS, MAX_CHOICES = 1000, 64, 12, 50
+# Optuna's grid sampler lists every combination, at creation and again on each ask and tell: a grid is
+# bounded before any of it is built (4 choices of 50 values once made a 6.25 M grid in the request).
+MAX_GRID = 10_000
 KNOWN_KEYS = frozenset({"name", "base", "space", "objective", "max_trials", "parallelism", "sampler", "pruner"})
 # Fields a trial must not take from the search: they name the run or the data, not a hyperparameter.
 NOT_SEARCHABLE = frozenset({"max_attempts", "eval_max_examples", "eval_max_new_tokens"})
@@ -189,6 +192,9 @@ def validate_sweep(raw: Any, *, model_roots: Sequence[Path] = (), max_parallelis
         not_choice = [k for k, p in space.items() if p["type"] != "choice"]
         if not_choice:
             errors["sampler"] = f"grid takes choice parameters only ({', '.join(not_choice)} is not one)"
+        elif grid_size(space) > MAX_GRID:
+            errors["space"] = (f"the grid holds {grid_size(space):,} combinations, more than the {MAX_GRID:,} a grid "
+                               "sweep may hold: offer fewer values, or search with tpe or random")
         elif numbers["max_trials"] > grid_size(space):
             errors["max_trials"] = f"the grid holds {grid_size(space)} combinations: ask for at most that many"
     if base and base.get("eval_max_examples") == 0 and metric in ("answer_match", "exact_match"):
