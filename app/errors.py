@@ -2,6 +2,21 @@
 from __future__ import annotations
 
 
+ECHO_CHARS = 60  # of a value a client sent, quoted back in an error
+MESSAGE_CHARS = 500  # of any one message in an error body
+
+
+def echo(value: object) -> str:
+    """A value a client sent, quoted for an error message and cut short (it may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
+
+
+def cut(message: str) -> str:
+    """A message bounded in length, whatever it quotes."""
+    return message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + "…"
+
+
 class AppError(Exception):
     """A request the service refuses: a message, a field -> problem map, and the HTTP status it means."""
 

@@ -220,3 +220,34 @@ def test_numbers_and_times_a_client_sends_are_bounded_before_they_reach_sql(clie
         assert client.get(f"/runs?cursor={cursor}").status_code == 200, offset
     naive = base64.urlsafe_b64encode(f"2026-06-01T12:00:00|{run_id}".encode()).decode().rstrip("=")
     assert client.get(f"/api/tunix/runs?cursor={naive}").status_code == 422
+
+
+def test_a_checkpoint_is_stored_as_the_path_that_was_checked(client, artifacts_root):
+    checkpoint = artifacts_root / "models" / "qwen-small"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    (checkpoint / "model.safetensors").write_bytes(b"\0" * 8)
+    (checkpoint / "tokenizer.json").write_text("{}")
+    os.symlink(checkpoint, artifacts_root / "current")
+    for given in (artifacts_root / "current", artifacts_root / "models" / ".." / "models" / "qwen-small",
+                  f"/proc/self/root{checkpoint}"):
+        run = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE, "model_id": str(given)})
+        assert run.status_code == 202, run.get_json()
+        stored = client.get(f"/api/tunix/runs/{run.get_json()['run_id']}").get_json()["config"]["model_id"]
+        assert stored == str(checkpoint.resolve()), given
+
+
+def test_a_huge_value_is_not_echoed_back_whole(client, app):
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    huge = "k" * (30 * 1024 * 1024)
+    for body in ({"dataset_key": huge}, {"dataset_key": SAMPLE, "learning_rate": huge},
+                 {"dataset_key": SAMPLE, huge[:1_000_000]: 1}):
+        response = client.post("/api/tunix/run?mode=async", json=body)
+        assert response.status_code == 422
+        assert len(response.data) < 4096, len(response.data)
+        assert "kkkk" in json.dumps(response.get_json()["details"])  # still says which value it was
+    form = client.post("/runs/new", data={"dataset_key": SAMPLE, "mode": "async", "learning_rate": huge[:100_000]})
+    assert form.status_code == 422
+    page = form.get_data(as_text=True)
+    # Kept whole in its field, to correct; quoted cut short in the messages.
+    assert page.count("k" * 100_000) == 1 and len(page) < 100_000 + 30_000

@@ -153,9 +153,10 @@ class Browser:
 def test_the_shipped_nginx_site_in_front_of_gunicorn(nginx_ports, credentials):
     http_port, https_port = nginx_ports
     plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
-    plain.request("GET", "/runs")
+    plain.request("GET", "/runs", headers={"Host": "attacker.example"})
     redirect = plain.getresponse()
-    assert redirect.status == 301 and redirect.headers["Location"].startswith("https://")
+    # To the site's own name, whatever Host the client sent.
+    assert redirect.status == 301 and redirect.headers["Location"] == "https://tunix-rt.example.internal/runs"
 
     browser = Browser(https_port)
     status, headers, _ = browser.request("GET", "/runs")
@@ -173,6 +174,8 @@ def test_the_shipped_nginx_site_in_front_of_gunicorn(nginx_ports, credentials):
 
     status, headers, css = browser.request("GET", "/static/css/app.css")
     assert status == 200 and ".status-block" in css and headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Strict-Transport-Security"] == "max-age=63072000"  # static files too
+    assert browser.request("GET", "/runs")[1]["Strict-Transport-Security"] == "max-age=63072000"
     # Text goes out compressed, and static files are cached for a year under versioned URLs.
     versioned = re.search(r'src="(/static/vendor/htmx\.min\.js\?v=[0-9a-f]{12})"', body)
     assert versioned, "pages link static files with their content's version"

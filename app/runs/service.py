@@ -22,7 +22,7 @@ from app.config import instance_dir
 from app.contract import training_plan
 from app.datasets import store as dataset_store
 from app.accounts.service import Actor
-from app.errors import AppError, ConflictError, ForbiddenError, ValidationError
+from app.errors import AppError, ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
 from app.models import TunixRun
 from app.runs import estimates, lifecycle, states, validation
@@ -62,7 +62,7 @@ def _checked_with_datasets(config: dict[str, Any], problems: dict[str, str], mod
     """Add what the datasets say about `config` to `problems` (the fields already refused); raise if any."""
     datasets = {key: dataset_store.get_dataset(config[key]) for key in ("dataset_key", "eval_dataset_key")
                 if config.get(key) and key not in problems}
-    problems.update({key: f"unknown dataset {config[key]!r}" for key, found in datasets.items() if found is None})
+    problems.update({key: f"unknown dataset {echo(config[key])}" for key, found in datasets.items() if found is None})
     training = datasets.get("dataset_key")
     if training is not None and mode in (states.SYNC, ASYNC):  # a dry run reports these in its plan
         problems.update({k: v for k, v in validation.steps_problems(config, training.num_examples).items()
@@ -80,7 +80,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     running because the request itself carries them out.
     """
     if mode not in states.MODES:
-        raise ValidationError("invalid mode", {"mode": f"must be one of {', '.join(states.MODES)}, got {mode!r}"})
+        raise ValidationError("invalid mode", {"mode": f"must be one of {', '.join(states.MODES)}, got {echo(mode)}"})
     # Timed whole, as the caller waits for it: validation and the checks included, not only the INSERT.
     with metrics.timed_db_write("submit_run"):
         return _submit(raw, mode, idempotency_key, retry_of, created_by)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from app.contract import model_catalog, scoring
-from app.errors import ValidationError
+from app.errors import ValidationError, echo
 from app.runs.states import MODE_CHOICES
 
 
@@ -88,7 +88,7 @@ def _coerce_number(field: Field, value: Any, cast: Callable[[Any], Any]) -> Any:
         number = cast(value)
     except (TypeError, ValueError):
         kind = "a whole number" if field.kind == "int" else "a number"
-        raise ValueError(f"must be {kind}, got {value!r}") from None
+        raise ValueError(f"must be {kind}, got {echo(value)}") from None
     if isinstance(number, float) and not math.isfinite(number):
         raise ValueError("must be a finite number")
     too_low = number <= field.minimum if field.exclusive_minimum else number < field.minimum
@@ -153,6 +153,10 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         problem = model_catalog.check_model_id(model_id.strip(), model_roots)
         if problem:
             errors["model_id"] = problem
+        elif model_catalog.is_checkpoint_path(model_id.strip()):
+            # The path checked is the path used: the trainer, in another process and directory, opens
+            # this resolved one (/proc/self/cwd/... or a link would name something else there).
+            config["model_id"] = str(Path(model_id.strip()).resolve())
         else:
             config["model_id"] = model_id.strip()
 

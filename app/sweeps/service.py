@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from app.datasets import store as dataset_store
-from app.errors import ConflictError, ForbiddenError, ValidationError
+from app.errors import ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
 from app.models import (SWEEP_CANCELLED, SWEEP_COMPLETED, SWEEP_FAILED, SWEEP_RUNNING, TRIAL_COMPLETE, TRIAL_FAILED,
                         TRIAL_PRUNED, TRIAL_RUNNING, Sweep, SweepTrial, TunixRun)
@@ -44,7 +44,7 @@ def create_sweep(raw: Any, actor) -> Sweep:
     cap = settings["MAX_ACTIVE_RUNS_PER_USER"] or sweep_spec.MAX_PARALLELISM
     spec = sweep_spec.validate_sweep(raw, model_roots=run_service.model_roots(settings),
                                      max_parallelism=min(cap, sweep_spec.MAX_PARALLELISM))
-    problems = {f"base.{key}": f"unknown dataset {spec.base[key]!r}" for key in ("dataset_key", "eval_dataset_key")
+    problems = {f"base.{key}": f"unknown dataset {echo(spec.base[key])}" for key in ("dataset_key", "eval_dataset_key")
                 if spec.base.get(key) and dataset_store.get_dataset(spec.base[key]) is None}
     if problems:
         raise ValidationError(sweep_spec.INVALID_SWEEP, problems)

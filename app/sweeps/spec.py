@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from app.errors import ValidationError
+from app.errors import ValidationError, echo
 from app.runs import validation
 
 INVALID_SWEEP = "invalid sweep"
@@ -63,8 +63,8 @@ def _check_value(name: str, value: Any, base: dict[str, Any], model_roots: Seque
         problem = exc.details.get(name)
         if problem is None:  # the value is fine alone but not with the base (e.g. warmup past max_steps)
             key, problem = next(iter(exc.details.items()))
-            raise ValueError(f"{value!r} leaves {key} invalid: {problem}") from None
-        raise ValueError(problem if repr(value) in problem else f"{value!r} {problem}") from None
+            raise ValueError(f"{echo(value)} leaves {key} invalid: {problem}") from None
+        raise ValueError(problem if echo(value) in problem else f"{echo(value)} {problem}") from None
     return config[name]
 
 

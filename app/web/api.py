@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from app.datasets import parsing, store as dataset_store
 from app.change_feed import RUNS, FeedCache
-from app.errors import NotFoundError, ValidationError
+from app.errors import NotFoundError, ValidationError, echo
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
 from app.queue import registry
@@ -57,7 +57,7 @@ def _json_object():
 def submit_run():
     mode = request.args.get("mode", DEFAULT_MODE)
     if mode not in MODES:
-        return api_error(400, "invalid mode", {"mode": f"must be one of {', '.join(MODES)}, got {mode!r}"})
+        return api_error(400, "invalid mode", {"mode": f"must be one of {', '.join(MODES)}, got {echo(mode)}"})
     body, error = _json_object()
     if error:
         return error

@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, SecurityError
 
-from app.errors import AppError
+from app.errors import AppError, cut
 from app.extensions import db
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def error_body(message: str, details: dict[str, str] | None = None) -> dict:
     """The one shape of every API error: {"error": ..., "details": {field: message}}."""
-    return {"error": message, "details": dict(details or {})}
+    return {"error": cut(message), "details": {cut(str(k)): cut(str(v)) for k, v in (details or {}).items()}}
 
 
 def api_error(status: int, message: str, details: dict[str, str] | None = None):
@@ -36,7 +36,8 @@ def respond(status: int, message: str, details: dict[str, str] | None = None):
     """An error as JSON for the API, or as the error page."""
     if _wants_json():
         return api_error(status, message, details)
-    return render_template("error.html", status=status, message=message, details=details or {}), status
+    body = error_body(message, details)
+    return render_template("error.html", status=status, message=body["error"], details=body["details"]), status
 
 
 def register(app: Flask) -> None:
