@@ -3,7 +3,7 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.extensions import db
 from app.models import RunMetric, TunixRun
@@ -119,6 +119,31 @@ def test_idempotency_key_returns_the_first_run(client):
     assert db.session.scalar(select(func.count()).select_from(TunixRun)) == 1
     conflict = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE, "seed": 9}, headers=headers)
     assert conflict.status_code == 409 and "Idempotency-Key" in conflict.get_json()["details"]
+
+
+def test_an_idempotency_key_is_its_sender_s(app, client, credentials):
+    """The audit's replay: another user's request with the key a member used first got the member's run."""
+    from tests.helpers import make_user
+
+    headers = {"Idempotency-Key": "nightly-42"}
+    mine = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}, headers=headers).get_json()
+    admin = make_user("boss", admin=True)
+    theirs = app.test_client().post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE, "seed": 3},
+                                    headers={**headers, "Authorization": f"Bearer {admin.token}"})
+    assert theirs.status_code == 202 and "Idempotent-Replayed" not in theirs.headers
+    assert theirs.get_json()["run_id"] != mine["run_id"]
+    assert client.get(f"/api/tunix/runs/{theirs.get_json()['run_id']}").get_json()["created_by"] == "boss"
+    again = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}, headers=headers)
+    assert again.get_json()["run_id"] == mine["run_id"] and again.headers["Idempotent-Replayed"] == "true"
+    # A key stored before keys were scoped still replays for the user who sent it, and only for them.
+    db.session.execute(text("UPDATE tunix_runs SET idempotency_key = 'legacy' WHERE id = :id"), {"id": mine["run_id"]})
+    db.session.commit()
+    legacy = {"Idempotency-Key": "legacy"}
+    assert client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE},
+                       headers=legacy).get_json()["run_id"] == mine["run_id"]
+    other = app.test_client().post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE},
+                                   headers={**legacy, "Authorization": f"Bearer {admin.token}"})
+    assert other.status_code == 202 and other.get_json()["run_id"] != mine["run_id"]
 
 
 def test_idempotent_sync_replay_does_not_train_again(client, artifacts_root):

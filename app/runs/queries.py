@@ -224,12 +224,6 @@ def typical_run_seconds(sample: int = 20, reuse_seconds: float = 0.0) -> float |
     return _typical[1]
 
 
-def run_by_idempotency_key(key: str, created_by: int | None) -> TunixRun | None:
-    """The run a submission with this key started for this user, if it did."""
-    return db.session.scalar(select(TunixRun).where(TunixRun.idempotency_key == key,
-                                                    TunixRun.created_by == created_by))
-
-
 def runs_by_ids(run_ids: list[uuid.UUID]) -> list[TunixRun]:
     """The runs with these ids (unknown ids are left out), in no particular order."""
     return list(db.session.scalars(select(TunixRun).where(TunixRun.id.in_(run_ids)))) if run_ids else []

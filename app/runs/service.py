@@ -90,12 +90,13 @@ def _submit(raw: dict[str, Any], mode: str, idempotency_key: str | None, retry_o
             created_by: int | None) -> tuple[TunixRun, bool]:
     config = validate_submission(raw, mode)
     if idempotency_key:
-        existing = _find_by_idempotency_key(idempotency_key)
+        existing = submitted_run(idempotency_key, created_by)
         if existing is not None:
             return _replay(existing, mode, config), False
     _check_limits(config, mode, created_by)
 
-    values = _new_run(config, mode, created_by, idempotency_key=idempotency_key or None, retry_of=retry_of)
+    values = _new_run(config, mode, created_by, retry_of=retry_of,
+                      idempotency_key=_scoped_key(idempotency_key, created_by) if idempotency_key else None)
     stmt = pg_insert(TunixRun).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
     with metrics.timed_db_write("create_run"):
         inserted = db.session.execute(stmt.returning(TunixRun.id)).scalar()
@@ -103,7 +104,7 @@ def _submit(raw: dict[str, Any], mode: str, idempotency_key: str | None, retry_o
             notify(db.session, QUEUE_CHANNEL, str(inserted))
         db.session.commit()
     if inserted is None:  # another request with the same key won the race
-        return _replay(_find_by_idempotency_key(idempotency_key), mode, config), False
+        return _replay(submitted_run(idempotency_key, created_by), mode, config), False
     run = db.session.get(TunixRun, inserted)
     log.info("run %s created mode=%s status=%s dataset=%s model=%s", run.id, mode, run.status,
              run.dataset_key, run.model_id)
@@ -173,8 +174,17 @@ def _replay(existing: TunixRun, mode: str, config: dict[str, Any]) -> TunixRun:
     return existing
 
 
-def _find_by_idempotency_key(key: str) -> TunixRun | None:
-    return db.session.scalar(select(TunixRun).where(TunixRun.idempotency_key == key))
+def _scoped_key(key: str, created_by: int | None) -> str:
+    # An Idempotency-Key is its sender's: the same key from two users names two runs.
+    return f"{'-' if created_by is None else created_by}:{key}"
+
+
+def submitted_run(key: str, created_by: int | None) -> TunixRun | None:
+    """The run this user's submission with this idempotency key started, if it did (a key stored
+    before keys were scoped per user still counts, for the user who sent it)."""
+    return db.session.scalar(select(TunixRun).where(
+        TunixRun.idempotency_key.in_([_scoped_key(key, created_by), key]),
+        TunixRun.created_by.is_not_distinct_from(created_by)).order_by(TunixRun.created_at).limit(1))
 
 
 def _process_label() -> str:

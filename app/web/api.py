@@ -28,7 +28,7 @@ from app.web.lookups import dataset_or_404, run_or_404, sweep_or_404, whole_numb
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_PAGE_LIMIT = 200
-MAX_IDEMPOTENCY_KEY = 255
+MAX_IDEMPOTENCY_KEY = 200  # stored behind its sender's id, in 255 characters
 MAX_POINTS_ARG = 100_000
 
 

@@ -131,7 +131,7 @@ def submit_run():
 def submitted_progress(submission: str):
     """How a form submission carried out in its request is coming along, for the form's progress panel."""
     key = _form_key(submission)
-    run = queries.run_by_idempotency_key(key, current_actor().user_id) if key else None
+    run = service.submitted_run(key, current_actor().user_id) if key else None
     response = Response(render_template("runs/_submitted.html", run=run, status_words=run_view.STATUS_WORDS,
                                         progress=run_view.ProgressView.of(run) if run else None))
     response.headers["Cache-Control"] = "no-store"
