@@ -104,7 +104,9 @@ def load_settings() -> dict:
                           if h.strip()] or None,
         # A sync run holds a request (a gunicorn thread) for its whole training: only short ones may.
         "SYNC_MAX_SECONDS": _float("TUNIX_SYNC_MAX_SECONDS", 300.0),
+        # Every active run of a user counts, a sweep's trials included; sweeps wait for room below it.
         "MAX_ACTIVE_RUNS_PER_USER": _int("TUNIX_MAX_ACTIVE_RUNS_PER_USER", 20),
+        "MAX_ACTIVE_SWEEPS_PER_USER": _int("TUNIX_MAX_ACTIVE_SWEEPS_PER_USER", 5),
         "MAX_FORM_PARTS": _int("TUNIX_MAX_FORM_PARTS", 1000),
         # Addresses whose X-Forwarded-* headers are believed: the nginx in front.
         "TRUSTED_PROXIES": [a.strip() for a in os.environ.get("TUNIX_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")

@@ -251,3 +251,68 @@ def test_a_grid_at_the_bound_is_a_sweep(client):
              "batch_size": {"type": "choice", "values": [1, 2, 4, 8]}}
     response = client.post("/api/sweeps", json=sweep_body(sampler="grid", max_trials=5, space=space))
     assert response.status_code == 201, response.get_json()
+
+
+def _active_runs() -> int:
+    return db.session.execute(text("SELECT count(*) FROM tunix_runs WHERE status IN "
+                                   "('pending', 'running', 'cancelling')")).scalar()
+
+
+def test_runs_and_sweeps_share_one_limit_whatever_the_mix(client, app):
+    """The audit's way round the limit (two sweeps of parallelism 20 on top of 20 runs) and any other mix:
+    submitted runs, sweeps, cancels and the workers' housekeeping, in any order; never past the limit."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from app.sweeps import service as sweep_service
+
+    app.config.update(MAX_ACTIVE_RUNS_PER_USER=5, MAX_ACTIVE_SWEEPS_PER_USER=2)
+    actions = st.lists(st.one_of(st.tuples(st.just("run"), st.integers(1, 3)),
+                                 st.tuples(st.just("sweep"), st.integers(1, 5)),
+                                 st.tuples(st.just("cancel"), st.integers(0, 4)),
+                                 st.tuples(st.just("advance"), st.just(0))), min_size=1, max_size=12)
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(actions)
+    def never_past_the_limit(steps):
+        db.session.execute(text("UPDATE tunix_runs SET status = 'cancelled' WHERE status = 'pending'"))
+        db.session.execute(text("UPDATE sweeps SET status = 'cancelled' WHERE status = 'running'"))
+        db.session.commit()
+        for action, n in steps:
+            if action == "run":
+                for _ in range(n):
+                    code = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).status_code
+                    assert code in (202, 429)
+            elif action == "sweep":
+                response = client.post("/api/sweeps", json=sweep_body(parallelism=n, max_trials=8))
+                assert response.status_code in (201, 429), response.get_json()
+            elif action == "cancel":
+                pending = db.session.execute(text("SELECT id FROM tunix_runs WHERE status = 'pending' "
+                                                  "ORDER BY created_at LIMIT 1 OFFSET :n"), {"n": n}).scalar()
+                if pending:
+                    client.post(f"/api/tunix/runs/{pending}/cancel")
+            else:
+                sweep_service.advance_running()
+            assert _active_runs() <= 5, steps
+            running_sweeps = db.session.execute(text("SELECT count(*) FROM sweeps WHERE status = 'running'")).scalar()
+            assert running_sweeps <= 2, steps
+
+    never_past_the_limit()
+
+
+def test_a_sweep_waits_for_room_and_takes_it_when_runs_end(client, app):
+    from app.sweeps import service as sweep_service
+
+    app.config.update(MAX_ACTIVE_RUNS_PER_USER=4)
+    runs = [client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+            for _ in range(3)]
+    sweep_id = create(client, parallelism=3, max_trials=6)
+    assert _active_runs() == 4  # one trial: the room left
+    assert client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).status_code == 429
+    refused = client.post("/api/sweeps", json=sweep_body())
+    assert refused.status_code == 429 and "a sweep's trials included" in refused.get_json()["details"]["runs"]
+    for run_id in runs[:2]:
+        client.post(f"/api/tunix/runs/{run_id}/cancel")
+    sweep_service.advance_running()
+    trials = db.session.execute(text("SELECT count(*) FROM tunix_runs WHERE sweep_id = :id AND status = 'pending'"),
+                                {"id": sweep_id}).scalar()
+    assert trials == 3 and _active_runs() == 4

@@ -132,8 +132,8 @@ def _new_run(config: dict[str, Any], mode: str, created_by: int | None, **extra:
 def queue_trial(raw: dict[str, Any], created_by: int | None, sweep_id: uuid.UUID, trial_number: int) -> uuid.UUID:
     """Queue a sweep's trial as an ordinary async run, inside the caller's transaction (not committed).
 
-    The per-user cap on active runs is not applied: a sweep's parallelism was held to it when the
-    sweep was created, and a trial refused here would be a hole in the sweep.
+    The caller queues a trial only while `room_for_runs` says the user has room: the sweep waits
+    for room rather than leave a hole where a refused trial would be.
     """
     config = validate_submission(raw)
     values = _new_run(config, ASYNC, created_by, sweep_id=sweep_id, trial_number=trial_number)
@@ -149,6 +149,19 @@ class TooManyActiveRuns(AppError):
     status = 429
 
 
+def room_for_runs(user_id: int | None) -> int:
+    """How many more runs the user may have active, trials included. Takes the user's lock until the
+    caller's transaction ends, so two submissions (or a submission and a sweep) cannot both take the
+    last place."""
+    cap = current_app.config["MAX_ACTIVE_RUNS_PER_USER"]
+    if user_id is None or not cap:
+        return 1_000_000
+    db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tunix_rt_user_runs"), user_id)))
+    active = db.session.scalar(select(func.count()).select_from(TunixRun).where(
+        TunixRun.created_by == user_id, TunixRun.status.in_(states.ACTIVE_STATUSES)))
+    return max(0, cap - active)
+
+
 def _check_limits(config: dict[str, Any], mode: str, created_by: int | None) -> None:
     """Keep one request, or one user, from taking the service."""
     settings = current_app.config
@@ -160,8 +173,7 @@ def _check_limits(config: dict[str, Any], mode: str, created_by: int | None) -> 
                 "a sync run may take. Queue it instead (async)")})
     cap = settings["MAX_ACTIVE_RUNS_PER_USER"]
     if created_by is not None and cap and mode != DRY_RUN:
-        active = db.session.scalar(select(func.count()).select_from(TunixRun).where(
-            TunixRun.created_by == created_by, TunixRun.status.in_(states.ACTIVE_STATUSES)))
+        active = cap - room_for_runs(created_by)
         if active >= cap:
             raise TooManyActiveRuns(f"you have {active} active runs, the most one user may have",
                                     {"runs": f"at most {cap} pending or running at once; wait for one to end "

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.datasets import store as dataset_store
 from app.errors import ConflictError, ForbiddenError, ValidationError, echo
@@ -48,6 +48,7 @@ def create_sweep(raw: Any, actor) -> Sweep:
                 if spec.base.get(key) and dataset_store.get_dataset(spec.base[key]) is None}
     if problems:
         raise ValidationError(sweep_spec.INVALID_SWEEP, problems)
+    _check_sweep_limits(actor.user_id, settings)
     sweep = Sweep(id=uuid.uuid4(), name=spec.name, status=SWEEP_RUNNING, base=spec.base, space=spec.space,
                   objective_metric=spec.objective_metric, direction=spec.direction, max_trials=spec.max_trials,
                   parallelism=spec.parallelism, sampler=spec.sampler, pruner=spec.pruner, trials_asked=0,
@@ -63,6 +64,26 @@ def create_sweep(raw: Any, actor) -> Sweep:
         db.session.rollback()
         log.exception("sweep %s: queuing its first trials failed; the workers will retry", sweep.id)
     return db.session.get(Sweep, sweep.id)
+
+
+def _check_sweep_limits(user_id: int | None, settings) -> None:
+    """A user may run only so many sweeps at once, and a new one needs room for at least one trial. The
+    user's lock (taken by room_for_runs) is held until the sweep is stored, so two cannot both pass."""
+    if user_id is None:
+        return
+    room = run_service.room_for_runs(user_id)
+    most = settings["MAX_ACTIVE_SWEEPS_PER_USER"]
+    running = db.session.scalar(select(func.count()).select_from(Sweep).where(
+        Sweep.created_by == user_id, Sweep.status == SWEEP_RUNNING))
+    if most and running >= most:
+        raise run_service.TooManyActiveRuns(f"you have {running} running sweeps, the most one user may have",
+                                            {"sweeps": f"at most {most} running at once; wait for one to end "
+                                                       "or cancel one"})
+    if room == 0:
+        cap = settings["MAX_ACTIVE_RUNS_PER_USER"]
+        raise run_service.TooManyActiveRuns(f"you have {cap} active runs, the most one user may have",
+                                            {"runs": f"at most {cap} pending or running at once, a sweep's trials "
+                                                     "included; wait for one to end or cancel one"})
 
 
 def objective_value(metric: str, run: TunixRun) -> float | None:
@@ -118,7 +139,10 @@ def advance(sweep_id: uuid.UUID) -> None:
         log.info("sweep %s: trial %d %s%s", sweep.id, trial.number, state,
                  f" ({sweep.objective_metric} {value:.6g})" if value is not None else f" ({note})")
     active = sum(1 for t in trials if t.state == TRIAL_RUNNING)
-    while sweep.trials_asked < sweep.max_trials and active < sweep.parallelism:
+    # Trials are runs of the sweep's owner: they take room under the owner's limit like any run, and
+    # the sweep waits for room (the workers' housekeeping advances it again) rather than go past it.
+    room = run_service.room_for_runs(sweep.created_by) if active < sweep.parallelism else 0
+    while sweep.trials_asked < sweep.max_trials and active < sweep.parallelism and room > 0:
         number = sweep.trials_asked + 1
         asked = study.ask(config, number)
         trial = SweepTrial(sweep_id=sweep.id, number=number, study_trial_id=asked.trial_id, params=asked.params,
@@ -129,6 +153,7 @@ def advance(sweep_id: uuid.UUID) -> None:
                 number)
             trial.state = TRIAL_RUNNING
             active += 1
+            room -= 1
         except ValidationError as exc:  # a combination the run's own checks refuse (e.g. warmup past max_steps)
             study.tell(config, asked.trial_id, TRIAL_FAILED)
             trial.state, trial.told_at = TRIAL_FAILED, event_time()
