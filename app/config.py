@@ -107,6 +107,10 @@ def load_settings() -> dict:
         # Every active run of a user counts, a sweep's trials included; sweeps wait for room below it.
         "MAX_ACTIVE_RUNS_PER_USER": _int("TUNIX_MAX_ACTIVE_RUNS_PER_USER", 20),
         "MAX_ACTIVE_SWEEPS_PER_USER": _int("TUNIX_MAX_ACTIVE_SWEEPS_PER_USER", 5),
+        # Sync runs each hold a web thread (2 gunicorn processes x 8 threads by default): they stay well
+        # below that count, so pages and polls always find a thread.
+        "MAX_SYNC_RUNS": _int("TUNIX_MAX_SYNC_RUNS", 6),
+        "MAX_SYNC_RUNS_PER_USER": _int("TUNIX_MAX_SYNC_RUNS_PER_USER", 2),
         "MAX_FORM_PARTS": _int("TUNIX_MAX_FORM_PARTS", 1000),
         # Addresses whose X-Forwarded-* headers are believed: the nginx in front.
         "TRUSTED_PROXIES": [a.strip() for a in os.environ.get("TUNIX_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")

@@ -38,6 +38,18 @@ def test_scoring_rules(prediction, reference, exact, answer):
     assert scoring.judge(prediction, reference) == scoring.Verdict(exact, answer)
 
 
+@pytest.mark.parametrize("pattern, text", [
+    (r"(a+)+$", "a" * 34 + "!"),  # the audit's: Python's engine doubles its work per character
+    (r"(x+x+)+y", "x" * 5000), (r"(?:(a|aa)+)+b", "a" * 5000), (r"(?:.*a){20}(z)", "a" * 4096),
+])
+def test_a_pathological_answer_pattern_is_matched_in_linear_time(pattern, text):
+    """Each of these holds Python's own engine for minutes to ages; RE2 answers at once. No time is
+    asserted (the suite does not time things): a backtracking engine would simply never finish."""
+    compiled = scoring.compile_answer_pattern(pattern)
+    for _ in range(100):
+        assert scoring.extract_answer(text, compiled) in (None, "z")
+
+
 def test_an_answer_pattern_overrides_the_default_rule():
     pattern = scoring.compile_answer_pattern(r"ANSWER: (\w+)")
     assert scoring.judge("ANSWER: no, wait, ANSWER: blue", "ANSWER: blue", pattern).answer
@@ -50,7 +62,9 @@ def test_an_answer_pattern_overrides_the_default_rule():
 @pytest.mark.parametrize("body, field, words", [
     ({"answer_pattern": "(a)(b)"}, "answer_pattern", "exactly one capturing group, not 2"),
     ({"answer_pattern": "no group"}, "answer_pattern", "exactly one capturing group, not 0"),
-    ({"answer_pattern": "(unclosed"}, "answer_pattern", "not a valid regular expression"),
+    ({"answer_pattern": "(unclosed"}, "answer_pattern", "is not a regular expression the linear-time matcher"),
+    ({"answer_pattern": r"(\w)\1"}, "answer_pattern", "backreferences and lookaround are not supported"),
+    ({"answer_pattern": r"(?<=is )(\d+)"}, "answer_pattern", "backreferences and lookaround are not supported"),
     ({"eval_dataset_key": "golden-v9"}, "eval_dataset_key", "unknown dataset 'golden-v9'"),
     ({"eval_max_examples": -1}, "eval_max_examples", "must be at least 0"),
     ({"eval_max_new_tokens": 0}, "eval_max_new_tokens", "must be at least 1"),

@@ -114,3 +114,44 @@ def test_uploads_are_capped_in_examples_and_in_the_size_of_one(client, app):
                                                                                    "response": "r"})})
     assert long.status_code == 422 and "longer than 200 bytes" in long.get_json()["details"]["file"]
     assert client.post("/api/datasets", json={"name": "fine", "jsonl": "\n".join([line] * 3)}).status_code == 201
+
+
+def test_sync_runs_are_bounded_per_user_and_overall_below_the_web_threads(client, app, credentials):
+    """A member's sync runs could once hold every gunicorn thread; now they wait their turn (429)."""
+    import threading
+
+    from app.extensions import db
+    from tests.helpers import fake_trainer_command, make_user, wait_for
+    from sqlalchemy import text
+
+    app.config.update(TRAIN_COMMAND=fake_trainer_command("--sleep", "4"), MAX_SYNC_RUNS_PER_USER=1, MAX_SYNC_RUNS=2)
+    done = []
+
+    def sync_run(token):
+        with app.test_client() as c:
+            done.append(c.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE},
+                               headers={"Authorization": f"Bearer {token}"}).status_code)
+
+    def under_way():
+        db.session.expire_all()
+        return db.session.execute(text("SELECT count(*) FROM tunix_runs WHERE mode = 'sync' "
+                                       "AND status = 'running'")).scalar()
+
+    first = threading.Thread(target=sync_run, args=(credentials.token,))
+    first.start()
+    wait_for(lambda: under_way() == 1)
+    mine = client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE})
+    assert mine.status_code == 429 and "at most 1 sync runs of yours" in mine.get_json()["details"]["mode"]
+    assert client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).status_code == 202
+    other = make_user("other")
+    second = threading.Thread(target=sync_run, args=(other.token,))
+    second.start()
+    wait_for(lambda: under_way() == 2)
+    third = make_user("third")
+    everyone = app.test_client().post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE},
+                                      headers={"Authorization": f"Bearer {third.token}"})
+    assert everyone.status_code == 429 and "for everyone" in everyone.get_json()["details"]["mode"]
+    first.join()
+    second.join()
+    assert done == [200, 200]
+    assert client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE}).status_code == 200

@@ -24,14 +24,24 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def compile_answer_pattern(pattern: str) -> re.Pattern:
-    """The pattern compiled; ValueError saying what is wrong when it cannot serve as an answer_pattern."""
+def compile_answer_pattern(pattern: str):
+    """The pattern compiled for RE2; ValueError saying what is wrong when it cannot serve as an answer_pattern.
+
+    RE2 matches in time linear in the text, whatever the pattern: a pattern like (a+)+$ that Python's
+    engine takes minutes over (it doubles per character) is matched at once. It has no backreferences
+    or lookaround, so such a pattern is refused here, before a run is queued."""
+    import re2
+
     if len(pattern) > PATTERN_MAX_CHARS:
         raise ValueError(f"must be at most {PATTERN_MAX_CHARS} characters")
+    options = re2.Options()
+    options.log_errors = False
     try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc})") from None
+        compiled = re2.compile(pattern, options=options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"is not a regular expression the linear-time matcher (RE2) runs: {reason}; "
+                         "backreferences and lookaround are not supported") from None
     if compiled.groups != 1:
         raise ValueError(f"must hold exactly one capturing group, not {compiled.groups}")
     return compiled
@@ -49,7 +59,7 @@ def _canonical(answer: str) -> str:
     return answer
 
 
-def extract_answer(text: str, pattern: re.Pattern | None = None) -> str | None:
+def extract_answer(text: str, pattern=None) -> str | None:
     """The final answer a text gives, canonical; None when it gives none."""
     if pattern is not None:
         matches = list(pattern.finditer(text))
@@ -68,7 +78,7 @@ class Verdict:
     answer: bool
 
 
-def judge(prediction: str, reference: str, pattern: re.Pattern | None = None) -> Verdict:
+def judge(prediction: str, reference: str, pattern=None) -> Verdict:
     """Score one prediction against its reference."""
     exact = normalize(prediction) == normalize(reference)
     expected = extract_answer(reference, pattern)

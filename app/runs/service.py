@@ -162,6 +162,25 @@ def room_for_runs(user_id: int | None) -> int:
     return max(0, cap - active)
 
 
+def _check_sync_room(user_id: int | None, settings) -> None:
+    """A sync run holds a web thread while it trains: only so many at once, for everyone and per user.
+    The count and the insert that passes it run under one lock, held until the caller commits."""
+    db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tunix_rt_sync_runs"))))
+    rows = db.session.execute(select(TunixRun.created_by, func.count()).where(
+        TunixRun.mode == states.SYNC, TunixRun.status.in_((RUNNING, CANCELLING))).group_by(TunixRun.created_by)).all()
+    everyone = sum(count for _, count in rows)
+    mine = sum(count for owner, count in rows if owner == user_id)
+    most, most_each = settings["MAX_SYNC_RUNS"], settings["MAX_SYNC_RUNS_PER_USER"]
+    if most and everyone >= most:
+        raise TooManyActiveRuns(f"{everyone} sync runs are under way, the most this service takes at once",
+                                {"mode": f"at most {most} sync runs at once, for everyone: queue this one "
+                                         "(async), or wait for one to end"})
+    if most_each and mine >= most_each:
+        raise TooManyActiveRuns(f"you have {mine} sync runs under way, the most one user may have",
+                                {"mode": f"at most {most_each} sync runs of yours at once: queue this one "
+                                         "(async), or wait for one to end"})
+
+
 def _check_limits(config: dict[str, Any], mode: str, created_by: int | None) -> None:
     """Keep one request, or one user, from taking the service."""
     settings = current_app.config
@@ -171,6 +190,8 @@ def _check_limits(config: dict[str, Any], mode: str, created_by: int | None) -> 
             raise ValidationError("run too long for mode=sync", {"mode": (
                 f"this run should take {estimate.explain()}: more than the {settings['SYNC_MAX_SECONDS']:.0f} s "
                 "a sync run may take. Queue it instead (async)")})
+    if mode == states.SYNC:
+        _check_sync_room(created_by, settings)
     cap = settings["MAX_ACTIVE_RUNS_PER_USER"]
     if created_by is not None and cap and mode != DRY_RUN:
         active = cap - room_for_runs(created_by)
