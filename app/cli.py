@@ -29,7 +29,7 @@ def register(app: Flask) -> None:
         if password:
             click.echo(f"first user created: sign in as admin with password {password}")
 
-    users = click.Group("users", help="Create users and set their passwords.")
+    users = click.Group("users", help="Create users, set their passwords, end their sessions, (de)activate them.")
     tokens = click.Group("tokens", help="Create API tokens.")
 
     @users.command("create")
@@ -52,7 +52,37 @@ def register(app: Flask) -> None:
             accounts.set_password(name, password)
         except AppError as exc:
             _fail(exc)
-        click.echo(f"password of {name} changed", err=True)
+        click.echo(f"password of {name} changed; their sessions ended", err=True)
+
+    @users.command("sign-out")
+    @click.argument("name")
+    def sign_out(name: str) -> None:
+        """End every browser session of a user, wherever it is (their API tokens keep working)."""
+        user = accounts.find_user(name)
+        if user is None:
+            raise click.ClickException(f"no user {name!r}")
+        accounts.end_sessions(user.id)
+        click.echo(f"every session of {name} ended", err=True)
+
+    @users.command("deactivate")
+    @click.argument("name")
+    def deactivate(name: str) -> None:
+        """Stop a user: sign-in refused, sessions ended, API tokens refused (kept, for reactivation)."""
+        try:
+            accounts.set_active(name, False)
+        except AppError as exc:
+            _fail(exc)
+        click.echo(f"{name} deactivated", err=True)
+
+    @users.command("activate")
+    @click.argument("name")
+    def activate(name: str) -> None:
+        """Let a deactivated user sign in and use their tokens again."""
+        try:
+            accounts.set_active(name, True)
+        except AppError as exc:
+            _fail(exc)
+        click.echo(f"{name} active again", err=True)
 
     @tokens.command("create")
     @click.argument("name")

@@ -107,6 +107,9 @@ def load_settings() -> dict:
         # Every active run of a user counts, a sweep's trials included; sweeps wait for room below it.
         "MAX_ACTIVE_RUNS_PER_USER": _int("TUNIX_MAX_ACTIVE_RUNS_PER_USER", 20),
         "MAX_ACTIVE_SWEEPS_PER_USER": _int("TUNIX_MAX_ACTIVE_SWEEPS_PER_USER", 5),
+        # A page session ends this long after sign-in, or after this long unused.
+        "SESSION_MAX_SECONDS": _float("TUNIX_SESSION_MAX_SECONDS", 7 * 24 * 3600.0),
+        "SESSION_IDLE_SECONDS": _float("TUNIX_SESSION_IDLE_SECONDS", 12 * 3600.0),
         # Sync runs each hold a web thread (2 gunicorn processes x 8 threads by default): they stay well
         # below that count, so pages and polls always find a thread.
         "MAX_SYNC_RUNS": _int("TUNIX_MAX_SYNC_RUNS", 6),

@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import CheckConstraint, Index, text
+from sqlalchemy import true as sa_true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from flask_login import UserMixin
@@ -34,12 +35,20 @@ class User(UserMixin, db.Model):
     password_hash = db.Column(db.String(255), nullable=False)
     role = db.Column(db.String(16), nullable=False, default=MEMBER)
     created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    # Every page session carries the generation it began in; bumping it ends them all (sign-out,
+    # a new password, deactivation, "sign out everywhere").
+    session_generation = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    active = db.Column(db.Boolean, nullable=False, default=True, server_default=sa_true())
 
     __table_args__ = (CheckConstraint(f"role IN ('{ADMIN}', '{MEMBER}')", name="ck_users_role"),)
 
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN
+
+    def get_id(self) -> str:
+        """What a session stores (Flask-Login): the user and the generation it signed in under."""
+        return f"{self.id}:{self.session_generation}"
 
 
 class ApiToken(db.Model):

@@ -5,11 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import func, select, text
 
 from app.extensions import db
 from app.models import ApiToken, TunixRun
-from tests.helpers import ROOT, SAMPLE, make_user, sign_in, submit
+from tests.helpers import ROOT, SAMPLE, Credentials, make_user, sign_in, submit, wait_for
 
 
 def test_pages_need_a_signed_in_user_and_only_a_few_things_are_open(app):
@@ -168,3 +169,78 @@ def test_every_response_carries_the_security_headers_and_safe_cookies(app, clien
                                       headers={"X-Forwarded-Proto": "https"})
     assert "Secure" in over_tls.headers["Set-Cookie"]
     assert over_tls.headers["Location"] == "/runs"
+
+
+def _signed_in_browser(app, credentials):
+    browser = sign_in(app.test_client(), credentials)
+    browser.environ_base.pop("HTTP_AUTHORIZATION")  # a browser: its cookie alone
+    return browser
+
+
+def _replayed(app, cookie: str, address: str = "203.0.113.9"):
+    """Another machine that holds a copy of the cookie."""
+    thief = app.test_client()
+    thief.environ_base["REMOTE_ADDR"] = address
+    thief.set_cookie("session", cookie)
+    return thief
+
+
+def _works(client) -> bool:
+    return client.get("/settings/tokens").status_code == 200
+
+
+@pytest.mark.parametrize("how", ["sign-out", "new password", "sign out everywhere", "deactivation"])
+def test_a_saved_cookie_is_dead_once_its_session_is_ended(app, credentials, database_url, how):
+    browser = _signed_in_browser(app, credentials)
+    saved = browser.get_cookie("session").value
+    assert _works(_replayed(app, saved)), "a copy works while the session lives (that is what a cookie is)"
+    if how == "sign-out":
+        assert browser.post("/logout").status_code == 303
+    elif how == "new password":
+        assert _flask("users", "set-password", "tester", database_url=database_url,
+                      stdin="another password 2\n").returncode == 0
+    elif how == "sign out everywhere":
+        assert _flask("users", "sign-out", "tester", database_url=database_url).returncode == 0
+    else:
+        assert _flask("users", "deactivate", "tester", database_url=database_url).returncode == 0
+    thief = _replayed(app, saved)
+    wait_for(lambda: not _works(_replayed(app, saved)))  # another process's change: heard through the feed
+    assert thief.get("/settings/tokens").status_code == 302
+    assert thief.post("/settings/tokens", data={"label": "stolen"}).status_code == 302
+    assert db.session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.label == "stolen")) == 0
+    assert not _works(browser)
+    if how == "deactivation":
+        # Its tokens stop too, and so does signing in, until an admin makes it active again.
+        assert app.test_client().get("/api/tunix/runs", headers={
+            "Authorization": f"Bearer {credentials.token}"}).status_code == 401
+        assert app.test_client().post("/login", data={"username": "tester", "password": credentials.password}
+                                      ).status_code == 422
+        assert _flask("users", "activate", "tester", database_url=database_url).returncode == 0
+        wait_for(lambda: _works(_signed_in_browser(app, credentials)))
+    else:
+        assert _works(_signed_in_browser(app, credentials if how != "new password" else
+                                         Credentials("tester", "another password 2", credentials.token)))
+
+
+def test_sign_in_starts_a_fresh_session_with_a_new_csrf_secret(app, credentials):
+    browser = app.test_client()
+    page = browser.get("/login").get_data(as_text=True)
+    before = re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
+    with browser.session_transaction() as stored:
+        secret_before = stored.get("csrf_token")
+    assert browser.post("/login", data={"username": credentials.username, "password": credentials.password,
+                                        "csrf_token": before}).status_code == 303
+    with browser.session_transaction() as stored:
+        assert stored.get("csrf_token") != secret_before and "signed_in_at" in stored
+
+
+def test_a_session_ends_after_its_idle_and_its_absolute_lifetime(app, credentials):
+    browser = _signed_in_browser(app, credentials)
+    assert _works(browser)
+    with browser.session_transaction() as stored:
+        stored["seen_at"] -= app.config["SESSION_IDLE_SECONDS"] + 1
+    assert not _works(browser), "idle too long"
+    browser = _signed_in_browser(app, credentials)
+    with browser.session_transaction() as stored:
+        stored["signed_in_at"] -= app.config["SESSION_MAX_SECONDS"] + 1  # and seen a moment ago
+    assert not _works(browser), "past the absolute lifetime, however busy"

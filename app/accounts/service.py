@@ -84,6 +84,7 @@ def set_password(username: str, password: str) -> None:
         raise NotFoundError(f"no user {username!r}")
     _check_password(password)
     user.password_hash = generate_password_hash(password)
+    user.session_generation += 1  # a new password ends every session the old one opened
     db.session.commit()
 
 
@@ -98,10 +99,15 @@ class SignedInUser(UserMixin):
     id: int
     username: str
     role: str
+    session_generation: int = 0
+    active: bool = True
 
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_generation}"
 
 
 # Every page request signs in from its session cookie. The copy is kept until the user's row changes
@@ -112,10 +118,40 @@ _signed_in = FeedCache(USERS, size=4096)
 def signed_in_user(user_id: int) -> SignedInUser | None:
     """The user a session names, or None when it no longer exists."""
     def load() -> SignedInUser | None:
-        row = db.session.execute(select(User.id, User.username, User.role).where(User.id == user_id)).first()
-        return None if row is None else SignedInUser(row.id, row.username, row.role)
+        row = db.session.execute(select(User.id, User.username, User.role, User.session_generation, User.active)
+                                 .where(User.id == user_id)).first()
+        return None if row is None else SignedInUser(row.id, row.username, row.role, row.session_generation,
+                                                     row.active)
 
-    return _signed_in.get(str(user_id), load)
+    found = _signed_in.get(str(user_id), load)
+    return found if found is not None and found.active else None
+
+
+def session_user(session_id: str) -> SignedInUser | None:
+    """The user a page session names ("<user id>:<generation>"), while that generation is current and
+    the user active; None once it ended (signed out, new password, deactivated, signed out everywhere)."""
+    user_id, _, generation = session_id.partition(":")
+    if not (user_id.isdigit() and generation.isdigit()):
+        return None  # a session from before generations: sign in again
+    user = signed_in_user(int(user_id))
+    return user if user is not None and user.session_generation == int(generation) else None
+
+
+def end_sessions(user_id: int) -> None:
+    """End every page session of the user, wherever it is (its next request finds itself signed out)."""
+    db.session.execute(update(User).where(User.id == user_id)
+                       .values(session_generation=User.session_generation + 1))
+    db.session.commit()
+
+
+def set_active(username: str, active: bool) -> None:
+    """Deactivate a user (sessions ended, tokens refused, sign-in refused) or make them active again."""
+    user = find_user(username)
+    if user is None:
+        raise NotFoundError(f"no user {username!r}")
+    user.active = active
+    user.session_generation += 1
+    db.session.commit()
 
 
 def has_users() -> bool:
@@ -147,7 +183,7 @@ def authenticate(username: str, password: str, address: str, *, max_failures: in
     user = find_user(username) if USERNAME_PATTERN.match(username or "") else None
     # Check a hash even for an unknown name, so timing does not tell which names exist.
     valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "")
-    if user is None or not valid:
+    if user is None or not valid or not user.active:
         db.session.add(SignInFailure(username=username, address=address))
         db.session.commit()
         raise ValidationError("wrong username or password", {"password": "wrong username or password"})

@@ -2,9 +2,10 @@
 and the pages to sign in, sign out and manage one's API tokens."""
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
 from flask_httpauth import HTTPTokenAuth
 from flask_login import current_user, login_required, login_user, logout_user
 
@@ -23,8 +24,8 @@ OPEN_ENDPOINTS = frozenset({"auth.login", "static", "api.health", "prometheus_me
 
 
 @login_manager.user_loader
-def _load_user(user_id: str):
-    return accounts.signed_in_user(int(user_id)) if user_id.isdigit() else None
+def _load_user(session_id: str):
+    return accounts.session_user(session_id)
 
 
 @token_auth.verify_token
@@ -50,6 +51,9 @@ def require_identity():
     if request.blueprint == "api":
         # The session cookie alone never drives the API, so no other site's page can.
         return token_auth.login_required(lambda: None)()
+    if current_user.is_authenticated and _session_expired():
+        logout_user()
+        session.clear()
     if not current_user.is_authenticated:
         if request.headers.get("HX-Request"):
             # A poll whose session ended: have htmx load the sign-in page, not swap it into the block.
@@ -57,6 +61,24 @@ def require_identity():
                 request.referrer).path)}
         return login_manager.unauthorized()
     return None
+
+
+SEEN_EVERY_SECONDS = 60  # a session's last use is written into its cookie at most this often
+
+
+def _session_expired() -> bool:
+    """Past the absolute or the idle lifetime (TUNIX_SESSION_MAX_SECONDS, TUNIX_SESSION_IDLE_SECONDS);
+    otherwise notes the session's use."""
+    now = time.time()
+    started, seen = session.get("signed_in_at"), session.get("seen_at")
+    if not isinstance(started, (int, float)) or not isinstance(seen, (int, float)):
+        return True
+    config = current_app.config
+    if now - started > config["SESSION_MAX_SECONDS"] or now - seen > config["SESSION_IDLE_SECONDS"]:
+        return True
+    if now - seen > SEEN_EVERY_SECONDS:
+        session["seen_at"] = now
+    return False
 
 
 def current_actor() -> Actor:
@@ -89,14 +111,21 @@ def login():
     except (ValidationError, accounts.TooManyAttempts) as exc:
         return render_template("login.html", errors=exc.details, values=values,
                                next=request.form.get("next", "")), exc.status
+    # A fresh session: nothing from before the sign-in carries over, the CSRF secret included.
+    session.clear()
     login_user(user)
+    session["signed_in_at"] = session["seen_at"] = time.time()
     return redirect(_safe_next(request.form.get("next")), code=303)
 
 
 @bp.post("/logout")
 @login_required
 def logout():
+    """Sign out: every session of this user ends, here and in every other browser (a copy of the
+    cookie included), since a session is valid only under the user's current generation."""
+    accounts.end_sessions(current_user.id)
     logout_user()
+    session.clear()
     return redirect(url_for("auth.login"), code=303)
 
 
