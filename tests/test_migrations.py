@@ -33,3 +33,80 @@ def test_upgrade_downgrade_upgrade(postgres_admin_url, app_config):
             db.engine.dispose()
     finally:
         execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _snapshot(db, columns: dict[str, list[str]] | None = None) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Every table's columns, and its rows as text over those columns (sorted)."""
+    from sqlalchemy import text
+
+    if columns is None:
+        columns = {}
+        for table, column in db.session.execute(text(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                "AND table_name <> 'alembic_version' ORDER BY table_name, ordinal_position")):
+            columns.setdefault(table, []).append(column)
+    rows = {table: sorted(db.session.execute(text(
+        f"SELECT ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in cols)})::text FROM \"{table}\"")).scalars())
+        for table, cols in columns.items()}
+    return columns, rows
+
+
+def test_0009_keeps_every_row_the_release_before_wrote(postgres_admin_url, app_config):
+    """Rows of every kind, written by the app, taken back to 0008's schema; then 0009 applied in place:
+    nothing is lost or changed, and every user gets generation 0 and stays active."""
+    from sqlalchemy import text
+
+    from app import create_app
+    from app.datasets.sample import ensure_sample_dataset
+    from app.extensions import db
+    from app.sweeps import service as sweep_service
+    from tests.helpers import SAMPLE, fake_trainer_command, make_user, sign_in
+
+    name = "tunix_rt_migration_rows"
+    execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        app = create_app({**app_config, "DATABASE_URL": url_for_database(postgres_admin_url, name),
+                          "TRAIN_COMMAND": fake_trainer_command("--artifacts", "--evaluate")})
+        with app.app_context():
+            upgrade()
+            ensure_sample_dataset()
+            client = sign_in(app.test_client(), make_user("member"))
+            make_user("boss", admin=True)
+            client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "name": "done", "tags": ["a"]})
+            client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE})
+            client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}, headers={"Idempotency-Key": "k"})
+            cancelled = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
+            client.post(f"/api/tunix/runs/{cancelled}/cancel")
+            client.post("/api/datasets", json={"name": "mine", "examples": [{"prompt": "p", "response": "r"}] * 3})
+            sweep = client.post("/api/sweeps", json={
+                "name": "s", "base": {"dataset_key": SAMPLE, "max_steps": 4},
+                "space": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}},
+                "objective": {"metric": "final_loss"}, "max_trials": 3, "parallelism": 1}).get_json()
+            db.session.execute(text("UPDATE tunix_runs SET status = 'completed', final_loss = 1.5 "
+                                    "WHERE sweep_id = :id"), {"id": sweep["sweep_id"]})
+            db.session.commit()
+            sweep_service.advance_running()
+            app.test_client().post("/login", data={"username": "member", "password": "not it at all"})
+            from app.queue import registry
+
+            registry.register("host:1:ab", "host", 1)
+            counts = {t: db.session.execute(text(f'SELECT count(*) FROM "{t}"')).scalar()
+                      for t in ("users", "api_tokens", "tunix_runs", "datasets", "dataset_examples", "run_metrics",
+                                "run_log_chunks", "run_predictions", "run_charts", "run_counters", "sweeps",
+                                "sweep_trials", "workers", "sign_in_failures")}
+            assert all(counts.values()), counts  # every kind of row is there
+            db.session.remove()
+
+            downgrade(revision="0008")
+            columns, before = _snapshot(db)
+            db.session.remove()
+            upgrade()
+            _, after = _snapshot(db, columns)
+            assert after == before
+            users = db.session.execute(text("SELECT session_generation, active FROM users")).all()
+            assert users and all(row == (0, True) for row in users)
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
