@@ -67,7 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # One proxy (nginx) sits in front in the documented deployment; its forwarded headers are
     # believed only when the request comes from it. The prefix is never taken from a header.
     app.wsgi_app = security.RejectUnknownMethods(
-        security.TrustedProxyFix(app.wsgi_app, frozenset(app.config["TRUSTED_PROXIES"])))
+        security.TrustedProxyFix(app.wsgi_app, lambda: app.config["TRUSTED_PROXIES"]))
     return app
 
 

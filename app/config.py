@@ -116,7 +116,9 @@ def load_settings() -> dict:
         "MAX_SYNC_RUNS_PER_USER": _int("TUNIX_MAX_SYNC_RUNS_PER_USER", 2),
         "MAX_FORM_PARTS": _int("TUNIX_MAX_FORM_PARTS", 1000),
         # Addresses whose X-Forwarded-* headers are believed: the nginx in front.
-        "TRUSTED_PROXIES": [a.strip() for a in os.environ.get("TUNIX_TRUSTED_PROXIES", "127.0.0.1,::1").split(",")
+        # None by default: behind gunicorn alone, X-Forwarded-For is a client's word. With nginx in front,
+        # name its address (127.0.0.1 when it runs on the web host).
+        "TRUSTED_PROXIES": [a.strip() for a in os.environ.get("TUNIX_TRUSTED_PROXIES", "").split(",")
                             if a.strip()],
         # One upload may hold at most this many examples, each at most this many bytes as a JSON line.
         "DATASET_MAX_EXAMPLES": _int("TUNIX_DATASET_MAX_EXAMPLES", 200_000),

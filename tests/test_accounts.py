@@ -110,12 +110,41 @@ def test_sign_in_is_paused_after_too_many_failures(app, credentials):
         wrong = guesser.post("/login", data={"username": "tester", "password": "guess-guess"})
         assert wrong.status_code == 422 and "wrong username or password" in wrong.get_data(as_text=True)
     paused = guesser.post("/login", data={"username": "tester", "password": credentials.password})
-    assert paused.status_code == 429, "even the right password waits"
-    # The count is per address too: another name from the same address is paused as well.
-    assert guesser.post("/login", data={"username": "nobody", "password": "x" * 12}).status_code == 429
-    elsewhere = app.test_client()
-    elsewhere.environ_base["REMOTE_ADDR"] = "10.9.8.7"
-    assert elsewhere.post("/login", data={"username": "tester", "password": credentials.password}).status_code == 429
+    assert paused.status_code == 429, "from the guessing address even the right password waits"
+    assert re.search(r"try again in \d+ s", paused.get_data(as_text=True)), "the pause is said in seconds"
+    # Another name from that address is not paused yet: an address is paused only past 3 x 3 failures.
+    assert guesser.post("/login", data={"username": "nobody", "password": "x" * 12}).status_code == 422
+    for n in range(5):
+        assert guesser.post("/login", data={"username": f"name{n}", "password": "x" * 12}).status_code == 422
+    assert guesser.post("/login", data={"username": "someone", "password": "x" * 12}).status_code == 429
+
+
+def test_a_stranger_failing_for_a_name_from_many_addresses_never_locks_its_owner_out(app, credentials):
+    """The audit's lock-out: ten failures for a name from ten addresses made the owner's right password 429."""
+    app.config.update(SIGNIN_MAX_FAILURES=10)
+    for n in range(30):
+        stranger = app.test_client()
+        stranger.environ_base["REMOTE_ADDR"] = f"198.51.100.{n + 1}"
+        code = stranger.post("/login", data={"username": "tester", "password": f"guess {n:04d}"}).status_code
+        assert code in (422, 429)
+    # The strangers are slowed: one more try from one of their addresses waits.
+    slowed = app.test_client()
+    slowed.environ_base["REMOTE_ADDR"] = "198.51.100.30"
+    assert slowed.post("/login", data={"username": "tester", "password": "guess again"}).status_code == 429
+    owner = app.test_client()
+    owner.environ_base["REMOTE_ADDR"] = "192.0.2.10"
+    assert owner.post("/login", data={"username": "tester", "password": credentials.password}).status_code == 303
+
+
+def test_forwarded_addresses_are_believed_only_from_a_named_proxy(app, credentials):
+    """Behind gunicorn alone, X-Forwarded-For is a client's word: it cannot buy fresh addresses to guess from."""
+    app.config.update(SIGNIN_MAX_FAILURES=2)
+    local = app.test_client()
+    for n in range(3):
+        local.post("/login", data={"username": "tester", "password": "wrong wrong"},
+                   headers={"X-Forwarded-For": f"203.0.113.{n}"})
+    assert local.post("/login", data={"username": "tester", "password": credentials.password},
+                      headers={"X-Forwarded-For": "203.0.113.99"}).status_code == 429
 
 
 def test_sign_in_redirects_only_within_the_site(app, credentials):
@@ -164,6 +193,11 @@ def test_every_response_carries_the_security_headers_and_safe_cookies(app, clien
                                                    "password": credentials.password})
     cookie = plain.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    spoofed = app.test_client().post("/login", data={"username": credentials.username,
+                                                     "password": credentials.password},
+                                     headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" not in spoofed.headers["Set-Cookie"], "no proxy is named: the header is a client's word"
+    app.config["TRUSTED_PROXIES"] = ["127.0.0.1"]  # nginx on this host, in front
     over_tls = app.test_client().post("/login", data={"username": credentials.username,
                                                       "password": credentials.password},
                                       headers={"X-Forwarded-Proto": "https"})

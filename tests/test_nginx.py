@@ -48,7 +48,7 @@ def gunicorn_port(app, database_url, artifacts_root, tmp_path):
     env = dict(os.environ, DATABASE_URL=database_url, HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1",
                GUNICORN_THREADS="4", TUNIX_ARTIFACTS_ROOT=str(artifacts_root), SECRET_KEY=uuid.uuid4().hex,
                TUNIX_INSTANCE_DIR=str(tmp_path / "instance"), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
-               TUNIX_TRAIN_COMMAND=shlex.join(fake_trainer_command()))
+               TUNIX_TRAIN_COMMAND=shlex.join(fake_trainer_command()), TUNIX_TRUSTED_PROXIES="127.0.0.1")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -168,18 +169,28 @@ def ensure_first_admin() -> str | None:
     return password
 
 
+ADDRESS_FAILURES_FACTOR = 3  # an address may fail this many times max_failures, over every name, before a pause
+BACKOFF_MAX_SECONDS = 60.0
+
+
 def authenticate(username: str, password: str, address: str, *, max_failures: int, window_seconds: float) -> User:
-    """The user these credentials name. Failures are counted per username and per address in the
-    database (every process sees them); past `max_failures` in the window, TooManyAttempts (429)."""
+    """The user these credentials name; ValidationError when they are wrong, TooManyAttempts (429, with
+    the seconds to wait) while sign-in is paused for them.
+
+    Failures are counted in the database (every process sees them), so that no stranger can lock an
+    owner out of their account and no address can guess freely:
+    - one name from one address: paused after `max_failures` in the window;
+    - one address, over every name: paused after ADDRESS_FAILURES_FACTOR times that;
+    - one name from every address: past `max_failures`, each further try waits 1, 2, 4 ... up to 60 s
+      after the name's last failure; but not from an address with no failure in the window, so the
+      owner, signing in from their own address, gets in while strangers fail for their name."""
     username = (username or "").strip()[:64]
     address = (address or "unknown")[:64]
-    since = datetime.now(timezone.utc) - timedelta(seconds=window_seconds)
-    recent = db.session.scalar(select(func.count()).select_from(SignInFailure).where(
-        SignInFailure.failed_at >= since,
-        or_(SignInFailure.username == username, SignInFailure.address == address)))
-    if recent >= max_failures:
-        raise TooManyAttempts("too many failed sign-ins; wait a few minutes and try again",
-                              {"username": f"sign-in is paused after {max_failures} failures"})
+    now = datetime.now(timezone.utc)
+    pause = _sign_in_pause(username, address, now, max_failures, window_seconds)
+    if pause is not None:
+        raise TooManyAttempts("too many failed sign-ins: sign-in is paused", {
+            "username": f"sign-in is paused after repeated failures: try again in {math.ceil(pause)} s"})
     user = find_user(username) if USERNAME_PATTERN.match(username or "") else None
     # Check a hash even for an unknown name, so timing does not tell which names exist.
     valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "")
@@ -187,9 +198,33 @@ def authenticate(username: str, password: str, address: str, *, max_failures: in
         db.session.add(SignInFailure(username=username, address=address))
         db.session.commit()
         raise ValidationError("wrong username or password", {"password": "wrong username or password"})
-    db.session.execute(delete(SignInFailure).where(SignInFailure.username == username))
+    db.session.execute(delete(SignInFailure).where(SignInFailure.username == username,
+                                                   SignInFailure.address == address))
     db.session.commit()
     return user
+
+
+def _sign_in_pause(username: str, address: str, now: datetime, max_failures: int,
+                   window_seconds: float) -> float | None:
+    """Seconds this name from this address must wait before trying again; None when it may try now."""
+    since = now - timedelta(seconds=window_seconds)
+    pair, mine = SignInFailure.username == username, SignInFailure.address == address
+    row = db.session.execute(select(
+        func.count().filter(pair & mine), func.min(SignInFailure.failed_at).filter(pair & mine),
+        func.count().filter(mine), func.min(SignInFailure.failed_at).filter(mine),
+        func.count().filter(pair), func.max(SignInFailure.failed_at).filter(pair),
+    ).where(SignInFailure.failed_at >= since, or_(pair, mine))).one()
+    pair_count, pair_oldest, address_count, address_oldest, name_count, name_latest = row
+    waits = []
+    if pair_count >= max_failures:
+        waits.append((pair_oldest - since).total_seconds())
+    if address_count >= ADDRESS_FAILURES_FACTOR * max_failures:
+        waits.append((address_oldest - since).total_seconds())
+    if name_count >= max_failures and address_count > 0:
+        backoff = min(BACKOFF_MAX_SECONDS, 2.0 ** (name_count - max_failures))
+        waits.append(backoff - (now - name_latest).total_seconds())
+    wait = max(waits, default=0.0)
+    return wait if wait > 0 else None
 
 
 _DUMMY_HASH = generate_password_hash("not a password of anyone")

@@ -6,6 +6,8 @@ Talisman's HTTPS redirects and HSTS belong to nginx in the documented deployment
 """
 from __future__ import annotations
 
+from typing import Callable, Collection
+
 from flask import Flask, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -48,13 +50,13 @@ class TrustedProxyFix:
     """ProxyFix for requests from the proxy only: a client that reaches gunicorn directly cannot
     claim another address, scheme or host with its own X-Forwarded-* headers."""
 
-    def __init__(self, wsgi_app, trusted: frozenset[str]):
+    def __init__(self, wsgi_app, trusted: Callable[[], Collection[str]]):
         self.direct = wsgi_app
         self.proxied = ProxyFix(wsgi_app, x_for=1, x_proto=1, x_host=1, x_prefix=0)
-        self.trusted = trusted
+        self.trusted = trusted  # read per request: the app's setting, TUNIX_TRUSTED_PROXIES
 
     def __call__(self, environ, start_response):
-        if environ.get("REMOTE_ADDR") in self.trusted:
+        if environ.get("REMOTE_ADDR") in self.trusted():
             return self.proxied(environ, start_response)
         return self.direct(environ, start_response)
 
