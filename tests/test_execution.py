@@ -101,3 +101,40 @@ def test_killed_trainer_is_explained(run_dir, tmp_path):
     result = parse_execution_result(outcome, settings)
     assert result.status == "failed" and result.exit_code == -9
     assert result.error_message == "killed by SIGKILL (likely out of memory)"
+
+
+def test_two_trainers_never_write_one_run_directory(run_dir, tmp_path):
+    """A second execution on a directory a trainer still writes waits for that trainer to be gone (its
+    caller's ticks go on, so its lease stays alive), then runs; a stop while waiting starts nothing."""
+    import threading
+
+    from app.execution.tunix_execution import StopRequest
+    from tests.helpers import processes_mentioning
+
+    settings = _settings(fake_trainer_command("--sleep", "2"), tmp_path)
+    first = {}
+    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(run_dir, settings)))
+    holder.start()
+    deadline = time.monotonic() + 30
+    while not (run_dir / "pids.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen: list[int] = []
+
+    def tick():
+        seen.append(len(processes_mentioning(str(run_dir))))
+        return None
+
+    second = run_tunix_subprocess(run_dir, settings, on_tick=tick, tick_seconds=0.1)
+    holder.join()
+    assert first["outcome"].exit_code == 0 and second.exit_code == 0
+    assert seen and max(seen) <= 1, seen  # never two trainers on the directory at once
+    assert first["outcome"].duration_seconds < second.duration_seconds  # it waited for the first
+
+    (run_dir / "pids.json").unlink()
+    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(run_dir, settings)))
+    holder.start()
+    while not (run_dir / "pids.json").exists() and time.monotonic() < deadline + 30:
+        time.sleep(0.05)
+    stopped = run_tunix_subprocess(run_dir, settings, on_tick=lambda: StopRequest("lease lost", 1.0))
+    holder.join()
+    assert stopped.stop_reason == "lease lost" and stopped.exit_code is None

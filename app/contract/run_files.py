@@ -10,6 +10,7 @@ DATASET_FILE = "dataset.jsonl"  # the dataset export, one {"prompt", "response"}
 CHECKPOINTS_DIR = "checkpoints"  # orbax checkpoints, one folder per saved step
 MODEL_DIR = "model"  # the exported model (full-weight runs), Hugging Face layout
 SUMMARY_FILE = "summary.json"  # the trainer's closing summary
+TRAINER_LOCK_FILE = ".trainer.lock"  # held by the one trainer writing the directory (and its worker)
 METRICS_FILE = "metrics.json"  # the loss series, train and eval
 EVAL_DATASET_FILE = "eval_dataset.jsonl"  # the eval_dataset_key export, when the run names one
 PREDICTIONS_FILE = "predictions.jsonl"  # every generated answer and its verdicts, before and after

@@ -9,6 +9,7 @@ turns that into a status. `execute_tunix_run_sync` is the two together, for the 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import queue
@@ -168,11 +169,30 @@ def _stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
     proc.wait()
 
 
+class RunDirectoryBusy(RuntimeError):
+    """Another trainer (of this host) is writing the run directory."""
+
+
+def _lock_run_directory(run_dir: Path) -> int:
+    """An exclusive lock on the run directory, as an open descriptor; RunDirectoryBusy when held.
+
+    The trainer inherits the descriptor: the lock lasts as long as the trainer does, even past a
+    worker killed with -9, so two trainers can never write one directory."""
+    fd = os.open(run_dir / run_files.TRAINER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirectoryBusy(f"another trainer is writing {run_dir}") from None
+    return fd
+
+
 def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
                          on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
                          on_tick: Callable[[], StopRequest | None] | None = None,
                          tick_seconds: float = 0.25) -> ProcessOutcome:
-    """Run the trainer on `run_dir` and wait for it; pure execution, no database.
+    """Run the trainer on `run_dir` and wait for it; pure execution, no database. The trainer holds the
+    directory's lock (waited for, with `on_tick` still called, while another trainer holds it).
 
     The run directory is appended to `settings.command`. In the caller's thread, `on_event` gets
     every progress event, `on_output` every other line, and `on_tick` is called about
@@ -180,11 +200,38 @@ def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
     (SIGTERM, its grace period, SIGKILL) and the outcome carries the reason.
     """
     argv = [*settings.command, str(run_dir)]
+    started, waited = time.monotonic(), False
+    lock = None
+    while lock is None:
+        try:
+            lock = _lock_run_directory(run_dir)
+        except RunDirectoryBusy:
+            # A trainer whose lease ended without its worker knowing yet still writes here: wait for it
+            # to be gone (its worker kills it at its next renewal), keeping this lease, never beside it.
+            if on_tick is None:
+                raise
+            if not waited:
+                log.warning("%s is held by another trainer; waiting for it to end", run_dir)
+                waited = True
+            stop = on_tick()
+            if stop is not None:
+                return ProcessOutcome(argv, None, False, None, time.monotonic() - started, b"", 0, b"", 0,
+                                      stop_reason=stop.reason)
+            time.sleep(tick_seconds)
+    try:
+        return _run_locked(argv, run_dir, settings, lock, on_event, on_output, on_tick, tick_seconds)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(argv: list[str], run_dir: Path, settings: ExecutionSettings, lock: int,
+                on_event: EventHandler | None, on_output: OutputHandler | None,
+                on_tick: Callable[[], StopRequest | None] | None, tick_seconds: float) -> ProcessOutcome:
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=_child_environment(settings), start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent, pass_fds=(lock,))
     except (OSError, subprocess.SubprocessError) as exc:
         return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,
                               b"", 0, b"", 0)

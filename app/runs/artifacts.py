@@ -9,6 +9,7 @@ from typing import Iterator
 
 from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE, EVALUATION_BEFORE_FILE,
                                     METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE,
+                                    TRAINER_LOCK_FILE,
                                     run_directory)
 
 MAX_LISTED = 500
@@ -56,7 +57,8 @@ def _run_dir(root: str | Path, run_id) -> Path:
 
 
 def _is_listed(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp")
+    return path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp") and \
+        path.name != TRAINER_LOCK_FILE
 
 
 def group(root: str | Path, run_id) -> Artifacts:

@@ -184,9 +184,8 @@ def _own_connection():
 _PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
-def _execute_prepared(connection, sql: str, params: dict[str, Any], prefix: str):
-    """Run `sql` (after `prefix`, in the same round trip) as a statement prepared once on this connection:
-    planned once, not at every call."""
+def _execute_prepared(connection, sql: str, params: dict[str, Any]):
+    """Run `sql` as a statement prepared once on this connection: planned once, not at every call."""
     found = _own.prepared.get(sql)
     if found is None:
         names = list(dict.fromkeys(_PARAMETER.findall(sql)))
@@ -195,24 +194,19 @@ def _execute_prepared(connection, sql: str, params: dict[str, Any], prefix: str)
         connection.exec_driver_sql(f"PREPARE {found[0]} AS {positional}")
         _own.prepared[sql] = found
     name, names = found
-    return connection.exec_driver_sql(f"{prefix}EXECUTE {name}({', '.join(f'%({n})s' for n in names)})", params)
+    return connection.exec_driver_sql(f"EXECUTE {name}({', '.join(f'%({n})s' for n in names)})", params)
 
 
-# A claim's commit need not wait for the disk: if Postgres crashes before its WAL is flushed, the run
-# is pending again after recovery, and the worker that thought it held it finds out at its next lease
-# renewal (the compare-and-set on holder and attempt fails) and stops, as after any lost lease.
-# The worker's next synchronous commit (progress, a heartbeat) flushes the claim anyway.
-_NO_FLUSH_WAIT = "SET LOCAL synchronous_commit = off; "
+def _write(sql: str, params: dict[str, Any], metric: str):
+    """One statement and its commit, durable before it returns; the row it returned, or None.
 
-
-def _write(sql: str, params: dict[str, Any], metric: str, *, wait_for_flush: bool = True):
-    """One statement and its commit; the row it returned, or None."""
-    prefix = "" if wait_for_flush else _NO_FLUSH_WAIT
+    A claim too waits for the disk: a claim a crash could undo would leave its trainer running while
+    the run is pending again, for another worker to start a second trainer on."""
     with metrics.timed_db_write(metric):
         own = _own_connection()
         if own is not None:
             try:
-                row = _execute_prepared(own, sql, params, prefix).first()
+                row = _execute_prepared(own, sql, params).first()
                 own.commit()
                 return row
             except OperationalError as error:
@@ -228,7 +222,7 @@ def _write(sql: str, params: dict[str, Any], metric: str, *, wait_for_flush: boo
                 _own.prepared = {}
                 log.info("%s waited %d ms for a lock on its own connection; going through the session",
                          metric, _own.lock_wait_ms)
-        row = db.session.connection().exec_driver_sql(prefix + sql, params).first()
+        row = db.session.connection().exec_driver_sql(sql, params).first()
         db.session.commit()
         return row
 
@@ -236,7 +230,7 @@ def _write(sql: str, params: dict[str, Any], metric: str, *, wait_for_flush: boo
 def claim(pick: str, worker_id: str) -> LeasedRun | None:
     """pending -> running for this worker, on the run `pick` chooses (the SQL of the queue's locking
     subquery): a new attempt with a fresh heartbeat, and what the execution needs, in one statement."""
-    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id}, "claim", wait_for_flush=False)
+    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id}, "claim")
     if row is None:
         return None
     log.info("run %s: %s -> %s", row.id, PENDING, RUNNING)
