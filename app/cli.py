@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import click
 from flask import Flask
@@ -12,6 +13,15 @@ from app.errors import AppError
 
 def _fail(exc: AppError) -> None:
     raise click.ClickException(str(exc))
+
+
+def _carry_out(action: Callable[[], object], done: str) -> None:
+    """Do what a command asks, and say so on stderr; a refusal ends the command with its message."""
+    try:
+        action()
+    except AppError as exc:
+        _fail(exc)
+    click.echo(done, err=True)
 
 
 def register(app: Flask) -> None:
@@ -48,11 +58,7 @@ def register(app: Flask) -> None:
     def set_password(name: str) -> None:
         """Set a user's password, read from stdin (one line)."""
         password = sys.stdin.readline().rstrip("\r\n")
-        try:
-            accounts.set_password(name, password)
-        except AppError as exc:
-            _fail(exc)
-        click.echo(f"password of {name} changed; their sessions ended", err=True)
+        _carry_out(lambda: accounts.set_password(name, password), f"password of {name} changed; their sessions ended")
 
     @users.command("sign-out")
     @click.argument("name")
@@ -64,25 +70,20 @@ def register(app: Flask) -> None:
         accounts.end_sessions(user.id)
         click.echo(f"every session of {name} ended", err=True)
 
+    def set_active(name: str, active: bool) -> None:
+        _carry_out(lambda: accounts.set_active(name, active), f"{name} {'active again' if active else 'deactivated'}")
+
     @users.command("deactivate")
     @click.argument("name")
     def deactivate(name: str) -> None:
         """Stop a user: sign-in refused, sessions ended, API tokens refused (kept, for reactivation)."""
-        try:
-            accounts.set_active(name, False)
-        except AppError as exc:
-            _fail(exc)
-        click.echo(f"{name} deactivated", err=True)
+        set_active(name, False)
 
     @users.command("activate")
     @click.argument("name")
     def activate(name: str) -> None:
         """Let a deactivated user sign in and use their tokens again."""
-        try:
-            accounts.set_active(name, True)
-        except AppError as exc:
-            _fail(exc)
-        click.echo(f"{name} active again", err=True)
+        set_active(name, True)
 
     @tokens.command("create")
     @click.argument("name")

@@ -27,14 +27,16 @@ def private_postgres():
         server.cleanup()
 
 
-def test_runs_survive_a_postgres_restart(private_postgres, artifacts_root, tmp_path):
+def _queued_on(server, artifacts_root, runs: int):
+    """The app on the private server, migrated, with `runs` runs queued by a signed-in user: (app, client,
+    url, run ids)."""
     from flask_migrate import upgrade
 
     from app import create_app
-    from app.extensions import db
     from app.datasets.sample import ensure_sample_dataset
+    from app.extensions import db
 
-    url = private_postgres.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    url = server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
     app = create_app({"DATABASE_URL": url, "ARTIFACTS_ROOT": str(artifacts_root), "METRICS_CACHE_SECONDS": 0.0})
     client = app.test_client()
     with app.app_context():
@@ -42,8 +44,15 @@ def test_runs_survive_a_postgres_restart(private_postgres, artifacts_root, tmp_p
         ensure_sample_dataset()
         sign_in(client, make_user())
         run_ids = [client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
-                   for _ in range(4)]
+                   for _ in range(runs)]
         db.session.remove()
+    return app, client, url, run_ids
+
+
+def test_runs_survive_a_postgres_restart(private_postgres, artifacts_root, tmp_path):
+    from app.extensions import db
+
+    app, client, url, run_ids = _queued_on(private_postgres, artifacts_root, 4)
 
     import shlex
 
@@ -126,22 +135,10 @@ def test_a_claim_survives_a_postgres_crash_and_no_run_is_trained_twice_at_once(p
                                                                                 tmp_path):
     """kill -9 of the postmaster right after a claim: the claim was durable, so after recovery the run is
     still its first worker's, and at no moment do two trainers write its directory."""
-    from flask_migrate import upgrade
-
-    from app import create_app
-    from app.datasets.sample import ensure_sample_dataset
     from app.extensions import db
     from tests.helpers import processes_mentioning
 
-    url = private_postgres.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
-    app = create_app({"DATABASE_URL": url, "ARTIFACTS_ROOT": str(artifacts_root), "METRICS_CACHE_SECONDS": 0.0})
-    client = app.test_client()
-    with app.app_context():
-        upgrade()
-        ensure_sample_dataset()
-        sign_in(client, make_user())
-        run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
-        db.session.remove()
+    app, _, url, (run_id,) = _queued_on(private_postgres, artifacts_root, 1)
 
     import shlex
 
