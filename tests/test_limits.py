@@ -49,6 +49,10 @@ def test_the_sync_estimate_uses_the_pace_completed_runs_of_the_model_kept(client
     # 162 steps at the measured pace and the same start-up: far from the 24.8 s / 18 steps a whole run took.
     assert measured.total_seconds == pytest.approx(24.1 + 162 / 60 + 0.4)
     assert "the median of the latest 3 completed runs of tiny" in measured.explain()
+    # Scoring counts by examples x new tokens: 4,096 new tokens cost 64 times what 64 did.
+    long_answers = estimates.estimate({**config, "eval_max_new_tokens": 4096})
+    assert long_answers.scoring_seconds == pytest.approx(64 * measured.scoring_seconds)
+    assert long_answers.total_seconds > measured.total_seconds
 
 
 def test_one_user_may_hold_only_so_many_active_runs(client, app):
