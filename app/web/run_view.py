@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import time
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable
@@ -17,10 +17,10 @@ from typing import Any, Hashable
 from flask import current_app
 from markupsafe import Markup
 
-from app.models import TunixRun
-from app.queue import registry
 from app.contract import scoring
 from app.contract.progress_protocol import TRAINING
+from app.models import TunixRun
+from app.queue import registry
 from app.runs import artifacts, evaluation, logs, queries, service
 from app.runs import progress as run_progress
 from app.runs.states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
