@@ -1,6 +1,6 @@
 """A stand-in trainer for platform tests: prints progress, sleeps, exits with a chosen code.
 
-    python tests/fake_trainer.py [--steps N] [--sleep S] [--exit-code C] [--stdout-bytes B]
+    python tests/fake_trainer.py [--steps N] [--sleep S] [--wait-for PATH] [--exit-code C] [--stdout-bytes B]
                                  [--spawn-child] [--record-dir DIR] [--artifacts] [--evaluate]
                                  [--evals N] [--eval-sleep S] [--worse-after-trial K] RUN_DIR
 
@@ -72,6 +72,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep before finishing")
+    parser.add_argument("--wait-for", help="before finishing, wait (at most 120 s) until this file exists: a test "
+                                           "holds the trainer running until it has seen what it needs")
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--stdout-bytes", type=int, default=0)
     parser.add_argument("--spawn-child", action="store_true", help="start a grandchild that sleeps")
@@ -117,6 +119,10 @@ def main():
         sys.stdout.write(line * (args.stdout_bytes // 100))
         sys.stdout.flush()
     time.sleep(args.sleep)
+    if args.wait_for:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(args.wait_for) and time.monotonic() < deadline:
+            time.sleep(0.05)
     if args.exit_code:
         print(f"fake trainer: failing on purpose with code {args.exit_code}", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)

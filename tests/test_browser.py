@@ -277,7 +277,7 @@ def test_a_retried_run_s_page_follows_that_run_alone_to_its_end(client, live_ser
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_double_click_on_start_run_starts_one_run(client, app, live_server, page, mode):
-    app.config["TRAIN_COMMAND"] = fake_trainer_command("--sleep", "3")
+    app.config["TRAIN_COMMAND"] = fake_trainer_command("--sleep", "5")  # the panel reads every 2 s meanwhile
     posts, progress = [], []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and r.url.endswith("/runs/new") else None)
 

@@ -111,30 +111,36 @@ def test_two_trainers_never_write_one_run_directory(run_dir, tmp_path):
     from app.execution.tunix_execution import StopRequest
     from tests.helpers import processes_mentioning
 
-    settings = _settings(fake_trainer_command("--sleep", "5"), tmp_path)
+    release = tmp_path / "release"
+    holding = _settings(fake_trainer_command("--wait-for", str(release)), tmp_path)
     first = {}
-    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(run_dir, settings)))
+    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(run_dir, holding)))
     holder.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not (run_dir / "pids.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     seen: list[int] = []
 
     def tick():
+        # The first trainer runs until this waiting execution has looked: then it is let go.
         seen.append(len(processes_mentioning(str(run_dir))))
+        release.touch()
         return None
 
-    second = run_tunix_subprocess(run_dir, settings, on_tick=tick, tick_seconds=0.1)
+    second = run_tunix_subprocess(run_dir, _settings(fake_trainer_command(), tmp_path), on_tick=tick,
+                                  tick_seconds=0.1)
     holder.join()
     assert first["outcome"].exit_code == 0 and second.exit_code == 0
-    assert seen and max(seen) <= 1, seen  # never two trainers on the directory at once
     assert seen[0] == 1, "it waited while the first trainer ran"
+    assert max(seen) <= 1, seen  # never two trainers on the directory at once
 
+    release.unlink()
     (run_dir / "pids.json").unlink()
-    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(run_dir, settings)))
+    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(run_dir, holding)))
     holder.start()
-    while not (run_dir / "pids.json").exists() and time.monotonic() < deadline + 30:
+    while not (run_dir / "pids.json").exists() and time.monotonic() < deadline + 60:
         time.sleep(0.05)
-    stopped = run_tunix_subprocess(run_dir, settings, on_tick=lambda: StopRequest("lease lost", 1.0))
+    stopped = run_tunix_subprocess(run_dir, holding, on_tick=lambda: StopRequest("lease lost", 1.0))
+    release.touch()
     holder.join()
     assert stopped.stop_reason == "lease lost" and stopped.exit_code is None

@@ -120,7 +120,7 @@ def test_uploads_are_capped_in_examples_and_in_the_size_of_one(client, app):
     assert client.post("/api/datasets", json={"name": "fine", "jsonl": "\n".join([line] * 3)}).status_code == 201
 
 
-def test_sync_runs_are_bounded_per_user_and_overall_below_the_web_threads(client, app, credentials):
+def test_sync_runs_are_bounded_per_user_and_overall_below_the_web_threads(client, app, credentials, tmp_path):
     """A member's sync runs could once hold every gunicorn thread; now they wait their turn (429)."""
     import threading
 
@@ -128,7 +128,9 @@ def test_sync_runs_are_bounded_per_user_and_overall_below_the_web_threads(client
     from tests.helpers import fake_trainer_command, make_user, wait_for
     from sqlalchemy import text
 
-    app.config.update(TRAIN_COMMAND=fake_trainer_command("--sleep", "4"), MAX_SYNC_RUNS_PER_USER=1, MAX_SYNC_RUNS=2)
+    release = tmp_path / "release"  # the sync runs' trainers run until the test has seen both limits hold
+    app.config.update(TRAIN_COMMAND=fake_trainer_command("--wait-for", str(release)), MAX_SYNC_RUNS_PER_USER=1,
+                      MAX_SYNC_RUNS=2)
     done = []
 
     def sync_run(token):
@@ -155,6 +157,7 @@ def test_sync_runs_are_bounded_per_user_and_overall_below_the_web_threads(client
     everyone = app.test_client().post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE},
                                       headers={"Authorization": f"Bearer {third.token}"})
     assert everyone.status_code == 429 and "for everyone" in everyone.get_json()["details"]["mode"]
+    release.touch()
     first.join()
     second.join()
     assert done == [200, 200]
