@@ -155,7 +155,8 @@ def test_a_claim_survives_a_postgres_crash_and_no_run_is_trained_twice_at_once(p
         trainers.append(len(processes_mentioning(str(artifacts_root / run_id))))
         with app.app_context():
             try:
-                return db.session.execute(text("SELECT status, worker_id, attempt FROM tunix_runs")).one()
+                return db.session.execute(text("SELECT status, worker_id, attempt, error_message "
+                                               "FROM tunix_runs")).one()
             finally:
                 db.session.remove()
 
@@ -174,9 +175,11 @@ def test_a_claim_survives_a_postgres_crash_and_no_run_is_trained_twice_at_once(p
         deadline = time.monotonic() + 120
         while state().status not in ("completed", "failed") and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert state() == ("completed", claimed.worker_id, claimed.attempt)
+        ended = state()
+        assert (ended.status, ended.worker_id, ended.attempt) == ("completed", claimed.worker_id, claimed.attempt), \
+            ended.error_message
         assert len(list(records.iterdir())) == 1, "the trainer ran once"
         assert max(trainers) <= 1
     finally:
         worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=60)
+        print(worker.communicate(timeout=60)[0][-4000:])

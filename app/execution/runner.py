@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from app.contract.run_files import PREDICTIONS_FILE
 from app.execution.lease import RunLease
 from app.execution.recorder import ProgressRecorder
@@ -50,7 +52,7 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
         run_dir = persist(lambda: prepare_run_directory(run, settings.artifacts_root))
         if run_dir is None:
             return "not started: the database stayed unreachable; its lease will expire and it will be recovered"
-        db.session.rollback()  # end the dataset read: no transaction stays open while the trainer runs
+        _end_transaction()  # end the dataset read: no transaction stays open while the trainer runs
         recorder = ProgressRecorder(run.id, log_max_bytes=settings.log_max_bytes)
         on_event = recorder.on_event
         if run.sweep_id is not None:  # a trial reports its eval losses to its sweep, which may prune it
@@ -72,7 +74,7 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
         recorder.flush()
     except Exception as exc:
         log.exception("run %s: failed inside the %s", run.id, where)
-        db.session.rollback()
+        _end_transaction()
         reason = f"{where} error ({type(exc).__name__}: {str(exc)[:300]}); the {where} log has the details"
         persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
         return "failed inside the " + where
@@ -80,6 +82,16 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
     if run.sweep_id is not None:  # the trial ended: its sweep may tell the study and queue the next
         _guarded(lambda: sweep_service.advance(run.sweep_id), f"sweep {run.sweep_id}: advancing")
     return settled
+
+
+def _end_transaction() -> None:
+    """End the session's transaction. If Postgres went away meanwhile (a crash right after the claim),
+    the rollback is the first to find out: the connection is gone, and so is the transaction."""
+    try:
+        db.session.rollback()
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("the database connection was lost (%s); going on without it", type(exc).__name__)
+        db.session.close()
 
 
 def _guarded(step: Callable[[], object], what: str) -> None:
