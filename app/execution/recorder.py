@@ -57,7 +57,7 @@ class ProgressRecorder:
         if point is not None:
             self._points[(point["split"], point["step"])] = point
         if kind == "phase" and event.get("name") in progress_protocol.PHASES:
-            self._progress.update(phase=event["name"], phase_started_at=round(time.time(), 3))
+            self._progress.update(phase=event["name"])
         elif kind == "start":
             self._progress.update(total_steps=event.get("total_steps"), started=True)
         elif kind == "step":

@@ -59,7 +59,7 @@ class Estimate:
                 f"{scoring} (from {source})")
 
 
-def _measured(result: Any, duration: float | None) -> tuple[float, float | None, float] | None:
+def _measured(result: Any, duration: float | None, new_tokens: int | None) -> tuple[float, float | None, float] | None:
     """(seconds per step, seconds per example-token of scoring, the rest) of one completed run's result."""
     if not isinstance(result, dict) or not duration:
         return None
@@ -69,7 +69,7 @@ def _measured(result: Any, duration: float | None) -> tuple[float, float | None,
     evaluation = result.get("evaluation") if isinstance(result.get("evaluation"), dict) else {}
     passes = [evaluation.get(p) for p in ("before", "after") if isinstance(evaluation.get(p), dict)]
     scoring_seconds = sum(float(p.get("seconds") or 0) for p in passes)
-    tokens = sum(int(p.get("examples") or 0) for p in passes) * int(result.get("eval_max_new_tokens") or 0)
+    tokens = sum(int(p.get("examples") or 0) for p in passes) * (new_tokens or 0)
     token_seconds = scoring_seconds / tokens if tokens else None
     return 1 / pace, token_seconds, max(0.0, duration - steps / pace - scoring_seconds)
 
@@ -86,8 +86,7 @@ def estimate(config: dict[str, Any]) -> Estimate:
         .where(TunixRun.model_id == config["model_id"], TunixRun.status == states.COMPLETED,
                TunixRun.mode != states.DRY_RUN, TunixRun.duration_seconds.is_not(None))
         .order_by(TunixRun.created_at.desc()).limit(SAMPLE_RUNS)).all()
-    measured = [m for m in (_measured({**(r[0] or {}), "eval_max_new_tokens": r[2]}
-                                      if isinstance(r[0], dict) else None, r[1]) for r in rows) if m]
+    measured = [m for m in (_measured(result, duration, new_tokens) for result, duration, new_tokens in rows) if m]
     model = config["model_id"]
     token_paces = [m[1] for m in measured if m[1] is not None]
     return Estimate(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.contract import model_catalog, scoring
+from app.contract import model_catalog, scoring, training_plan
 from app.errors import ValidationError, echo
 from app.runs.states import MODE_CHOICES
 
@@ -253,8 +253,6 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
 
 def steps_problems(config: dict[str, Any], num_examples: int) -> dict[str, str]:
     """Problems that need the dataset's size: warmup that would never end, a batch larger than the split."""
-    from app.contract import training_plan
-
     needed = ("eval_fraction", "batch_size", "num_epochs", "max_steps", "warmup_steps")
     if any(key not in config for key in needed):
         return {}
