@@ -46,8 +46,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     login_manager.login_view = "auth.login"
     login_manager.login_message = None  # the sign-in page says enough; no flash in the session
 
-    from app import cli, metrics
-    from app.web import api, auth, errors, formatting, help_pages, pages, security, sweep_pages
+    from app import cli
+    from app.web import api, auth, errors, formatting, help_pages, metrics, pages, security, sweep_pages
 
     _version_static_urls(app)
     app.register_blueprint(auth.bp)

@@ -61,7 +61,7 @@ def ours_worker(url: str) -> tuple[int, float]:
     from app import create_app
     from app.queue import store
     from app.runs import lifecycle
-    from app.runs.states import COMPLETED
+    from app.run_states import COMPLETED
 
     app = create_app({"DATABASE_URL": url})
     done = 0

@@ -7,7 +7,7 @@ from app.contract import progress_protocol, training_plan
 from app.contract.text_tokenizers import ByteTokenizer
 from app.datasets.parsing import Example, check_name, parse_example_list, parse_jsonl
 from app.errors import ValidationError
-from app.runs import states as run_states
+from app import run_states
 from app.runs.validation import FIELDS, validate_run_config
 from app.web import loss_chart
 

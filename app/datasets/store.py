@@ -8,7 +8,7 @@ from sqlalchemy import func, insert, select, text
 
 from app.datasets.parsing import Example, check_name, compute_stats
 from app.extensions import db
-from app.metrics import timed_db_write
+from app.instruments import timed_db_write
 from app.models import Dataset, DatasetExample
 
 INSERT_BATCH = 2000

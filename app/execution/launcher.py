@@ -11,7 +11,7 @@ from app.execution.tunix_execution import ExecutionSettings
 from app.models import TunixRun
 from app.runs import lifecycle, service
 from app.runs.lifecycle import LeasedRun
-from app.runs.states import ASYNC, DRY_RUN, SYNC
+from app.run_states import ASYNC, DRY_RUN, SYNC
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from app.execution.tunix_execution import STOP_CANCEL, STOP_LEASE_LOST, StopRequ
 from app.extensions import db
 from app.queue import store as queue_store
 from app.runs.lifecycle import Lease
-from app.runs.states import CANCELLING
+from app.run_states import CANCELLING
 
 log = logging.getLogger(__name__)
 

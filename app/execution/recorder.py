@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app import metrics
+from app import instruments
 from app.contract import progress_protocol
 from app.extensions import db
 from app.models import RunChart, RunLogChunk, RunMetric, TunixRun
@@ -141,7 +141,7 @@ class ProgressRecorder:
 
     def _write(self) -> None:
         points, progress = list(self._points.values()), dict(self._progress)
-        with metrics.timed_db_write("record_progress"):
+        with instruments.timed_db_write("record_progress"):
             if points:
                 stmt = pg_insert(RunMetric).values([{"run_id": self.run_id, **p} for p in points])
                 stmt = stmt.on_conflict_do_update(

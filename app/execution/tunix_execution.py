@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 from app.config import PROJECT_ROOT
 from app.contract import progress_protocol, run_files
-from app.runs.states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED, TIMEOUT
+from app.run_states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED, TIMEOUT
 
 log = logging.getLogger(__name__)
 

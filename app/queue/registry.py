@@ -10,12 +10,12 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import metrics
+from app import instruments
 from app.change_feed import WHOLE, WORKERS, FeedCache
 from app.extensions import db
 from app.models import TunixRun, Worker
 from app.runs import counts
-from app.runs.states import PENDING
+from app.run_states import PENDING
 
 STOPPED_ROWS_KEPT_SECONDS = 24 * 3600
 
@@ -32,14 +32,14 @@ def register(worker_id: str, host: str, pid: int) -> None:
     stmt = pg_insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=func.now(),
                                     last_seen_at=func.now(), state=IDLE)
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": func.now(), "state": IDLE})
-    with metrics.timed_db_write("worker_heartbeat"):
+    with instruments.timed_db_write("worker_heartbeat"):
         db.session.execute(stmt)
         db.session.commit()
 
 
 def heartbeat(worker_id: str, state: str, current_run_id: uuid.UUID | None, runs_done: int) -> None:
     """Say this worker is alive, and what it is doing."""
-    with metrics.timed_db_write("worker_heartbeat"):
+    with instruments.timed_db_write("worker_heartbeat"):
         db.session.execute(update(Worker).where(Worker.id == worker_id).values(
             last_seen_at=func.now(), state=state, current_run_id=current_run_id, runs_done=runs_done))
         db.session.commit()

@@ -9,12 +9,12 @@ import uuid
 
 from sqlalchemy import text, update
 
-from app import metrics
+from app import instruments
 from app.extensions import db
 from app.models import TunixRun
 from app.runs import lifecycle
 from app.runs.lifecycle import Lease, LeasedRun
-from app.runs.states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
+from app.run_states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
                              REQUEUEABLE_MODES)
 
 # Walks ix_tunix_runs_pending_queue; rows another worker has locked are skipped, not waited on.
@@ -45,7 +45,7 @@ def renew_lease(run_id: uuid.UUID, lease: Lease) -> str | None:
             .where(TunixRun.id == run_id, TunixRun.worker_id == lease.holder, TunixRun.attempt == lease.attempt,
                    TunixRun.status.in_(LEASED_STATUSES))
             .values(heartbeat_at=lifecycle.event_time()).returning(TunixRun.status))
-    with metrics.timed_db_write("heartbeat"):
+    with instruments.timed_db_write("heartbeat"):
         status = db.session.execute(stmt).scalar()
         db.session.commit()
     return status

@@ -16,7 +16,7 @@ from app.contract import training_plan
 from app.datasets import store as dataset_store
 from app.extensions import db
 from app.models import TunixRun
-from app.runs import states
+from app import run_states as states
 
 SAMPLE_RUNS = 20
 # Nominal figures for a model no completed run has measured yet (bench/first_step.py, bench/evaluation.py).

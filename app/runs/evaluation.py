@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.extensions import db
 from app.models import RunPrediction, TunixRun
-from app.runs.states import COMPLETED
+from app.run_states import COMPLETED
 
 PHASES = ("before", "after")
 STORED_TEXT_CHARS = 4000  # per prompt, reference or prediction; the file in the run directory keeps it whole

@@ -22,12 +22,13 @@ from psycopg2.extras import Json
 from sqlalchemy import func, update
 from sqlalchemy.exc import OperationalError
 
-from app import metrics
+from app import instruments
 from app.extensions import db
 from app.models import TunixRun
-from app.runs import evaluation, states
+from app import run_states as states
+from app.runs import evaluation
 from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL, notify
-from app.runs.states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
+from app.run_states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
                              RUNNING)
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _transition(which, run_id, from_status: str | tuple[str, ...], to_status: st
     # No synchronising of loaded objects: callers re-read the run (2 of the claim path's 17 ms went there).
     stmt = (update(TunixRun).where(*conditions).values(**values).execution_options(synchronize_session=False)
             .returning(TunixRun.id, TunixRun.mode, TunixRun.duration_seconds, *returning))
-    with metrics.timed_db_write("transition"):
+    with instruments.timed_db_write("transition"):
         row = db.session.execute(stmt).first()
         if row is not None and to_status == PENDING:
             notify(db.session, QUEUE_CHANNEL, str(row.id))
@@ -114,7 +115,7 @@ def _transition(which, run_id, from_status: str | tuple[str, ...], to_status: st
     log.info("run %s: %s -> %s%s", row.id, wanted, to_status,
              f" ({fields['error_message']})" if fields.get("error_message") else "")
     if states.is_terminal(to_status):
-        metrics.observe_run_finished(row.mode, to_status, row.duration_seconds)
+        instruments.observe_run_finished(row.mode, to_status, row.duration_seconds)
     return row
 
 
@@ -202,7 +203,7 @@ def _write(sql: str, params: dict[str, Any], metric: str):
 
     A claim too waits for the disk: a claim a crash could undo would leave its trainer running while
     the run is pending again, for another worker to start a second trainer on."""
-    with metrics.timed_db_write(metric):
+    with instruments.timed_db_write(metric):
         own = _own_connection()
         if own is not None:
             try:
@@ -268,7 +269,7 @@ def finish(run_id: uuid.UUID, status: str, *, lease: Lease | None = None, exit_c
                  f" held by {lease.holder}" if lease else "")
         return False
     log.info("run %s: %s -> %s%s", row.id, _LEASED, status, f" ({error_message})" if error_message else "")
-    metrics.observe_run_finished(row.mode, status, row.duration_seconds)
+    instruments.observe_run_finished(row.mode, status, row.duration_seconds)
     return True
 
 

@@ -15,7 +15,7 @@ from app.change_feed import QUEUE, RUNS, WHOLE, FeedCache
 from app.extensions import db
 from app.models import RunChart, RunMetric, TunixRun, User
 from app.runs import chart_series
-from app.runs.states import ASYNC, CANCELLING, COMPLETED, PENDING, RUNNING
+from app.run_states import ASYNC, CANCELLING, COMPLETED, PENDING, RUNNING
 
 
 def get_run(run_id: str) -> TunixRun | None:

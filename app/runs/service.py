@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import metrics
+from app import instruments
 from app.config import instance_dir
 from app.contract import training_plan
 from app.datasets import store as dataset_store
@@ -25,9 +25,10 @@ from app.accounts.service import Actor
 from app.errors import AppError, ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
 from app.models import TunixRun
-from app.runs import estimates, lifecycle, states, validation
+from app import run_states as states
+from app.runs import estimates, lifecycle, validation
 from app.runs.channels import QUEUE_CHANNEL, notify
-from app.runs.states import ASYNC, CANCELLING, DRY_RUN, PENDING, REQUEUEABLE_MODES, RUNNING
+from app.run_states import ASYNC, CANCELLING, DRY_RUN, PENDING, REQUEUEABLE_MODES, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = Non
     if mode not in states.MODES:
         raise ValidationError("invalid mode", {"mode": f"must be one of {', '.join(states.MODES)}, got {echo(mode)}"})
     # Timed whole, as the caller waits for it: validation and the checks included, not only the INSERT.
-    with metrics.timed_db_write("submit_run"):
+    with instruments.timed_db_write("submit_run"):
         return _submit(raw, mode, idempotency_key, retry_of, created_by)
 
 
@@ -98,7 +99,7 @@ def _submit(raw: dict[str, Any], mode: str, idempotency_key: str | None, retry_o
     values = _new_run(config, mode, created_by, retry_of=retry_of,
                       idempotency_key=_scoped_key(idempotency_key, created_by) if idempotency_key else None)
     stmt = pg_insert(TunixRun).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    with metrics.timed_db_write("create_run"):
+    with instruments.timed_db_write("create_run"):
         inserted = db.session.execute(stmt.returning(TunixRun.id)).scalar()
         if inserted is not None and mode == ASYNC:
             notify(db.session, QUEUE_CHANNEL, str(inserted))
@@ -137,7 +138,7 @@ def queue_trial(raw: dict[str, Any], created_by: int | None, sweep_id: uuid.UUID
     """
     config = validate_submission(raw)
     values = _new_run(config, ASYNC, created_by, sweep_id=sweep_id, trial_number=trial_number)
-    with metrics.timed_db_write("create_run"):
+    with instruments.timed_db_write("create_run"):
         db.session.execute(pg_insert(TunixRun).values(**values))
         notify(db.session, QUEUE_CHANNEL, str(values["id"]))
     return values["id"]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from app.contract import model_catalog, scoring, training_plan
 from app.errors import ValidationError, echo
-from app.runs.states import MODE_CHOICES
+from app.run_states import MODE_CHOICES
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from app.models import (SWEEP_CANCELLED, SWEEP_COMPLETED, SWEEP_FAILED, SWEEP_RU
                         TRIAL_PRUNED, TRIAL_RUNNING, Sweep, SweepTrial, TunixRun)
 from app.runs import lifecycle, service as run_service
 from app.runs.lifecycle import event_time
-from app.runs.states import ACTIVE_STATUSES, COMPLETED, PENDING, RUNNING
+from app.run_states import ACTIVE_STATUSES, COMPLETED, PENDING, RUNNING
 from app.sweeps import spec as sweep_spec
 from app.sweeps import study
 

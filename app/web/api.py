@@ -16,7 +16,7 @@ from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
 from app.queue import registry
 from app.runs import comparison, evaluation, logs, queries, service, validation
-from app.runs.states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
+from app.run_states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
 from app.sweeps import queries as sweep_queries, service as sweep_service
 from app.web import serializers
 from app.web.auth import current_actor

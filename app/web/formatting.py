@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from app.runs.states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES
+from app.run_states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES
 
 
 def format_duration(seconds: float | None) -> str:

@@ -17,7 +17,7 @@ from app.errors import NotFoundError, ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.queue import registry
 from app.runs import artifacts, comparison, evaluation, logs, queries, service, validation
-from app.runs.states import ASYNC, MODES, STATUSES, SYNC
+from app.run_states import ASYNC, MODES, STATUSES, SYNC
 from app.web import loss_chart, run_view
 from app.web.auth import current_actor
 from app.web.lookups import MAX_QUERY_NUMBER, dataset_or_404, run_or_404, upload_limits

@@ -23,7 +23,7 @@ from app.models import TunixRun
 from app.queue import registry
 from app.runs import artifacts, evaluation, logs, queries, service
 from app.runs import progress as run_progress
-from app.runs.states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
+from app.run_states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
 from app.web import loss_chart
 
 STATUS_WORDS = {

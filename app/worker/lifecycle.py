@@ -21,7 +21,7 @@ import uuid
 from flask import Flask
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app import metrics
+from app import instruments
 from app.execution.lease import RunLease
 from app.execution.runner import execute_leased_run
 from app.execution.tunix_execution import STOP_SHUTDOWN, ExecutionSettings, StopRequest
@@ -222,7 +222,7 @@ def serve(app: Flask, exit_when_idle: bool = False) -> Worker:
     """Run a worker in this process until SIGTERM/SIGINT; the entry point of worker.py."""
     worker = Worker(app, exit_when_idle=exit_when_idle)
     worker.install_signal_handlers()
-    metrics.start_worker_metrics_server(app.config["WORKER_METRICS_PORT"], app.config["WORKER_METRICS_HOST"])
+    instruments.start_worker_metrics_server(app.config["WORKER_METRICS_PORT"], app.config["WORKER_METRICS_HOST"])
     with app.app_context():
         worker.run()
     return worker

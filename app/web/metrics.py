@@ -1,11 +1,9 @@
-"""Prometheus metrics: run durations, database write latency, runs by status (read at scrape time).
-
-Every name passes `promtool check metrics`: gauges never end in _total, counters always do.
+"""`/metrics`: request metrics, and the queue's gauges read from the database at scrape time.
 
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set (see gunicorn.conf.py) and every
 process writes its samples there; /metrics aggregates them. Workers serve their own
-metrics on TUNIX_WORKER_METRICS_PORT. The queue gauges (runs by status, oldest pending
-run, workers alive, recoveries, cancellations) come from the database at scrape time,
+metrics on TUNIX_WORKER_METRICS_PORT (`app.instruments`). The queue gauges (runs by status,
+oldest pending run, workers alive, recoveries, sweeps) come from the database at scrape time,
 so they count what every web process and every worker did.
 """
 from __future__ import annotations
@@ -13,47 +11,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 from flask import Flask, Response, request
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
 
-from app.runs.states import MODES, STATUSES, TERMINAL_STATUSES
 from app.models import SWEEP_STATUSES, TRIAL_STATES
-
-RUN_DURATION = Histogram(
-    "tunix_run_duration_seconds",
-    "Wall-clock duration of finished runs, from start to terminal state.",
-    ["mode", "status"],
-    buckets=(0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
-)
-DB_WRITE_LATENCY = Histogram(
-    "tunix_db_write_latency_seconds",
-    "Latency of database writes (statement and commit), by operation.",
-    ["operation"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-
-
-@contextmanager
-def timed_db_write(operation: str) -> Iterator[None]:
-    """Time a database write (including its commit) into tunix_db_write_latency_seconds."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        DB_WRITE_LATENCY.labels(operation=operation).observe(time.perf_counter() - start)
-
-
-def observe_run_finished(mode: str, status: str, duration_seconds: float | None) -> None:
-    """Record a run that reached a terminal state."""
-    if duration_seconds is not None:
-        RUN_DURATION.labels(mode=mode, status=status).observe(duration_seconds)
-
+from app.queue import registry as worker_registry
+from app.run_states import MODES, STATUSES, TERMINAL_STATUSES
+from app.sweeps import queries as sweep_queries
 
 # Request durations: a sync submission runs for minutes, up to the run timeout (1 h by default).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -127,14 +96,11 @@ def _multiprocess_enabled() -> bool:
 
 def init_app(app: Flask) -> None:
     """Attach request metrics (prometheus-flask-exporter) and the /metrics endpoint."""
-    from app.queue import registry
-    from app.sweeps import queries as sweep_queries
-
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by=url_rule, buckets=REQUEST_BUCKETS,
                       excluded_paths=["^/static/", "^/metrics$"])
     lease = app.config["LEASE_TIMEOUT_SECONDS"]
-    queue = _QueueCollector(lambda: (registry.queue_stats(lease), sweep_queries.counts()),
+    queue = _QueueCollector(lambda: (worker_registry.queue_stats(lease), sweep_queries.counts()),
                             app.config["METRICS_CACHE_SECONDS"])
 
     @app.get("/metrics")
@@ -147,11 +113,3 @@ def init_app(app: Flask) -> None:
         registry.register(queue)
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         return Response(encoder(registry), content_type=content_type)
-
-
-def start_worker_metrics_server(port: int, host: str = "127.0.0.1") -> None:
-    """Serve this worker process's metrics on its own port (0 turns it off), on loopback unless told otherwise."""
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=host, registry=REGISTRY)

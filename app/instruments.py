@@ -1,0 +1,50 @@
+"""The metric objects every layer records into: run durations and database write latency.
+
+Below every package, so that the queue, the services and the worker can time what they do
+without importing the `/metrics` endpoint (`app.web.metrics`), which reads the queue.
+Every name passes `promtool check metrics`: gauges never end in _total, counters always do.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from prometheus_client import REGISTRY, Histogram
+
+RUN_DURATION = Histogram(
+    "tunix_run_duration_seconds",
+    "Wall-clock duration of finished runs, from start to terminal state.",
+    ["mode", "status"],
+    buckets=(0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+DB_WRITE_LATENCY = Histogram(
+    "tunix_db_write_latency_seconds",
+    "Latency of database writes (statement and commit), by operation.",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+@contextmanager
+def timed_db_write(operation: str) -> Iterator[None]:
+    """Time a database write (including its commit) into tunix_db_write_latency_seconds."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        DB_WRITE_LATENCY.labels(operation=operation).observe(time.perf_counter() - start)
+
+
+def observe_run_finished(mode: str, status: str, duration_seconds: float | None) -> None:
+    """Record a run that reached a terminal state."""
+    if duration_seconds is not None:
+        RUN_DURATION.labels(mode=mode, status=status).observe(duration_seconds)
+
+
+def start_worker_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    """Serve this worker process's metrics on its own port (0 turns it off), on loopback unless told otherwise."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=REGISTRY)
