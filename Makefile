@@ -11,7 +11,7 @@ TRAINER_STAMP := $(VENV)/.installed-trainer
 HTMX := static/vendor/htmx.min.js
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test bench bench-tools screenshots clean system-tools
+.PHONY: install run test bench bench-tools screenshots openapi clean system-tools
 
 install: $(WEB_STAMP) $(TRAINER_STAMP) $(HTMX)
 
@@ -85,3 +85,7 @@ bench: install bench-tools $(BENCH_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor .pytest_cache
+
+# The API's contract, kept in docs/ beside the one /api/openapi.json serves (a test compares them).
+openapi: install
+	$(PY) -c 'import json; from app.web.openapi import document; print(json.dumps(document(), indent=2))' > docs/openapi.json

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from flask_login import UserMixin
 
 from app.extensions import db
-from app.run_states import CANCELLABLE_STATUSES, DRY_RUN, MODES, PENDING, RUNNING, STATUSES, TERMINAL_STATUSES
+from app.run_states import CANCELLABLE_STATUSES, DRY_RUN, MODES, PENDING, STATUSES, TERMINAL_STATUSES
 
 
 def utcnow() -> datetime:

@@ -46,7 +46,7 @@ def main() -> None:
         with app.app_context():
             dataset_store.create_dataset("one", [Example("ping", "pong")])
             started = time.monotonic()
-            run_ids = {str(run_service.submit_run({"dataset_key": "one-v1"}, "async")[0].id)
+            run_ids = {str(run_service.submit_run({"dataset_key": "one-v1", "batch_size": 1}, "async")[0].id)
                        for _ in range(args.runs)}
             enqueue_seconds = time.monotonic() - started
             db.session.remove()

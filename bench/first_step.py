@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import write_results  # noqa: E402
 
 def one_run(root: Path, name: str, cache: Path) -> dict:
     from app.contract.run_files import COMPILATION_CACHE_ENV, SUMMARY_FILE
@@ -56,9 +57,7 @@ def main() -> None:
     print(f"  warm cache, median of {args.warm_runs}: {warm_first:>6} s (scoring before training "
           f"{statistics.median(w['evaluation_before_s'] or 0 for w in warm)} s)")
     print(f"  warm / cold: {result['ratio_warm_to_cold']}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "first_step.json").write_text(json.dumps(result, indent=2))
+    write_results("first_step", result)
 
 
 if __name__ == "__main__":

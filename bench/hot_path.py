@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import re
 import shutil
@@ -28,12 +27,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import write_results  # noqa: E402
 from bench.bench_db import scratch_database  # noqa: E402
 
 WRK = shutil.which("wrk")
@@ -403,9 +402,7 @@ def main() -> None:
         if row["plan"]:
             print(f"\nEXPLAIN (ANALYZE, BUFFERS): {row['query']}")
             print("\n".join("  " + line for line in row["plan"]))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "hot_path.json").write_text(json.dumps(results, indent=2, default=str))
+    write_results("hot_path", results)
 
 
 if __name__ == "__main__":

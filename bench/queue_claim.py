@@ -12,7 +12,6 @@ from its first claim to its empty queue, so neither side's start-up is counted. 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import results_dir, write_results  # noqa: E402
 PGQUEUER_WORKER = r'''
 import asyncio, sys, time, uuid
 from datetime import timedelta
@@ -120,8 +120,7 @@ def main() -> None:
     pgqueuer = Path(args.pgqueuer_python).exists()
     with scratch_database() as url:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
-        script = ROOT / "bench" / "results" / "_pgqueuer_worker.py"
-        script.parent.mkdir(exist_ok=True)
+        script = results_dir() / "_pgqueuer_worker.py"
         script.write_text(PGQUEUER_WORKER)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if pgqueuer:
@@ -156,7 +155,7 @@ def main() -> None:
               f"{r.get('pgqueuer_per_s', '-'):>10}{r.get('pgqueuer_per_s_per_worker', '-'):>12}")
     if not pgqueuer:
         print(f"(pgqueuer not measured: {args.pgqueuer_python} is missing; `make bench` creates it)")
-    (ROOT / "bench" / "results" / "queue_claim.json").write_text(json.dumps(rows, indent=2))
+    write_results("queue_claim", rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the same RDB storage, which is the part of each trial's bookkeeping that is Optu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import write_results  # noqa: E402
 from bench.bench_db import scratch_database  # noqa: E402
 
 
@@ -132,9 +132,7 @@ def main() -> None:
           f"to end (the trainer process included), {result['median_end_to_told_s']} s from its end to the study")
     print(f"  Optuna per trial, same RDB storage: ask {result['ask_ms_median']} ms median "
           f"({result['ask_ms_last_50']} ms over the last 50, TPE's history grows), tell {result['tell_ms_median']} ms")
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "sweep_throughput.json").write_text(json.dumps(result, indent=2))
+    write_results("sweep_throughput", result)
 
 
 if __name__ == "__main__":

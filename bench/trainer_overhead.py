@@ -26,20 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_db import scratch_database  # noqa: E402
+from bench.output import write_results  # noqa: E402
 
 TRAINER = [sys.executable, "-m", "app.trainer"]
 
 
-def run_direct(config: dict, artifacts: Path, index: int) -> dict:
+def run_direct(config: dict, artifacts: Path, index: int, settings) -> dict:
+    """The same trainer on an identical run directory, launched as a person would, in the same environment."""
     from app.datasets import store as dataset_store
     from app.execution.run_directory import write_run_directory
-    from app.execution.tunix_execution import _child_environment
+    from app.execution.tunix_execution import child_environment
 
     run_dir = write_run_directory(artifacts, f"direct-{index}", config,
                                   list(dataset_store.iter_examples(config["dataset_key"])))
     start = time.monotonic()
     proc = subprocess.Popen([*TRAINER, str(run_dir)], cwd=run_dir, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=_child_environment(), text=True)
+                            stderr=subprocess.DEVNULL, env=child_environment(settings), text=True)
     first_step, summary = None, None
     for line in proc.stdout:
         if line.startswith('{"event":"step"') and first_step is None:
@@ -87,6 +89,7 @@ def main() -> None:
         from app import create_app
         from app.accounts import service as accounts
         from app.datasets.sample import SAMPLE_KEY
+        from app.execution.tunix_execution import ExecutionSettings
         from app.runs.validation import validate_run_config
 
         app = create_app({"DATABASE_URL": url, "ARTIFACTS_ROOT": str(artifacts), "TRAIN_COMMAND": TRAINER})
@@ -103,7 +106,7 @@ def main() -> None:
                 client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {accounts.create_token(user, 'bench')[1]}"
                 direct, platform = [], []
                 for i in range(args.repeats):  # interleaved, so drift hits both alike
-                    direct.append(run_direct(config, artifacts, i))
+                    direct.append(run_direct(config, artifacts, i, ExecutionSettings.from_config(app.config)))
                     platform.append(run_through_platform(client, body))
         finally:
             worker.send_signal(signal.SIGTERM)
@@ -114,10 +117,14 @@ def main() -> None:
 
     print(f"tiny preset, {args.steps} steps, batch 4, seq 128, median of {args.repeats} (CPU: {os.cpu_count()} cores)")
     print(f"{'':28}{'by hand':>12}{'Tunix RT':>12}{'RT / hand':>12}")
+    rows = []
     for key, label, unit in [("ttfs", "time to first step", "s"), ("steps_per_s", "steady steps/s", ""),
                              ("tokens_per_s", "steady tokens/s", ""), ("wall", "launch to finished", "s")]:
         d, p = median(direct, key), median(platform, key)
+        rows.append({"what": label, "by_hand": d, "tunix_rt": p, "ratio": p / d})
         print(f"{label + (' (' + unit + ')' if unit else ''):28}{d:12.2f}{p:12.2f}{p / d:12.3f}")
+    write_results("trainer_overhead", {"steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(),
+                                       "rows": rows})
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def measure(app, url: str, tmp: str, runs: int, listen: bool) -> list[float]:
         rng = random.Random(1)
         with app.app_context():
             for _ in range(runs):
-                run, _ = run_service.submit_run({"dataset_key": "one-v1"}, "async")
+                run, _ = run_service.submit_run({"dataset_key": "one-v1", "batch_size": 1}, "async")
                 while True:
                     row = db.session.execute(text(
                         "SELECT status, extract(epoch FROM started_at - queued_at) FROM tunix_runs WHERE id = :id"),

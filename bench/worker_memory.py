@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import write_results  # noqa: E402
 from bench.bench_db import scratch_database  # noqa: E402
 
 
@@ -66,9 +66,7 @@ def main() -> None:
             worker.wait(timeout=60)
     print(f"RSS of an idle worker.py: {readings[10]} MB after 10 runs, {readings[args.runs]} MB after "
           f"{args.runs:,} runs")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "worker_memory.json").write_text(json.dumps({"rss_mb_after_runs": readings}, indent=2))
+    write_results("worker_memory", {"rss_mb_after_runs": readings})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from tests.contract import ContractClient
 from tests.helpers import (CHROMIUM, CHROMIUM_FLAGS, ROOT, Credentials, fake_trainer_command, make_user, sign_in,
                            sign_in_browser)
 from tools.scratch_postgres import execute_autocommit, server_admin_url, url_for_database
@@ -75,6 +76,7 @@ def app(app_config):
     from app.datasets.sample import ensure_sample_dataset
 
     app = create_app(app_config)
+    app.test_client_class = ContractClient  # every /api answer a test gets is held to the OpenAPI document
     with app.app_context():
         db.session.execute(text("TRUNCATE run_log_chunks, run_metrics, sweep_trials, tunix_runs, sweeps, run_counters, "
                                 "dataset_examples, datasets, workers, api_tokens, sign_in_failures, users CASCADE"))

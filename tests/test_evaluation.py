@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from app.contract import scoring
-from tests.helpers import SAMPLE, fake_trainer_command, post_run, run_json, submit
+from tests.helpers import SAMPLE, fake_trainer_command, post_run, submit
 
 EVALUATING = fake_trainer_command("--steps", "6", "--evaluate")
 

@@ -9,7 +9,6 @@ from sqlalchemy import text
 
 from app.execution.recorder import ProgressRecorder
 from app.extensions import db
-from app.models import TunixRun
 from app.queue import store as queue_store
 from app.runs import lifecycle
 from tests.helpers import SAMPLE, fake_trainer_command, submit

@@ -142,7 +142,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _child_environment(settings: ExecutionSettings) -> dict[str, str]:
+def child_environment(settings: ExecutionSettings) -> dict[str, str]:
+    """The trainer's environment: this process's, with the compilation cache, unbuffered output and the project on the path."""
     env = dict(os.environ)
     env[run_files.COMPILATION_CACHE_ENV] = settings.compilation_cache_dir
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -230,7 +231,7 @@ def _run_locked(argv: list[str], run_dir: Path, settings: ExecutionSettings, loc
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_child_environment(settings), start_new_session=True,
+                                stderr=subprocess.PIPE, env=child_environment(settings), start_new_session=True,
                                 preexec_fn=_die_with_parent, pass_fds=(lock,))
     except (OSError, subprocess.SubprocessError) as exc:
         return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,

@@ -7,7 +7,6 @@ its sampler with the sweep's seed plus the trial's number: reproducible, and nev
 """
 from __future__ import annotations
 
-import logging
 import threading
 import zlib
 from dataclasses import dataclass

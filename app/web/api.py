@@ -18,7 +18,7 @@ from app.queue import registry
 from app.runs import comparison, evaluation, logs, queries, service, validation
 from app.run_states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
 from app.sweeps import queries as sweep_queries, service as sweep_service
-from app.web import serializers
+from app.web import openapi, serializers
 from app.web.auth import current_actor
 from app.web.formatting import PREVIEW_CHARS
 from app.web.lookups import upload_limits
@@ -299,6 +299,15 @@ def cancel_sweep(sweep_id: str):
     """Cancels the pending trials, stops the running ones, asks for nothing more; 409 once it ended."""
     sweep = sweep_service.cancel_sweep(sweep_or_404(sweep_id), current_actor())
     return jsonify({"sweep_id": str(sweep.id), "status": sweep.status})
+
+
+_contract = openapi.document()
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The API's contract, as an OpenAPI 3.1 document."""
+    return jsonify(_contract)
 
 
 @bp.get("/health")

@@ -20,7 +20,8 @@ token_auth = HTTPTokenAuth(scheme="Bearer")
 
 # Pages and files anyone may fetch without signing in.
 # /metrics is open here: who may scrape it is decided in nginx (an allow list), see the README.
-OPEN_ENDPOINTS = frozenset({"auth.login", "static", "api.health", "prometheus_metrics"})
+OPEN_ENDPOINTS = frozenset({"auth.login", "static", "api.health", "api.openapi_document",
+                            "prometheus_metrics"})
 
 
 @login_manager.user_loader

@@ -1,0 +1,413 @@
+"""The API's contract: an OpenAPI 3.1 document of every /api route, served at /api/openapi.json.
+
+Written by hand beside the serializers (`app.web.serializers` builds every JSON shape described here)
+rather than generated: the shapes are plain dicts, and a generator would need a second description
+of them anyway. What the code already knows is read from it, not repeated: statuses, modes, the
+run's hyperparameters with their bounds (`app.runs.validation.FIELDS`), a sweep's choices. The
+tests keep the rest honest: the document must validate, name exactly the routes the app serves,
+and every JSON answer the API tests receive must match the schema documented for it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from app.models import SWEEP_STATUSES, TRIAL_STATES
+from app.run_states import MODES, STATUSES
+from app.runs import evaluation, validation
+from app.sweeps import spec as sweep_spec
+
+JsonSchema = dict[str, Any]
+
+UUID = {"type": "string", "format": "uuid"}
+TIME = {"type": ["string", "null"], "format": "date-time"}
+TEXT = {"type": ["string", "null"]}
+NUMBER = {"type": ["number", "null"]}
+WHOLE = {"type": ["integer", "null"]}
+FREE_OBJECT = {"type": ["object", "null"]}
+
+
+def ref(name: str) -> JsonSchema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: JsonSchema) -> JsonSchema:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def closed(properties: dict[str, JsonSchema], optional: tuple[str, ...] = ()) -> JsonSchema:
+    """An object with exactly these properties, every one present unless named optional."""
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": [name for name in properties if name not in optional]}
+
+
+def _field_schema(field: validation.Field) -> JsonSchema:
+    if field.kind == "choice":
+        schema: JsonSchema = {"enum": [*field.choices, None]}
+    else:
+        schema = {"type": ["integer" if field.kind == "int" else "number", "null"],
+                  ("exclusiveMinimum" if field.exclusive_minimum else "minimum"): field.minimum,
+                  "maximum": field.maximum}
+    return {**schema, "description": f"{field.help} Default: {field.default}.", "title": field.label}
+
+
+RUN_CONFIG_PROPERTIES: dict[str, JsonSchema] = {
+    "dataset_key": {"type": "string", "description": "The dataset to train on, as name-vN."},
+    "model_id": {"type": ["string", "null"], "description": "A preset (tiny, small) or the absolute path of a "
+                 "local checkpoint under TUNIX_MODEL_ROOTS. Default: tiny."},
+    "name": {"type": ["string", "null"], "maxLength": validation.NAME_MAX, "description": "One line."},
+    "tags": {"type": ["array", "null"], "maxItems": validation.TAGS_MAX,
+             "items": {"type": "string", "pattern": validation.TAG_PATTERN.pattern}},
+    "eval_dataset_key": {"type": ["string", "null"],
+                         "description": "A dataset to score on instead of the held-out split."},
+    "answer_pattern": {"type": ["string", "null"], "maxLength": 200,
+                       "description": "A regular expression (RE2) with one group that picks the final answer."},
+    **{field.name: _field_schema(field) for field in validation.FIELDS},
+}
+
+RUN_STATUS_PROPERTIES: dict[str, JsonSchema] = {
+    "run_id": UUID, "status": {"enum": list(STATUSES)},
+    "queued_at": TIME, "started_at": TIME, "completed_at": TIME, "exit_code": WHOLE,
+}
+SCORE_PROPERTIES: dict[str, JsonSchema] = {
+    "final_loss": NUMBER, "final_eval_loss": NUMBER, "answer_match": NUMBER, "exact_match": NUMBER,
+    "evaluated_on": TEXT,
+}
+RUN_SUMMARY_PROPERTIES: dict[str, JsonSchema] = {
+    **RUN_STATUS_PROPERTIES,
+    "name": TEXT, "tags": {"type": "array", "items": {"type": "string"}}, "created_by": TEXT,
+    "mode": {"enum": list(MODES)}, "dataset_key": TEXT, "model_id": TEXT, "created_at": TIME,
+    "duration_seconds": NUMBER, "error_message": TEXT, **SCORE_PROPERTIES,
+}
+METRIC_POINT = closed({"step": {"type": "integer"}, "loss": NUMBER, "learning_rate": NUMBER,
+                       "tokens_per_second": NUMBER})
+SERIES = closed({"train": {"type": "array", "items": METRIC_POINT}, "eval": {"type": "array", "items": METRIC_POINT}})
+DATASET_PROPERTIES: dict[str, JsonSchema] = {
+    "key": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "integer"},
+    "description": TEXT, "num_examples": {"type": "integer"}, "size_bytes": {"type": "integer"},
+    "stats": FREE_OBJECT, "created_by": TEXT, "created_at": {"type": "string", "format": "date-time"},
+}
+SWEEP_SUMMARY_PROPERTIES: dict[str, JsonSchema] = {
+    "sweep_id": UUID, "name": {"type": "string"}, "status": {"enum": list(SWEEP_STATUSES)},
+    "objective": closed({"metric": {"enum": list(sweep_spec.OBJECTIVES)},
+                         "direction": {"enum": list(sweep_spec.DIRECTIONS)}}),
+    "max_trials": {"type": "integer"}, "parallelism": {"type": "integer"},
+    "sampler": {"enum": list(sweep_spec.SAMPLERS)}, "pruner": {"enum": list(sweep_spec.PRUNERS)},
+    "trials_asked": {"type": "integer"}, "best_trial_number": WHOLE, "best_value": NUMBER,
+    "error_message": TEXT, "created_by": TEXT, "created_at": TIME, "completed_at": TIME,
+}
+SEARCH_PARAMETER = {
+    "type": "object", "additionalProperties": False, "required": ["type"],
+    "properties": {"type": {"enum": list(sweep_spec.PARAM_TYPES)}, "low": {"type": "number"},
+                   "high": {"type": "number"}, "step": {"type": "integer", "minimum": 1},
+                   "values": {"type": "array", "minItems": 1, "maxItems": sweep_spec.MAX_CHOICES}},
+}
+
+SCHEMAS: dict[str, JsonSchema] = {
+    "Error": {**closed({"error": {"type": "string"},
+                        "details": {"type": "object", "additionalProperties": {"type": "string"}}}),
+              "description": "Every refusal: a message, and what is wrong with each field named."},
+    "RunConfig": {"type": "object", "additionalProperties": False, "required": ["dataset_key"],
+                  "properties": RUN_CONFIG_PROPERTIES,
+                  "description": "A run's settings. Blank or null fields take their defaults; numbers may also "
+                                 "come as strings. Any other key is refused (422 naming it)."},
+    "StoredRunConfig": {"type": "object", "properties": RUN_CONFIG_PROPERTIES,
+                        "description": "The settings a run was accepted with, every default filled in."},
+    "RunAccepted": closed({"run_id": UUID, "status": {"enum": list(STATUSES)}}),
+    "RunStatus": closed(RUN_STATUS_PROPERTIES),
+    "RunSummary": closed(RUN_SUMMARY_PROPERTIES),
+    "RunDetail": closed({
+        **RUN_SUMMARY_PROPERTIES,
+        "config": nullable(ref("StoredRunConfig")), "worker_id": TEXT, "stdout_tail": TEXT, "stderr_tail": TEXT,
+        "result": {**FREE_OBJECT, "description": "What the run produced: a dry run's plan, or the trainer's "
+                                                 "figures (final_loss, steps_per_second, evaluation, ...)."},
+        "progress": {**FREE_OBJECT, "description": "Where a running run stands (step, phase, latest loss)."},
+        "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"}, "recoveries": {"type": "integer"},
+        "heartbeat_at": TIME, "cancel_requested_at": TIME, "retry_of": nullable(UUID),
+        "retries": {"type": "array", "items": UUID},
+    }),
+    "RunPage": closed({"runs": {"type": "array", "items": ref("RunSummary")},
+                       "next_cursor": {**TEXT, "description": "Pass as cursor for the next, older page."}}),
+    "RunMetrics": closed({"run_id": UUID, "status": {"enum": list(STATUSES)}, "progress": FREE_OBJECT,
+                          "train": {"type": "array", "items": METRIC_POINT},
+                          "eval": {"type": "array", "items": METRIC_POINT}}),
+    "Prediction": closed({"index": {"type": "integer"}, "prompt": {"type": "string"},
+                          "reference": {"type": "string"}, "prediction": {"type": "string"},
+                          "exact_match": {"type": "boolean"}, "answer_match": {"type": "boolean"},
+                          "generated_tokens": WHOLE}),
+    "EvaluationPage": closed({
+        "run_id": UUID, "status": {"enum": list(STATUSES)},
+        "evaluation": {**FREE_OBJECT, "description": "{before, after, examples, dataset_key, source, error}, "
+                                                     "or {skipped: why}."},
+        "progress": {"type": "object"}, "phase": {"enum": list(evaluation.PHASES)},
+        "total": {"type": "integer"}, "offset": {"type": "integer"}, "next_offset": WHOLE,
+        "examples": {"type": "array", "items": ref("Prediction")}}),
+    "Comparison": closed({
+        "runs": {"type": "array", "items": ref("RunSummary")},
+        "series": {"type": "object", "additionalProperties": SERIES, "description": "Loss series by run id."},
+        "config_differences": {"type": "object", "additionalProperties": {"type": "array"},
+                               "description": "Each setting that differs: its value per run, in the runs' order."},
+        "metrics": {"type": "array", "items": closed({
+            "key": {"type": "string"}, "label": {"type": "string"}, "values": {"type": "array", "items": NUMBER},
+            "better": {"enum": ["min", "max", None]}, "best": {"type": "array", "items": UUID}})},
+        "warnings": {"type": "array", "items": {"type": "string"}}}),
+    "CancelOutcome": closed({"run_id": UUID, "status": {"enum": list(STATUSES)}, "error_message": TEXT}),
+    "RetryOutcome": closed({"run_id": UUID, "status": {"enum": list(STATUSES)}, "retry_of": UUID}),
+    "LogPage": closed({"run_id": UUID, "lines": {"type": "array", "items": closed({
+        "stream": {"enum": ["stdout", "stderr"]}, "text": {"type": "string"}})},
+        "next_after": {**WHOLE, "description": "Pass as after on the next call."}, "log_bytes": {"type": "integer"}}),
+    "Worker": closed({"id": {"type": "string"}, "host": {"type": "string"}, "pid": {"type": "integer"},
+                      "state": {"type": "string"}, "started_at": TIME, "last_seen_at": TIME,
+                      "current_run_id": nullable(UUID), "runs_done": {"type": "integer"},
+                      "alive": {"type": "boolean"}}),
+    "WorkerList": closed({"workers": {"type": "array", "items": ref("Worker")}}),
+    "Dataset": closed(DATASET_PROPERTIES),
+    "DatasetDetail": closed({**DATASET_PROPERTIES, "preview": {"type": "array", "items": closed({
+        "prompt": {"type": "string"}, "response": {"type": "string"}})}}),
+    "DatasetList": closed({"datasets": {"type": "array", "items": ref("Dataset")}}),
+    "Example": closed({"prompt": {"type": "string"}, "response": {"type": "string"}}),
+    "NewDataset": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"},
+        "examples": {"type": "array", "items": ref("Example")},
+        "jsonl": {"type": "string", "description": "The examples as JSON lines, instead of examples."}}},
+    "NewDatasetUpload": {"type": "object", "required": ["name", "file"], "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"},
+        "file": {"type": "string", "contentMediaType": "application/octet-stream",
+                 "description": "A .jsonl file: one {prompt, response} object per line."}}},
+    "LeaderboardEntry": closed({
+        "rank": {"type": "integer", "minimum": 1}, "run_id": UUID, "name": TEXT, "model_id": TEXT,
+        "finetune": TEXT, "dataset_key": TEXT,
+        "hyperparameters": closed({key: NUMBER for key in ("learning_rate", "num_epochs", "max_steps",
+                                                             "batch_size", "lora_rank")}),
+        "created_by": TEXT, "completed_at": TIME, **SCORE_PROPERTIES}),
+    "Leaderboard": closed({"dataset_key": {"type": "string"}, "offset": {"type": "integer"},
+                           "runs": {"type": "array", "items": ref("LeaderboardEntry")}}),
+    "NewSweep": {"type": "object", "additionalProperties": False,
+                 "required": ["name", "base", "space", "objective", "max_trials"],
+                 "properties": {
+                     "name": {"type": "string", "maxLength": validation.NAME_MAX},
+                     "base": {**ref("RunConfig"), "description": "The config every trial starts from."},
+                     "space": {"type": "object", "minProperties": 1, "maxProperties": sweep_spec.MAX_PARAMS,
+                               "additionalProperties": SEARCH_PARAMETER,
+                               "description": "Hyperparameter name -> how to search it."},
+                     "objective": {"type": "object", "additionalProperties": False, "required": ["metric"],
+                                   "properties": {"metric": {"enum": list(sweep_spec.OBJECTIVES)},
+                                                  "direction": {"enum": list(sweep_spec.DIRECTIONS)}}},
+                     "max_trials": {"type": "integer", "minimum": 1, "maximum": sweep_spec.MAX_TRIALS},
+                     "parallelism": {"type": "integer", "minimum": 1, "maximum": sweep_spec.MAX_PARALLELISM},
+                     "sampler": {"enum": list(sweep_spec.SAMPLERS)}, "pruner": {"enum": list(sweep_spec.PRUNERS)}}},
+    "SweepCreated": closed({"sweep_id": UUID, "status": {"enum": list(SWEEP_STATUSES)}}),
+    "SweepSummary": closed(SWEEP_SUMMARY_PROPERTIES),
+    "SweepList": closed({"sweeps": {"type": "array", "items": ref("SweepSummary")}}),
+    "SweepTrial": closed({"number": {"type": "integer"}, "state": {"enum": list(TRIAL_STATES)},
+                          "params": FREE_OBJECT, "value": NUMBER, "note": TEXT, "pruned_at_step": WHOLE,
+                          "run_id": nullable(UUID), "run_status": {"enum": [*STATUSES, None]},
+                          "asked_at": TIME, "told_at": TIME}),
+    "SweepDetail": closed({**SWEEP_SUMMARY_PROPERTIES, "base": FREE_OBJECT, "space": FREE_OBJECT,
+                           "best": nullable(ref("SweepTrial")),
+                           "trials": {"type": "array", "items": ref("SweepTrial")}}),
+    "Health": closed({"status": {"enum": ["ok", "unavailable"]}, "database": {"type": "string"}}),
+}
+
+ERRORS = {
+    400: "The request is malformed: a bad mode, a body that is not a JSON object, text Postgres cannot hold, "
+         "or a host name this server does not answer to.",
+    401: "No valid bearer token.",
+    403: "The run or sweep is someone else's (cancel and retry are for its owner and admins).",
+    404: "No such run, sweep or dataset (a malformed id is not found either).",
+    409: "The request conflicts with the state: the run or sweep has ended, or an Idempotency-Key was reused "
+         "with another body.",
+    413: "The body is larger than TUNIX_MAX_UPLOAD_BYTES, or has too many parts.",
+    415: "The body is not application/json (or multipart/form-data for a dataset upload).",
+    422: "A field is invalid: `details` names each one and what is wrong.",
+    429: "A limit on this user is reached (active runs, running sweeps, sync runs under way).",
+    503: "The database is unavailable; nothing was lost.",
+}
+ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+               413: "TooLarge", 415: "UnsupportedMediaType", 422: "InvalidField", 429: "TooManyActive",
+               503: "Unavailable"}
+# Every call that needs a token may be refused so, whatever it does; an open one, for its host name.
+ALWAYS = (400, 401, 503)
+ALWAYS_OPEN = (400,)
+
+
+def _error_response(status: int) -> JsonSchema:
+    response: JsonSchema = {"description": ERRORS[status],
+                            "content": {"application/json": {"schema": ref("Error")}}}
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}
+    return response
+
+
+def _json(schema_name: str, description: str, headers: dict[str, str] | None = None) -> JsonSchema:
+    response: JsonSchema = {"description": description,
+                            "content": {"application/json": {"schema": ref(schema_name)}}}
+    if headers:
+        response["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                               for name, text in headers.items()}
+    return response
+
+
+def _query(name: str, description: str, schema: JsonSchema, **extra: Any) -> JsonSchema:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema, **extra}
+
+
+def _path(name: str, description: str, schema: JsonSchema | None = None) -> JsonSchema:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _page(default: int) -> list[JsonSchema]:
+    return [_query("offset", "Rows to skip.", {"type": "integer", "minimum": 0, "default": 0}),
+            _query("limit", "Rows to return.", {"type": "integer", "minimum": 1, "maximum": 200, "default": default})]
+
+
+RUN_ID = _path("run_id", "The run's id (a UUID).", UUID)
+SWEEP_ID = _path("sweep_id", "The sweep's id (a UUID).", UUID)
+DATASET_KEY = _path("key", "The dataset's key, name-vN.")
+LOCATION = {"Location": "Where the new resource is read."}
+
+
+def _operation(tag: str, summary: str, responses: dict[int, JsonSchema], errors: tuple[int, ...] = (),
+               parameters: list[JsonSchema] | None = None, body: JsonSchema | None = None,
+               public: bool = False) -> JsonSchema:
+    operation: JsonSchema = {"tags": [tag], "summary": summary, "responses": {
+        **{str(code): response for code, response in responses.items()},
+        **{str(code): {"$ref": f"#/components/responses/{ERROR_NAMES[code]}"}
+           for code in sorted({*errors, *(ALWAYS_OPEN if public else ALWAYS)})}}}
+    if parameters:
+        operation["parameters"] = parameters
+    if body:
+        operation["requestBody"] = body
+    if public:
+        operation["security"] = []
+    return operation
+
+
+def _json_body(schema_name: str) -> JsonSchema:
+    return {"required": True, "content": {"application/json": {"schema": ref(schema_name)}}}
+
+
+PATHS: dict[str, dict[str, JsonSchema]] = {
+    "/api/tunix/run": {"post": _operation(
+        "runs", "Submit a run: sync answers with the finished run, async queues it (202), dry_run plans it.",
+        {200: _json("RunDetail", "sync or dry_run: the run as it ended (a failed plan lists every problem).",
+                    {**LOCATION, "Idempotent-Replayed": "true when an earlier run with this key and body is returned"}),
+         202: _json("RunAccepted", "async: queued for a worker.",
+                    {**LOCATION, "Idempotent-Replayed": "true when an earlier run with this key and body is returned"})},
+        (409, 413, 415, 422, 429),
+        [_query("mode", "How the run is carried out.", {"enum": list(MODES), "default": "sync"}),
+         {"name": "Idempotency-Key", "in": "header", "required": False,
+          "description": "The same key and body return the first run instead of starting another.",
+          "schema": {"type": "string", "maxLength": 200}}],
+        _json_body("RunConfig"))},
+    "/api/tunix/runs": {"get": _operation(
+        "runs", "Runs, newest first, filtered; keyset pagination with cursor.",
+        {200: _json("RunPage", "One page of runs.")}, (422,),
+        [_query("status", "Only runs in this status.", {"enum": list(STATUSES)}),
+         _query("mode", "Only runs of this mode.", {"enum": list(MODES)}),
+         _query("dataset_key", "Only runs on this dataset.", {"type": "string"}),
+         _query("tag", "Only runs with this tag.", {"type": "string"}),
+         _query("user", "Only runs this user started.", {"type": "string"}),
+         _query("cursor", "next_cursor of the previous page.", {"type": "string"}),
+         _query("limit", "Runs per page.", {"type": "integer", "minimum": 1, "maximum": 200, "default": 25})])},
+    "/api/tunix/runs/compare": {"get": _operation(
+        "runs", "2 to 8 runs side by side: loss series, differing settings, metrics with the best marked.",
+        {200: _json("Comparison", "The runs, in the order asked.")}, (404, 422),
+        [_query("ids", "The runs' ids, comma-separated or repeated.", {"type": "array", "items": {"type": "string"}},
+                style="form", explode=True)])},
+    "/api/tunix/runs/{run_id}": {"get": _operation(
+        "runs", "The whole run: config, result, progress, tails, error.",
+        {200: _json("RunDetail", "The run.")}, (404,), [RUN_ID])},
+    "/api/tunix/runs/{run_id}/status": {"get": _operation(
+        "runs", "The run's status and times: the small payload to poll.",
+        {200: {**_json("RunStatus", "Where the run stands."),
+               "headers": {"ETag": {"schema": {"type": "string"}}}},
+         304: {"description": "Unchanged since the ETag sent in If-None-Match."}}, (404,),
+        [RUN_ID, {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}])},
+    "/api/tunix/runs/{run_id}/metrics": {"get": _operation(
+        "runs", "The loss series, train and eval, in step order.",
+        {200: _json("RunMetrics", "Every stored point, or about max_points of each series.")}, (404, 422),
+        [RUN_ID, _query("max_points", "Thin each series to about this many evenly spaced points.",
+                        {"type": "integer", "minimum": 2, "maximum": 100_000})])},
+    "/api/tunix/runs/{run_id}/evaluation": {"get": _operation(
+        "runs", "Scores before and after training, and one page of the scored answers.",
+        {200: _json("EvaluationPage", "The scores and a page of answers.")}, (404, 422),
+        [RUN_ID, _query("phase", "Which pass's answers.", {"enum": list(evaluation.PHASES), "default": "after"}),
+         *_page(50)])},
+    "/api/tunix/runs/{run_id}/logs": {"get": _operation(
+        "runs", "The run's stored output: the tail, or the lines after a sequence number.",
+        {200: _json("LogPage", "Lines of output, oldest first.")}, (404, 422),
+        [RUN_ID, _query("after", "next_after of the previous call.", {"type": "integer", "minimum": 0})])},
+    "/api/tunix/runs/{run_id}/cancel": {"post": _operation(
+        "runs", "Cancel: a pending run at once (200), a running one is stopped (202).",
+        {200: _json("CancelOutcome", "Cancelled (it was pending)."),
+         202: _json("CancelOutcome", "Cancelling: its trainer is being stopped.")}, (403, 404, 409), [RUN_ID])},
+    "/api/tunix/runs/{run_id}/retry": {"post": _operation(
+        "runs", "A new run with the same config, linked to the original.",
+        {200: _json("RetryOutcome", "A dry run, planned again at once.", LOCATION),
+         202: _json("RetryOutcome", "Queued.", LOCATION)}, (403, 404, 409, 422, 429), [RUN_ID])},
+    "/api/workers": {"get": _operation(
+        "workers", "Every registered worker, with what it is doing and whether it is alive.",
+        {200: _json("WorkerList", "The workers.")})},
+    "/api/datasets": {
+        "get": _operation("datasets", "Every dataset, without its examples.",
+                          {200: _json("DatasetList", "The datasets.")}),
+        "post": _operation(
+            "datasets", "Store a dataset (a new version when the name exists): JSON, or a multipart .jsonl upload.",
+            {201: _json("Dataset", "Stored.", LOCATION)}, (413, 415, 422), body={"required": True, "content": {
+                "application/json": {"schema": ref("NewDataset")},
+                "multipart/form-data": {"schema": ref("NewDatasetUpload")}}})},
+    "/api/datasets/{key}": {"get": _operation(
+        "datasets", "A dataset's counts, sizes and first examples.",
+        {200: _json("DatasetDetail", "The dataset.")}, (404,), [DATASET_KEY])},
+    "/api/datasets/{key}/leaderboard": {"get": _operation(
+        "datasets", "Completed runs scored on this dataset, best first.",
+        {200: _json("Leaderboard", "One page of the leaderboard.")}, (404, 422), [DATASET_KEY, *_page(50)])},
+    "/api/sweeps": {
+        "get": _operation("sweeps", "Sweeps, newest first.", {200: _json("SweepList", "One page of sweeps.")},
+                          (422,), _page(50)),
+        "post": _operation("sweeps", "Start a hyperparameter search; its first trials are queued at once.",
+                           {201: _json("SweepCreated", "Started.", LOCATION)}, (413, 415, 422, 429),
+                           body=_json_body("NewSweep"))},
+    "/api/sweeps/{sweep_id}": {"get": _operation(
+        "sweeps", "The sweep: its spec, status, best trial and every trial.",
+        {200: _json("SweepDetail", "The sweep.")}, (404,), [SWEEP_ID])},
+    "/api/sweeps/{sweep_id}/cancel": {"post": _operation(
+        "sweeps", "Cancel: pending trials are taken off the queue, running ones stopped.",
+        {200: _json("SweepCreated", "Cancelled.")}, (403, 404, 409), [SWEEP_ID])},
+    "/api/health": {"get": _operation(
+        "service", "Whether the service reaches its database; needs no token.",
+        {200: _json("Health", "Up."), 503: _json("Health", "The database is unreachable.")}, public=True)},
+    "/api/openapi.json": {"get": _operation(
+        "service", "This document; needs no token.",
+        {200: {"description": "The OpenAPI 3.1 document.",
+               "content": {"application/json": {"schema": {"type": "object"}}}}}, public=True)},
+}
+
+
+def document() -> JsonSchema:
+    """The whole OpenAPI 3.1 document."""
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {"title": "Tunix RT", "version": "1",
+                 "description": "Launch and follow LLM fine-tuning runs made with Tunix. Every call but "
+                                "/api/health and this document needs `Authorization: Bearer <token>` "
+                                "(make one on /settings/tokens). Every error is an Error object."},
+        "security": [{"bearer": []}],
+        "tags": [{"name": name} for name in ("runs", "datasets", "sweeps", "workers", "service")],
+        "paths": PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "An API token, made on /settings/tokens or with "
+                                                          "`flask --app wsgi tokens create NAME`."}},
+            "schemas": SCHEMAS,
+            "responses": {ERROR_NAMES[code]: _error_response(code) for code in ERRORS},
+        },
+    }
+
+
+def flask_rule_to_path(rule: str) -> str:
+    """/api/tunix/runs/<run_id> -> /api/tunix/runs/{run_id}."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
