@@ -1,8 +1,12 @@
 """Every page in a real browser, at desktop and phone widths: no serious or critical axe-core violation,
 no sideways scrolling of the page, and (with TUNIX_SCREENSHOTS_DIR set, as `make screenshots` does)
-a screenshot of each."""
+a screenshot of each.
+
+The finished runs, their comparison, the leaderboard and the sweep are real: `tiny` trained by Tunix
+on the CPU and scored by its sampler, so the pictures in the docs show a real loss curve and real
+answers. Only the running run is written into the database, frozen mid-training for its picture."""
 import os
-import uuid
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,8 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.queue import registry
-from tests.helpers import ROOT, SAMPLE, fake_trainer_command, needs_chromium, sign_in_browser, submit
+from tests.helpers import ROOT, SAMPLE, fake_trainer_command, needs_chromium, sign_in_browser, submit, wait_for
+from tests.test_trainer import REAL_TRAINER
 
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = {"desktop": 1280, "phone": 390}
@@ -19,6 +24,9 @@ SCREENSHOTS = os.environ.get("TUNIX_SCREENSHOTS_DIR")
 pytestmark = [needs_chromium, pytest.mark.skipif(not AXE.exists(), reason="axe-core is not installed "
                                                                           "(make test installs it from npm)")]
 
+# Small enough for a CPU in seconds, long enough for a curve and a page of scored answers.
+REAL = {"max_steps": 120, "eval_every_n_steps": 20, "eval_max_examples": 24, "eval_max_new_tokens": 24}
+
 RUN_AXE = """async () => {
   const result = await axe.run(document);
   return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
@@ -26,8 +34,9 @@ RUN_AXE = """async () => {
 }"""
 
 
-def _run_pages(client, app) -> dict[str, str]:
+def _run_pages(client, app, worker) -> dict[str, str]:
     """A run in each state a person can meet, by the name its screenshot gets."""
+    sweep_pages = _sweep_pages(client, worker)  # first: its worker is gone before the other runs are queued
     runs = {"run-pending": submit(client, name="waiting for a worker")["run_id"]}
     running = submit(client, name="training now", tags=["baseline"])["run_id"]
     db.session.execute(text(
@@ -41,10 +50,13 @@ def _run_pages(client, app) -> dict[str, str]:
                                 "VALUES (:id, 'train', :s, :l, now())"), {"id": running, "s": step, "l": 5.9 / step ** 0.4})
     db.session.commit()
     runs["run-running"] = running
-    app.config.update(TRAIN_COMMAND=fake_trainer_command("--artifacts", "--steps", "30", "--evaluate"))
+    app.config.update(TRAIN_COMMAND=REAL_TRAINER)
     runs["run-completed"] = submit(client, "sync", name="arithmetic, lr 6e-3", tags=["baseline", "small-lr"],
-                                   learning_rate=0.006)["run_id"]
-    rival = submit(client, "sync", name="arithmetic, lr 3e-3", learning_rate=0.003, batch_size=8)["run_id"]
+                                   learning_rate=0.006, **REAL)["run_id"]
+    rival = submit(client, "sync", name="arithmetic, lr 2e-3", learning_rate=0.002, batch_size=8, **REAL)["run_id"]
+    for run_id in (runs["run-completed"], rival):
+        run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+        assert run["status"] == "completed", run["error_message"]
     cancelled = submit(client)["run_id"]
     client.post(f"/api/tunix/runs/{cancelled}/cancel")
     runs["run-cancelled"] = cancelled
@@ -54,25 +66,24 @@ def _run_pages(client, app) -> dict[str, str]:
     return {**{name: f"/runs/{run_id}" for name, run_id in runs.items()},
             "compare": f"/runs/compare?ids={runs['run-completed']},{rival}",
             "compare-rejected": f"/runs/compare?ids={rival}", "leaderboard": f"/datasets/{SAMPLE}/leaderboard",
-            **_sweep_pages(client)}
+            **sweep_pages}
 
 
-def _sweep_pages(client) -> dict[str, str]:
-    """A sweep with finished, pruned and queued trials, as its page shows them."""
+def _sweep_pages(client, worker) -> dict[str, str]:
+    """A real sweep of four `tiny` trials, two at a time, run to its end by a worker."""
     created = client.post("/api/sweeps", json={
-        "name": "lr and batch search", "base": {"dataset_key": SAMPLE, "max_steps": 40},
-        "space": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
-                  "batch_size": {"type": "choice", "values": [4, 8, 16]}},
-        "objective": {"metric": "final_eval_loss"}, "max_trials": 6, "parallelism": 3}).get_json()
+        "name": "lr and batch search", "base": {"dataset_key": SAMPLE, **REAL, "max_steps": 60,
+                                                "eval_max_examples": 8},
+        "space": {"learning_rate": {"type": "log_uniform", "low": 1e-3, "high": 2e-2},
+                  "batch_size": {"type": "choice", "values": [4, 8]}},
+        "objective": {"metric": "final_eval_loss"}, "max_trials": 4, "parallelism": 2, "sampler": "random"}).get_json()
     sweep_id = created["sweep_id"]
-    for number, (status, loss) in enumerate((("completed", 1.9), ("completed", 1.4)), start=1):
-        db.session.execute(text("UPDATE tunix_runs SET status = :s, final_eval_loss = :l, completed_at = now(), "
-                                "started_at = now() WHERE sweep_id = :id AND trial_number = :n"),
-                           {"s": status, "l": loss, "id": sweep_id, "n": number})
-    db.session.commit()
-    from app.sweeps import service as sweep_service
-
-    sweep_service.advance(uuid.UUID(sweep_id))
+    process = worker()
+    sweep = wait_for(lambda: (s := client.get(f"/api/sweeps/{sweep_id}").get_json())["status"] != "running" and s,
+                     timeout=600, interval=0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert sweep["status"] == "completed" and sweep["best"] is not None, sweep
     return {"sweeps": "/sweeps", "new-sweep": "/sweeps/new", "sweep": f"/sweeps/{sweep_id}"}
 
 
@@ -89,9 +100,12 @@ def _check(page, name: str, width_name: str) -> list[str]:
     return problems
 
 
-def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser, credentials):
+@pytest.mark.trainer
+def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser, credentials, worker_env,
+                                                   start_worker):
     registry.register("gpu-1:4242:ab12cd", "gpu-1", 4242)
-    pages = {"runs": "/runs", "new-run": "/runs/new", **_run_pages(client, app), "datasets": "/datasets",
+    pages = {"runs": "/runs", "new-run": "/runs/new",
+             **_run_pages(client, app, lambda: start_worker(worker_env(REAL_TRAINER))), "datasets": "/datasets",
              "dataset": f"/datasets/{SAMPLE}", "workers": "/workers", "tokens": "/settings/tokens", "api-help": "/help/api"}
     problems = []
     for width_name, width in WIDTHS.items():

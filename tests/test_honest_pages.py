@@ -96,6 +96,8 @@ def test_the_run_page_links_a_browser_to_the_api_help_not_to_a_401(client, app):
     expected = {rule.rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/")}
     assert routes == expected
     assert "Scores before and after training, and one page of the scored answers" in body
+    assert 'href="/api/openapi.json"' in body
+    assert client.get("/api/openapi.json").status_code == 200, "the contract opens in the browser, without a token"
 
 
 def test_compare_says_what_it_compares_and_which_way_is_better(client, app):

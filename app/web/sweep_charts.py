@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from app.web.loss_chart import Axis, Margins, axes, integer_label, nice_ticks, number_label
+from app.web.chart_frame import Axis, Margins, axes, integer_label, nice_ticks, number_label
 
 WIDTH, HEIGHT, FONT = 520, 240, 11
 
