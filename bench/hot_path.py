@@ -5,7 +5,7 @@
 
 A scratch database is seeded with INSERT ... SELECT generate_series (then VACUUM ANALYZE):
 `--runs` runs of which `--pending` are queued, a running run with 5,000 metric points and 2 MB
-of stored log, and a finished one. gunicorn serves the app as the README says (2 processes x 8
+of stored log, and a finished one. gunicorn serves the app as docs/deploy.md says (2 processes x 8
 threads) with one bare route added (`/bench/bare`: the same sign-in check, no query, no template).
 Throughput is wrk's (Debian's package, 2 threads, 16 connections) when installed, else a
 closed-loop client of our own, in rounds each paired with a bare-route round just before it (the

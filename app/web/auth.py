@@ -19,7 +19,7 @@ bp = Blueprint("auth", __name__)
 token_auth = HTTPTokenAuth(scheme="Bearer")
 
 # Pages and files anyone may fetch without signing in.
-# /metrics is open here: who may scrape it is decided in nginx (an allow list), see the README.
+# /metrics is open here: who may scrape it is decided in nginx (an allow list), see docs/security.md.
 OPEN_ENDPOINTS = frozenset({"auth.login", "static", "api.health", "api.openapi_document",
                             "prometheus_metrics"})
 
