@@ -183,12 +183,13 @@ def test_state_machine():
 
 
 def test_checkpoint_of_an_unsupported_family_is_rejected_at_submission(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(ValidationError) as info:
-        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)}, model_roots=[tmp_path])
-    assert "model_type 'llama' is not supported (supported: qwen3)" in info.value.details["model_id"]
-    (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
+    from tests.checkpoints import write_tiny_checkpoint
+
+    write_tiny_checkpoint(tmp_path, "qwen3")
     assert validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)},
                                model_roots=[tmp_path])["model_id"] == str(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "mistral"}')
+    with pytest.raises(ValidationError) as info:
+        validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)}, model_roots=[tmp_path])
+    assert ("model_type 'mistral' is not supported (supported: qwen3 (Qwen 3), qwen2 (Qwen 2 / 2.5), "
+            "llama (Llama 3), gemma3_text (Gemma 3))") in info.value.details["model_id"]

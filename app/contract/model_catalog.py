@@ -5,6 +5,7 @@ Kept free of JAX so the web tier can validate a model id at submission.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +39,37 @@ PRESETS: dict[str, Preset] = {
 
 # A checkpoint directory in the Hugging Face layout: config.json, safetensors weights, a tokenizer.
 CHECKPOINT_CONFIG = "config.json"
-SUPPORTED_CHECKPOINT_TYPES = ("qwen3",)
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family Tunix can load from safetensors, as config.json's model_type names it."""
+
+    model_type: str
+    name: str
+    lora_targets: tuple[str, ...]  # the projections LoRA adapts, by their Tunix module names
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("qwen3", "Qwen 3", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+        Family("qwen2", "Qwen 2 / 2.5", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                         "down_proj")),
+        Family("llama", "Llama 3", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+        # Gemma's attention projections are einsums over (heads, embed, head_dim), not linear layers.
+        Family("gemma3_text", "Gemma 3", ("q_einsum", "kv_einsum", "qkv_einsum", "attn_vec_einsum", "gate_proj",
+                                          "up_proj", "down_proj")),
+    )
+}
+SUPPORTED_CHECKPOINT_TYPES = tuple(FAMILIES)
+
+
+def supported_families() -> str:
+    """The families a checkpoint may be of, as an error message lists them."""
+    return ", ".join(f"{f.model_type} ({f.name})" for f in FAMILIES.values())
 
 
 def is_checkpoint_path(model_id: str) -> bool:
@@ -88,13 +119,76 @@ def _checkpoint_problem(model_id: str) -> str | None:
         return f"checkpoint directory {model_id} has no {CHECKPOINT_CONFIG}"
     if not any(path.glob("*.safetensors")):
         return f"checkpoint directory {model_id} has no *.safetensors weights"
-    if not (path / "tokenizer.json").is_file():
-        return f"checkpoint directory {model_id} has no tokenizer.json"
+    if not (path / TOKENIZER_FILE).is_file():
+        return f"checkpoint directory {model_id} has no {TOKENIZER_FILE}"
     try:
         model_type = json.loads((path / CHECKPOINT_CONFIG).read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return f"checkpoint directory {model_id}: {CHECKPOINT_CONFIG} is not a JSON object"
-    if model_type not in SUPPORTED_CHECKPOINT_TYPES:
-        return (f"checkpoint directory {model_id}: model_type {model_type!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_CHECKPOINT_TYPES)})")
+    if model_type not in FAMILIES:
+        return (f"checkpoint directory {model_id}: model_type {str(model_type)[:40]!r} is not supported "
+                f"(supported: {supported_families()})")
+    try:
+        tensors = safetensors_shapes(path)
+    except ValueError as exc:
+        return f"checkpoint directory {model_id}: {exc}"
+    if "model.embed_tokens.weight" not in tensors:
+        return f"checkpoint directory {model_id}: its weights hold no model.embed_tokens.weight (not a causal LM?)"
     return None
+
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # a safetensors header this large is not one
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (dtype, shape) across a checkpoint's *.safetensors files, read from their headers only."""
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with file.open("rb") as f:
+            prefix = f.read(8)
+            size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 0 < size <= MAX_HEADER_BYTES:
+                raise ValueError(f"{file.name} is not a safetensors file")
+            try:
+                header = json.loads(f.read(size))
+                for name, meta in header.items():
+                    if name != "__metadata__":
+                        tensors[name] = (str(meta["dtype"]), tuple(int(d) for d in meta["shape"]))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise ValueError(f"{file.name} has an unreadable header") from None
+    return tensors
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What the web tier can tell of a checkpoint without loading it."""
+
+    path: str
+    family: Family
+    parameters: int
+    size_bytes: int
+    dtype: str
+    chat_template: bool
+
+
+def checkpoint_facts(path: Path) -> CheckpointFacts:
+    """A valid checkpoint's family, parameter count, size on disk and whether it carries a chat template."""
+    config = json.loads((path / CHECKPOINT_CONFIG).read_text())
+    tensors = safetensors_shapes(path)
+    parameters = sum(math.prod(shape) for _, shape in tensors.values())
+    dtypes = sorted({dtype for dtype, _ in tensors.values()})
+    return CheckpointFacts(str(path), FAMILIES[config["model_type"]], parameters,
+                           sum(f.stat().st_size for f in path.glob("*.safetensors")), "/".join(dtypes),
+                           chat_template(path) is not None)
+
+
+def chat_template(path: Path) -> str | None:
+    """The Jinja chat template a checkpoint's tokenizer_config.json carries, if any."""
+    try:
+        template = json.loads((path / TOKENIZER_CONFIG).read_text()).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(template, list):  # several named templates: the default one
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    return template if isinstance(template, str) and template.strip() else None

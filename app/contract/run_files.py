@@ -8,7 +8,8 @@ from typing import Any
 RUN_CONFIG_FILE = "run_config.json"  # the validated config, plus run_id
 DATASET_FILE = "dataset.jsonl"  # the dataset export, one {"prompt", "response"} per line
 CHECKPOINTS_DIR = "checkpoints"  # orbax checkpoints, one folder per saved step
-MODEL_DIR = "model"  # the exported model (full-weight runs), Hugging Face layout
+MODEL_DIR = "model"  # the exported model, Hugging Face layout (a LoRA run's with its adapters merged)
+ADAPTER_DIR = "adapter"  # a LoRA run's adapters alone, in PEFT's layout
 SUMMARY_FILE = "summary.json"  # the trainer's closing summary
 TRAINER_LOCK_FILE = ".trainer.lock"  # held by the one trainer writing the directory (and its worker)
 METRICS_FILE = "metrics.json"  # the loss series, train and eval

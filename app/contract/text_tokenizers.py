@@ -42,10 +42,12 @@ class CheckpointTokenizer:
 
         self._tokenizer = Tokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
         config = json.loads((checkpoint_dir / model_catalog.CHECKPOINT_CONFIG).read_text())
-        self.eos_id = int(config["eos_token_id"])
-        bos = config.get("bos_token_id")
+        # Instruction checkpoints list several end tokens (Llama 3.1: end of text, of a turn, of a message):
+        # the first is the one a training example ends with.
+        self.eos_id = int(_first(config["eos_token_id"]))
+        bos = _first(config.get("bos_token_id"))
         self.bos_id = int(bos) if bos is not None else None
-        pad = config.get("pad_token_id")
+        pad = _first(config.get("pad_token_id"))
         self.pad_id = int(pad) if pad is not None else self.eos_id
         self.vocab_size = int(config["vocab_size"])
 
@@ -54,6 +56,10 @@ class CheckpointTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids)
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) and value else value
 
 
 def load_tokenizer(model_id: str) -> TextTokenizer:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE, EVALUATION_BEFORE_FILE,
+from app.contract.run_files import (ADAPTER_DIR, CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE, EVALUATION_BEFORE_FILE,
                                     METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE,
                                     TRAINER_LOCK_FILE,
                                     run_directory)
@@ -35,9 +35,10 @@ class Checkpoint:
 
 @dataclass
 class Artifacts:
-    """A run's files by what they are: the model first, then results, inputs, checkpoints and the rest."""
+    """A run's files by what they are: the model and adapter first, then results, inputs, checkpoints, the rest."""
 
     model: list[ArtifactFile] = field(default_factory=list)
+    adapter: list[ArtifactFile] = field(default_factory=list)  # a LoRA run's adapters alone
     results: list[ArtifactFile] = field(default_factory=list)  # summary, metrics, predictions
     inputs: list[ArtifactFile] = field(default_factory=list)  # the config and the dataset export
     checkpoints: list[Checkpoint] = field(default_factory=list)
@@ -48,8 +49,12 @@ class Artifacts:
         return sum(f.size_bytes for f in self.model)
 
     @property
+    def adapter_size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.adapter)
+
+    @property
     def empty(self) -> bool:
-        return not (self.model or self.results or self.inputs or self.checkpoints or self.other)
+        return not (self.model or self.adapter or self.results or self.inputs or self.checkpoints or self.other)
 
 
 def _run_dir(root: str | Path, run_id) -> Path:
@@ -84,6 +89,8 @@ def group(root: str | Path, run_id) -> Artifacts:
         item = ArtifactFile(relative.as_posix(), path.stat().st_size)
         if relative.parts[0] == MODEL_DIR:
             found.model.append(item)
+        elif relative.parts[0] == ADAPTER_DIR:
+            found.adapter.append(item)
         elif item.path in results:
             found.results.append(item)
         elif item.path in inputs:

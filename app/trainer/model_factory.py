@@ -8,12 +8,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from app.contract import model_catalog
-from app.trainer import hf_checkpoint
+from app.trainer import families
 
-# Projections LoRA adapts. A random preset also adapts lm_head: with random, untied
-# embeddings, adapters on the attention and MLP alone barely move the loss.
-LORA_TARGETS = r".*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-LORA_TARGETS_PRESET = LORA_TARGETS + r"|.*lm_head"
+# A random preset (Qwen 3) also adapts lm_head: with random, untied embeddings, adapters on
+# the attention and MLP alone barely move the loss.
+LORA_TARGETS_PRESET = families.TUNIX_FAMILIES["qwen3"].lora_targets + r"|.*lm_head"
 
 
 def _preset_model(preset: model_catalog.Preset, vocab_size: int, seed: int):
@@ -46,8 +45,8 @@ def build_model(config: dict, vocab_size: int):
         model = _preset_model(model_catalog.PRESETS[model_id], vocab_size, seed)
         targets = LORA_TARGETS_PRESET
     else:
-        model = hf_checkpoint.load_model(Path(model_id))
-        targets = LORA_TARGETS
+        model = families.load_model(Path(model_id))
+        targets = families.family_of(Path(model_id)).lora_targets
     if config["finetune"] == "lora":
         import qwix
 

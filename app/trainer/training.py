@@ -192,10 +192,12 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
         scoring.run(trainer.model, "after")
     summary["evaluation"] = scoring.outcome()
     progress_protocol.emit("phase", name=progress_protocol.STORING)
-    if config["finetune"] == "full" and not summary["stopped_early"]:
+    if not summary["stopped_early"]:
         source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
-        hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source)
+        hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source, config)
         summary["exported_model"] = run_files.MODEL_DIR
+        if hf_checkpoint.export_adapter(trainer.model, run_dir / run_files.ADAPTER_DIR, source, config):
+            summary["exported_adapter"] = run_files.ADAPTER_DIR
     _write_json(run_dir / run_files.SUMMARY_FILE, summary)
     _write_json(run_dir / run_files.METRICS_FILE, {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
                                            "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
