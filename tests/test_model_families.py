@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.checkpoints import FAMILIES, write_tiny_checkpoint
-from tests.helpers import SAMPLE
+from tests.helpers import SAMPLE, run_status, wait_for
 
 LORA = {"finetune": "lora", "lora_rank": 4, "lora_alpha": 8.0}
 
@@ -102,40 +102,82 @@ def test_a_checkpoint_of_another_family_is_refused_at_submission_by_its_model_ty
         assert listed in problem
 
 
-def test_a_checkpoint_whose_weights_are_not_safetensors_is_refused(client, app, tmp_path):
-    source = write_tiny_checkpoint(tmp_path / "models" / "broken", "qwen3")
-    (source / "model.safetensors").write_bytes(b"\xff" * 64)
+def _break(source, how: str) -> str:
+    """Damage a checkpoint one way; the words the refusal must use."""
+    config = json.loads((source / "config.json").read_text())
+    if how == "no weights":
+        (source / "model.safetensors").unlink()
+        return "has no *.safetensors weights"
+    if how == "not safetensors":
+        (source / "model.safetensors").write_bytes(b"\xff" * 64)
+        return "model.safetensors is not a safetensors file"
+    if how == "shape mismatch":
+        (source / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+        return "model.layers.0.mlp.gate_proj.weight is [128, 64] in the weights but config.json implies [96, 64]"
+    if how == "a missing tensor":
+        (source / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+        return "its *.safetensors hold no model.layers.2.self_attn.q_proj.weight, which config.json implies"
+    if how == "no tokenizer":
+        (source / "tokenizer.json").unlink()
+        return "has no tokenizer.json"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["no weights", "not safetensors", "shape mismatch", "a missing tensor",
+                                 "no tokenizer"])
+def test_a_damaged_checkpoint_is_refused_at_submission_naming_the_file_and_the_problem(how, client, app, tmp_path):
+    source = write_tiny_checkpoint(tmp_path / "models" / "damaged", "llama")
+    words = _break(source, how)
     app.config["MODEL_ROOTS"] = [str(tmp_path / "models")]
-    response = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": str(source)})
-    assert response.status_code == 422
-    assert "model.safetensors is not a safetensors file" in response.get_json()["details"]["model_id"]
+    for mode in ("dry_run", "async"):
+        response = client.post(f"/api/tunix/run?mode={mode}", json={"dataset_key": SAMPLE, "model_id": str(source)})
+        assert response.status_code == 422
+        assert words in response.get_json()["details"]["model_id"]
+        assert str(source) in response.get_json()["details"]["model_id"]
+
+
+def _names_and_shapes(directory) -> dict[str, tuple[int, ...]]:
+    from app.contract.model_catalog import safetensors_shapes
+
+    return {name: shape for name, (_, shape) in safetensors_shapes(directory).items()}
+
+
+def _finished(client, run_id: str) -> dict:
+    wait_for(lambda: run_status(client, run_id) in ("completed", "failed", "timeout", "cancelled"), timeout=300)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    assert run["status"] == "completed", (run["error_message"], run["stderr_tail"])
+    losses = [p["loss"] for p in client.get(f"/api/tunix/runs/{run_id}/metrics").get_json()["train"]]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, f"the loss did not fall: {losses}"
+    return run
 
 
 @pytest.mark.trainer
-@pytest.mark.parametrize("family, finetune", [("gemma3_text", "lora"), ("llama", "full"), ("qwen2", "lora"),
-                                              ("qwen3", "full")])
-def test_each_family_trains_through_the_api_and_its_export_starts_the_next_run(family, finetune, client, app,
-                                                                               artifacts_root, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_full_then_lora_on_its_own_export_through_a_worker(family, client, app, artifacts_root,
+                                                                              tmp_path, worker_env, start_worker):
+    """A full run of the checkpoint, then a LoRA run whose base is the full run's export: both through a worker."""
     from tests.test_trainer import REAL_TRAINER
 
     source = write_tiny_checkpoint(tmp_path / "models" / family, family)
-    app.config.update(TRAIN_COMMAND=REAL_TRAINER, MODEL_ROOTS=[str(tmp_path / "models"), str(artifacts_root)])
-    body = {"dataset_key": SAMPLE, "model_id": str(source), "max_steps": 6, "eval_every_n_steps": 3,
-            "eval_max_examples": 4, "eval_max_new_tokens": 8, "finetune": finetune, "lora_rank": 4}
-    run = client.post("/api/tunix/run?mode=sync", json=body).get_json()
-    assert run["status"] == "completed", (run["error_message"], run["stderr_tail"])
-    assert run["result"]["evaluation"]["after"] is not None
-    export = artifacts_root / run["run_id"] / "model"
-    assert json.loads((export / "config.json").read_text())["model_type"] == family
-    from safetensors import safe_open
+    app.config["MODEL_ROOTS"] = [str(tmp_path / "models"), str(artifacts_root)]
+    start_worker(worker_env(REAL_TRAINER))
+    body = {"dataset_key": SAMPLE, "max_steps": 24, "learning_rate": 0.01, "eval_every_n_steps": 12,
+            "eval_max_examples": 4, "eval_max_new_tokens": 8, "lora_rank": 8, "lora_alpha": 32}
 
-    with safe_open(str(export / "model.safetensors"), "numpy") as exported, \
-            safe_open(str(source / "model.safetensors"), "numpy") as original:
-        assert set(exported.keys()) == set(original.keys())
-        assert any(not np.array_equal(exported.get_tensor(k), original.get_tensor(k)) for k in original.keys())
-    adapter = artifacts_root / run["run_id"] / "adapter"
-    assert adapter.is_dir() == (finetune == "lora")
-    page = client.get(f"/runs/{run['run_id']}").get_data(as_text=True)
-    assert "Download model" in page and ("Download adapter" in page) == (finetune == "lora")
-    following = client.post("/api/tunix/run?mode=dry_run", json={**body, "model_id": str(export)}).get_json()
-    assert following["status"] == "completed", following["result"]
+    full = client.post("/api/tunix/run?mode=async", json={**body, "model_id": str(source)}).get_json()
+    full = _finished(client, full["run_id"])
+    export = artifacts_root / full["run_id"] / "model"
+    assert json.loads((export / "config.json").read_text())["model_type"] == family
+    assert _names_and_shapes(export) == _names_and_shapes(source)
+    assert not (artifacts_root / full["run_id"] / "adapter").exists()
+
+    lora = client.post("/api/tunix/run?mode=async", json={**body, "model_id": str(export), "finetune": "lora",
+                                                            "learning_rate": 0.02}).get_json()
+    lora = _finished(client, lora["run_id"])
+    assert lora["result"]["trainable_parameters"] < lora["result"]["parameters"]
+    run_dir = artifacts_root / lora["run_id"]
+    assert _names_and_shapes(run_dir / "model") == _names_and_shapes(source)
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["base_model_name_or_path"] == str(export)
+    page = client.get(f"/runs/{lora['run_id']}").get_data(as_text=True)
+    assert "Download model" in page and "Download adapter" in page

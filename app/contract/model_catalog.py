@@ -129,12 +129,64 @@ def _checkpoint_problem(model_id: str) -> str | None:
         return (f"checkpoint directory {model_id}: model_type {str(model_type)[:40]!r} is not supported "
                 f"(supported: {supported_families()})")
     try:
+        config = json.loads((path / CHECKPOINT_CONFIG).read_text())
         tensors = safetensors_shapes(path)
+        expected = expected_shapes(model_type, config)
     except ValueError as exc:
         return f"checkpoint directory {model_id}: {exc}"
-    if "model.embed_tokens.weight" not in tensors:
-        return f"checkpoint directory {model_id}: its weights hold no model.embed_tokens.weight (not a causal LM?)"
+    for name, shape in expected.items():
+        if name not in tensors:
+            return f"checkpoint directory {model_id}: its *.safetensors hold no {name}, which {CHECKPOINT_CONFIG} implies"
+        if tensors[name][1] != shape:
+            return (f"checkpoint directory {model_id}: {name} is {list(tensors[name][1])} in the weights but "
+                    f"{CHECKPOINT_CONFIG} implies {list(shape)}")
     return None
+
+
+def _whole(config: dict, key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{CHECKPOINT_CONFIG} has no positive whole {key}")
+    return value
+
+
+def expected_shapes(model_type: str, config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of this family and config.json holds, by its Hugging Face name and shape."""
+    layers, embed, ffn, vocab = (_whole(config, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                                              "vocab_size"))
+    heads, kv_heads = _whole(config, "num_attention_heads"), _whole(config, "num_key_value_heads")
+    head_dim = config.get("head_dim") or embed // heads
+    shapes = {"model.embed_tokens.weight": (vocab, embed), "model.norm.weight": (embed,)}
+    # Gemma always ties its head to the embedding; the others say so in tie_word_embeddings.
+    if model_type != "gemma3_text" and not config.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (vocab, embed)
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        shapes.update({f"{p}.self_attn.q_proj.weight": (heads * head_dim, embed),
+                       f"{p}.self_attn.k_proj.weight": (kv_heads * head_dim, embed),
+                       f"{p}.self_attn.v_proj.weight": (kv_heads * head_dim, embed),
+                       f"{p}.self_attn.o_proj.weight": (embed, heads * head_dim),
+                       f"{p}.mlp.gate_proj.weight": (ffn, embed), f"{p}.mlp.up_proj.weight": (ffn, embed),
+                       f"{p}.mlp.down_proj.weight": (embed, ffn), f"{p}.input_layernorm.weight": (embed,),
+                       f"{p}.post_attention_layernorm.weight": (embed,)})
+        if model_type in ("qwen3", "gemma3_text"):
+            shapes.update({f"{p}.self_attn.q_norm.weight": (head_dim,), f"{p}.self_attn.k_norm.weight": (head_dim,)})
+        if model_type == "qwen2":
+            shapes.update({f"{p}.self_attn.q_proj.bias": (heads * head_dim,),
+                           f"{p}.self_attn.k_proj.bias": (kv_heads * head_dim,),
+                           f"{p}.self_attn.v_proj.bias": (kv_heads * head_dim,)})
+        if model_type == "gemma3_text":
+            shapes.update({f"{p}.pre_feedforward_layernorm.weight": (embed,),
+                           f"{p}.post_feedforward_layernorm.weight": (embed,)})
+    return shapes
+
+
+def preset_config(preset: Preset, vocab_size: int) -> dict:
+    """A preset's config.json (Qwen 3): what its export writes, and what its shapes follow from."""
+    return {"model_type": "qwen3", "num_hidden_layers": preset.num_layers, "hidden_size": preset.embed_dim,
+            "intermediate_size": preset.hidden_dim, "num_attention_heads": preset.num_heads,
+            "head_dim": preset.head_dim, "num_key_value_heads": preset.num_kv_heads, "vocab_size": vocab_size,
+            "tie_word_embeddings": False}
 
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # a safetensors header this large is not one

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from app.contract import model_catalog
 from app.contract.model_catalog import CHECKPOINT_CONFIG, safetensors_shapes
 from app.contract.text_tokenizers import ByteTokenizer
 from app.trainer import families
@@ -97,7 +98,7 @@ def _to_hf(value: np.ndarray, transform, hf_shape: tuple[int, ...]) -> np.ndarra
     return np.transpose(value.reshape(permuted), np.argsort(permute))
 
 
-def _gemma3_projection(params: dict[str, np.ndarray], layer: str, slot: str, cfg) -> np.ndarray:
+def _gemma3_projection(params: dict[str, np.ndarray], layer: str, slot: str) -> np.ndarray:
     """Gemma 3's q, k or v weight as Tunix's loader held it before fusing: (embed, heads, head_dim)."""
     attn = f"layers.{layer}.attn"
     if f"{attn}.qkv_einsum.w" in params:  # as many KV heads as query heads: one (3, heads, embed, head_dim)
@@ -119,17 +120,17 @@ def _source_tensor(source: Path, name: str) -> np.ndarray:
     raise KeyError(name)
 
 
-def hf_tensors_like(params: dict[str, np.ndarray], cfg, source: Path) -> dict[str, np.ndarray]:
+def hf_tensors_like(params: dict[str, np.ndarray], config: dict, cfg, source: Path) -> dict[str, np.ndarray]:
     """Every tensor the source checkpoint holds, under its name, shape and dtype, from the trained parameters."""
     shapes = safetensors_shapes(source)
     tensors = {}
-    for name, target, transform in _hf_names_and_targets(cfg, source):
+    for name, target, transform in _hf_names_and_targets(config, cfg, source):
         dtype, shape = shapes[name]
         if target.startswith("unused."):
             tensors[name] = _source_tensor(source, name)
             continue
         fused = re.fullmatch(r"tmp\.layers\.([0-9]+)\.attn\.([qkv])", target)
-        value = _gemma3_projection(params, fused.group(1), fused.group(2), cfg) if fused else params[target]
+        value = _gemma3_projection(params, fused.group(1), fused.group(2)) if fused else params[target]
         original_dtype = _source_tensor_dtype(dtype)
         tensors[name] = np.ascontiguousarray(_to_hf(np.asarray(value), transform, shape).astype(original_dtype))
     return tensors
@@ -141,60 +142,44 @@ def _source_tensor_dtype(dtype: str):
     return {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}.get(dtype, np.float32)
 
 
-def _preset_config(cfg, tokenizer) -> dict:
-    return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "torch_dtype": "float32",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.embed_dim, "intermediate_size": cfg.hidden_dim,
-        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads, "head_dim": cfg.head_dim,
-        "num_key_value_heads": cfg.num_kv_heads, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
-        "tie_word_embeddings": cfg.use_tied_embedding, "max_position_embeddings": 32768,
-        "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
-    }
+def _preset_config(config: dict, cfg) -> dict:
+    """A preset's config.json: the catalog's Qwen 3 shape, and what Tunix built it with."""
+    preset = model_catalog.PRESETS[config["model_id"]]
+    return {**model_catalog.preset_config(preset, cfg.vocab_size), "architectures": ["Qwen3ForCausalLM"],
+            "torch_dtype": "float32", "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
+            "max_position_embeddings": 32768}
 
 
-def preset_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    """The Qwen 3 tensors a preset of this config writes, with their Hugging Face shapes."""
-    e, n, k, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_dim
-    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, e), "model.norm.weight": (e,)}
-    if not cfg.use_tied_embedding:
-        shapes["lm_head.weight"] = (cfg.vocab_size, e)
-    for i in range(cfg.num_layers):
-        p = f"model.layers.{i}"
-        shapes.update({f"{p}.self_attn.q_proj.weight": (n * d, e), f"{p}.self_attn.k_proj.weight": (k * d, e),
-                       f"{p}.self_attn.v_proj.weight": (k * d, e), f"{p}.self_attn.o_proj.weight": (e, n * d),
-                       f"{p}.self_attn.q_norm.weight": (d,), f"{p}.self_attn.k_norm.weight": (d,),
-                       f"{p}.mlp.gate_proj.weight": (f, e), f"{p}.mlp.up_proj.weight": (f, e),
-                       f"{p}.mlp.down_proj.weight": (e, f), f"{p}.input_layernorm.weight": (e,),
-                       f"{p}.post_attention_layernorm.weight": (e,)})
-    return shapes
+def _shapes(config: dict, cfg, source: Path | None) -> dict[str, tuple[int, ...]]:
+    if source is None:
+        return model_catalog.expected_shapes("qwen3", _preset_config(config, cfg))
+    return {name: shape for name, (_, shape) in safetensors_shapes(source).items()}
 
 
-def preset_tensors(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+def preset_tensors(params: dict[str, np.ndarray], config: dict, cfg) -> dict[str, np.ndarray]:
     """A preset's weights in the Qwen 3 layout, through the inverse of Tunix's Qwen 3 loading map."""
-    shapes = preset_shapes(cfg)
+    shapes = _shapes(config, cfg, None)
     return {name: np.ascontiguousarray(_to_hf(params[target], transform, shapes[name]).astype(np.float32))
-            for name, target, transform in _hf_names_and_targets(cfg, None)}
+            for name, target, transform in _hf_names_and_targets(config, cfg, None)}
 
 
-def _hf_names_and_targets(cfg, source: Path | None):
+def _hf_names_and_targets(config: dict, cfg, source: Path | None):
     """(Hugging Face name, Tunix path, transform) of every tensor the export holds."""
     from tunix.utils.torch_utils import torch_key_to_jax_key
 
-    if source is None:
-        mapping, names = families.TUNIX_FAMILIES["qwen3"].key_mapping(cfg), preset_shapes(cfg)
-    else:
-        mapping, names = families.family_of(source).key_mapping(cfg), safetensors_shapes(source)
-    for name in names:
+    family = families.TUNIX_FAMILIES["qwen3"] if source is None else families.family_of(source)
+    mapping = family.key_mapping(cfg)
+    for name in _shapes(config, cfg, source):
         target, transform = torch_key_to_jax_key(mapping, name)
         yield name, target, transform
 
 
-def adapter_tensors(pairs: dict[str, tuple[np.ndarray, np.ndarray]], cfg,
+def adapter_tensors(pairs: dict[str, tuple[np.ndarray, np.ndarray]], config: dict, cfg,
                     source: Path | None) -> dict[str, np.ndarray]:
     """The LoRA pairs in PEFT's layout: for each adapted Hugging Face weight W (out, in), A (rank, in) and
     B (out, rank), so that W + B @ A * alpha / rank is the merged weight."""
     tensors = {}
-    for name, target, _ in _hf_names_and_targets(cfg, source):
+    for name, target, _ in _hf_names_and_targets(config, cfg, source):
         fused = re.fullmatch(r"tmp\.layers\.([0-9]+)\.attn\.([qkv])", target)
         if fused:  # Gemma 3: one pair adapts q, k and v (or k and v) together; B splits by slot
             layer, slot = fused.groups()
@@ -226,7 +211,7 @@ def export_adapter(model, out_dir: Path, source_checkpoint: Path | None, config:
     _, pairs = trained_parameters(model)
     if not pairs:
         return None
-    tensors = adapter_tensors(pairs, model.config, source_checkpoint)
+    tensors = adapter_tensors(pairs, config, model.config, source_checkpoint)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -274,11 +259,13 @@ def export(model, tokenizer, out_dir: Path, source_checkpoint: Path | None, conf
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     if source_checkpoint is None:
-        save_file(preset_tensors(params, model.config), str(out_dir / WEIGHTS))
-        (out_dir / CHECKPOINT_CONFIG).write_text(json.dumps(_preset_config(model.config, tokenizer), indent=2))
+        save_file(preset_tensors(params, config, model.config), str(out_dir / WEIGHTS))
+        (out_dir / CHECKPOINT_CONFIG).write_text(json.dumps({
+            **_preset_config(config, model.config), "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+            "pad_token_id": tokenizer.pad_id}, indent=2))
         write_byte_tokenizer_json(out_dir / "tokenizer.json")
         return out_dir
-    save_file(hf_tensors_like(params, model.config, source_checkpoint), str(out_dir / WEIGHTS))
+    save_file(hf_tensors_like(params, config, model.config, source_checkpoint), str(out_dir / WEIGHTS))
     for file in sorted(source_checkpoint.iterdir()):
         if file.is_file() and not NOT_COPIED.fullmatch(file.name):
             shutil.copyfile(file, out_dir / file.name)
