@@ -82,6 +82,7 @@ bench: install bench-tools $(BENCH_VENV)/.installed
 	$(PY) bench/upload_memory.py
 	$(PY) bench/evaluation.py
 	$(PY) bench/sweep_throughput.py
+	$(PY) bench/model_families.py
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor .pytest_cache

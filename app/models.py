@@ -355,5 +355,7 @@ class Worker(db.Model):
     state = db.Column(db.String(16), nullable=False)  # idle, running, stopping, stopped
     current_run_id = db.Column(UUID(as_uuid=True))
     runs_done = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    # [{"kind": "gpu" | "cpu", "name", "memory_bytes"}], as the worker found them when it started
+    devices = db.Column(JSONB)
 
     __table_args__ = (Index("ix_workers_last_seen", "last_seen_at"),)

@@ -70,7 +70,7 @@ def write_tiny_checkpoint(directory: Path, model_type: str, seed: int = 0,
     """A random checkpoint of `model_type` in the Hugging Face layout, with a byte-level tokenizer.json."""
     from safetensors.numpy import save_file
 
-    from app.trainer.hf_checkpoint import write_byte_tokenizer_json
+    from app.contract.text_tokenizers import write_byte_tokenizer_json
 
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model_type": model_type, "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,

@@ -24,6 +24,14 @@ os.environ["TUNIX_INSTANCE_DIR"] = str(_INSTANCE)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jax_stays_out_of_the_test_process():
+    """The suite forks trainers and workers; beside JAX's threads a fork can deadlock. Tests that need JAX
+    run it in a process of their own (tests/family_checks.py)."""
+    yield
+    assert "jax" not in sys.modules, "a test imported JAX into the test process"
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url():
     url, server = server_admin_url(_INSTANCE / "pgdata")

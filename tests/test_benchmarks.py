@@ -31,6 +31,7 @@ SMOKE = {
     "evaluation.py": (["--examples", "4", "--max-new-tokens", "4", "--runs", "60", "--datasets", "2"],
                       "evaluation.json"),
     "sweep_throughput.py": (["--trials", "3", "--workers", "1", "--parallelism", "2"], "sweep_throughput.json"),
+    "model_families.py": (["--steps", "4", "--repeats", "1", "--families", "llama"], "model_families.json"),
 }
 
 

@@ -8,85 +8,32 @@ here): the names, shapes and config keys of each family, at a size a CPU trains 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tests.checkpoints import FAMILIES, write_tiny_checkpoint
-from tests.helpers import SAMPLE, run_status, wait_for
+from tests.helpers import ROOT, SAMPLE, run_status, wait_for
 
-LORA = {"finetune": "lora", "lora_rank": 4, "lora_alpha": 8.0}
-
-
-def _logits(output):
-    return np.asarray(output[0] if isinstance(output, tuple) else output)
-
-
-@pytest.fixture(scope="module")
-def jax_stack():
-    """The trainer's own modules, imported in the test process only for these tests."""
-    pytest.importorskip("tunix")
-    from app.trainer import families, hf_checkpoint
-
-    return families, hf_checkpoint
+def _in_a_trainer_process(check: str, family: str, directory) -> None:
+    """Run one of tests/family_checks.py's checks in a process of its own: JAX stays out of the test process,
+    which forks trainers and workers (a fork beside JAX's threads can deadlock)."""
+    done = subprocess.run([sys.executable, "-m", "tests.family_checks", check, family, str(directory)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert done.stdout.strip().endswith("ok"), done.stdout
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_checkpoint_loads_with_tunix_and_exports_exactly_as_it_came(family, jax_stack, tmp_path):
-    families, hf_checkpoint = jax_stack
-    from safetensors.numpy import load_file
-
-    source = write_tiny_checkpoint(tmp_path / family, family)
-    model = families.load_model(source)
-    out = hf_checkpoint.export(model, None, tmp_path / "export", source, {"finetune": "full"})
-    before, after = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert set(after) == set(before)
-    for name, tensor in before.items():
-        assert after[name].shape == tensor.shape and after[name].dtype == tensor.dtype, name
-        np.testing.assert_array_equal(after[name], tensor, err_msg=name)
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
-    assert json.loads((out / "config.json").read_text())["model_type"] == family
+def test_a_checkpoint_loads_with_tunix_and_exports_exactly_as_it_came(family, tmp_path):
+    _in_a_trainer_process("round-trip", family, tmp_path)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_lora_on_the_family_s_projections_merges_into_an_export_that_answers_the_same(family, jax_stack, tmp_path):
-    families, hf_checkpoint = jax_stack
-    import jax
-    import qwix
-    from flax import nnx
-    from safetensors.numpy import load_file
-
-    from app.contract.model_catalog import FAMILIES as CATALOG
-
-    source = write_tiny_checkpoint(tmp_path / family, family)
-    model = families.load_model(source)
-    inputs = model.get_model_input()
-    provider = qwix.LoraProvider(module_path=families.family_of(source).lora_targets, rank=4, alpha=8.0)
-    adapted = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(0), **inputs)
-    key = jax.random.key(1)
-    for path, variable in nnx.iter_graph(adapted):  # B starts at zero: give the adapters something to say
-        if isinstance(variable, nnx.LoRAParam) and "lora_b" in str(path[-1]):
-            key, sub = jax.random.split(key)
-            variable[...] = jax.random.normal(sub, variable[...].shape) * 0.1
-    merged = hf_checkpoint.export(adapted, None, tmp_path / "model", source, LORA)
-    adapter = hf_checkpoint.export_adapter(adapted, tmp_path / "adapter", source, LORA)
-
-    reloaded = families.load_model(merged)
-    np.testing.assert_allclose(_logits(reloaded(**inputs)), _logits(adapted(**inputs)), atol=1e-4)
-
-    base, weights = load_file(str(source / "model.safetensors")), load_file(str(merged / "model.safetensors"))
-    pairs = load_file(str(adapter / "adapter_model.safetensors"))
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 4, 8.0)
-    adapted_weights = {k[len("base_model.model."):-len(".lora_A.weight")] for k in pairs if k.endswith("lora_A.weight")}
-    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert {name.split(".")[-1] for name in adapted_weights} == projections
-    assert len(adapted_weights) == 7 * 2  # every projection of both layers, Gemma's fused q, k and v included
-    for module in adapted_weights:
-        a, b = pairs[f"base_model.model.{module}.lora_A.weight"], pairs[f"base_model.model.{module}.lora_B.weight"]
-        assert a.shape[0] == 4 and b.shape[1] == 4
-        np.testing.assert_allclose(base[f"{module}.weight"] + b @ a * 2.0, weights[f"{module}.weight"], atol=1e-5)
-    assert CATALOG[family].lora_targets  # the catalog the web tier shows names them
+def test_lora_on_the_family_s_projections_merges_into_an_export_that_answers_the_same(family, tmp_path):
+    _in_a_trainer_process("lora-merge", family, tmp_path)
 
 
 def test_a_checkpoint_of_another_family_is_refused_at_submission_by_its_model_type(client, app, tmp_path):
@@ -181,3 +128,129 @@ def test_each_family_trains_full_then_lora_on_its_own_export_through_a_worker(fa
     assert adapter["r"] == 8 and adapter["base_model_name_or_path"] == str(export)
     page = client.get(f"/runs/{lora['run_id']}").get_data(as_text=True)
     assert "Download model" in page and "Download adapter" in page
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _with_chat_template(source, template: str = CHATML):
+    (source / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "<|im_end|>"}))
+    return source
+
+
+def test_chat_format_writes_the_user_turn_then_the_assistant_s(tmp_path):
+    from app.contract import prompt_format
+    from app.contract.text_tokenizers import load_tokenizer
+    from app.contract.training_plan import encode_example
+
+    source = _with_chat_template(write_tiny_checkpoint(tmp_path / "chat", "qwen3"))
+    chat = prompt_format.chat_format(source)
+    assert chat.prompt("2 + 2?") == "<|im_start|>user\n2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    assert chat.response("2 + 2?", "4") == "4<|im_end|>\n"
+    tokenizer = load_tokenizer(str(source))
+    example = encode_example(tokenizer, "2 + 2?", "4", 128, pad=False, prompt_format=chat)
+    learned = tokenizer.decode([t for t, m in zip(example.tokens, example.mask) if m])
+    assert learned == "4<|im_end|>\n"  # the loss is on the assistant's turn only (and EOS)
+    assert tokenizer.decode(example.tokens[1:]).startswith("<|im_start|>user\n2 + 2?")
+    plain = encode_example(tokenizer, "2 + 2?", "4", 128, pad=False)
+    assert tokenizer.decode([t for t, m in zip(plain.tokens, plain.mask) if m]) == "4"
+
+
+@pytest.mark.parametrize("model, template, words", [
+    ("tiny", None, "the presets have none"),
+    ("checkpoint", None, "has no chat template (tokenizer_config.json's chat_template)"),
+    ("checkpoint", "{% if messages %}{{ raise_exception('only system prompts') }}{% endif %}",
+     "the chat template fails: only system prompts"),
+    ("checkpoint", "{% for m in messages %}", "the chat template does not parse"),
+])
+def test_chat_is_refused_where_no_template_can_render_it(model, template, words, client, app, tmp_path):
+    source = write_tiny_checkpoint(tmp_path / "models" / "base", "qwen2")
+    if template is not None:
+        _with_chat_template(source, template)
+    app.config["MODEL_ROOTS"] = [str(tmp_path / "models")]
+    model_id = "tiny" if model == "tiny" else str(source)
+    response = client.post("/api/tunix/run?mode=dry_run",
+                           json={"dataset_key": SAMPLE, "model_id": model_id, "prompt_format": "chat"})
+    assert response.status_code == 422
+    assert words in response.get_json()["details"]["prompt_format"]
+
+
+def test_evaluation_asks_in_the_chat_format_too(tmp_path):
+    _in_a_trainer_process("chat-prompts", "qwen3", tmp_path)
+
+
+@pytest.mark.trainer
+def test_a_chat_run_trains_on_the_examples_its_plan_counted(client, app, tmp_path):
+    """The trainer writes each example with the chat template exactly as the plan does: a length that cuts
+    no plain example cuts the chat examples the plan said it would."""
+    from tests.test_trainer import REAL_TRAINER
+
+    source = _with_chat_template(write_tiny_checkpoint(tmp_path / "models" / "chat", "qwen3"))
+    app.config.update(MODEL_ROOTS=[str(tmp_path / "models")], TRAIN_COMMAND=REAL_TRAINER)
+    body = {"dataset_key": SAMPLE, "model_id": str(source), "max_steps": 4, "eval_max_examples": 2,
+            "eval_max_new_tokens": 4}
+    longest_plain = client.post("/api/tunix/run?mode=dry_run", json=body).get_json()["result"]["tokens"]["max"]
+    body["max_seq_length"] = longest_plain
+    plan = client.post("/api/tunix/run?mode=dry_run", json={**body, "prompt_format": "chat"}).get_json()["result"]
+    assert plan["examples_over_max_seq_length"] > 0 and plan["prompt_format"] == "chat"
+    run = client.post("/api/tunix/run?mode=sync", json={**body, "prompt_format": "chat"}).get_json()
+    assert run["status"] == "completed", (run["error_message"], run["stderr_tail"])
+    assert run["result"]["examples_truncated"] == plan["examples_over_max_seq_length"]
+    plain = client.post("/api/tunix/run?mode=sync", json=body).get_json()
+    assert plain["result"]["examples_truncated"] == 0
+
+
+def test_the_dry_run_plan_counts_the_chat_turns_and_shows_the_model_and_its_memory(client, app, tmp_path):
+    source = _with_chat_template(write_tiny_checkpoint(tmp_path / "models" / "chat", "gemma3_text"))
+    app.config["MODEL_ROOTS"] = [str(tmp_path / "models")]
+    from app.queue import registry
+
+    registry.register("gpu-host:1:a", "gpu-host", 1, [{"kind": "gpu", "name": "H200", "memory_bytes": 141 * 2**30}])
+    plans = {fmt: client.post("/api/tunix/run?mode=dry_run", json={
+        "dataset_key": SAMPLE, "model_id": str(source), "prompt_format": fmt, "finetune": "lora", "lora_rank": 4,
+        "batch_size": 8, "max_seq_length": 256}).get_json()["result"] for fmt in ("plain", "chat")}
+    # Each chat example carries both turns' markers: 42 more bytes than "prompt\nresponse" in the byte tokenizer.
+    per_example = (plans["chat"]["tokens"]["total"] - plans["plain"]["tokens"]["total"]) / plans["chat"]["examples"]
+    assert per_example == len("<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n") - 1
+    model = plans["chat"]["model"]
+    assert model["family"] == "Gemma 3" and model["model_type"] == "gemma3_text"
+    assert model["parameters"] == sum(np.prod(s) for s in _shapes_of(source))
+    assert 0 < model["trainable_parameters"] < model["parameters"]
+    memory = model["memory_bytes"]
+    assert memory["total"] == sum(v for k, v in memory.items() if k != "total")
+    assert memory["weights"] == model["parameters"] * 4 and memory["optimizer_state"] == 2 * memory["gradients"]
+    assert model["fit"]["fits"] is True and "H200, 141.0 GiB" in model["fit"]["note"]
+    page = client.get(f"/runs/{client.get('/api/tunix/runs?mode=dry_run&limit=1').get_json()['runs'][0]['run_id']}")
+    text = page.get_data(as_text=True)
+    assert "Gemma 3" in text and "Memory per step" in text and "it fits the largest device" in text
+
+
+def test_a_step_too_big_for_every_worker_s_device_is_said_not_to_fit(client, app):
+    from app.queue import registry
+
+    registry.register("small:1:a", "small", 1, [{"kind": "gpu", "name": "T4", "memory_bytes": 2**20}])
+    plan = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": "small",
+                                                            "batch_size": 64, "max_seq_length": 1024}).get_json()
+    fit = plan["result"]["model"]["fit"]
+    assert fit["fits"] is False and "will not fit the largest device a live worker reports (T4" in fit["note"]
+    assert plan["status"] == "completed"  # a warning: a bigger worker may join before the run starts
+
+
+def _shapes_of(source):
+    from app.contract.model_catalog import safetensors_shapes
+
+    return [shape for _, shape in safetensors_shapes(source).values()]
+
+
+def test_the_form_lists_the_checkpoints_under_the_model_roots(client, app, tmp_path, artifacts_root):
+    write_tiny_checkpoint(tmp_path / "models" / "llama-tiny", "llama")
+    write_tiny_checkpoint(tmp_path / "models" / "team" / "gemma-tiny", "gemma3_text")
+    broken = write_tiny_checkpoint(tmp_path / "models" / "broken", "qwen3")
+    (broken / "tokenizer.json").unlink()
+    app.config["MODEL_ROOTS"] = [str(tmp_path / "models")]
+    page = client.get("/runs/new").get_data(as_text=True)
+    assert "Checkpoints found (2)" in page
+    assert f'<option value="{tmp_path / "models" / "llama-tiny"}">llama-tiny: Llama 3, ' in page
+    assert f'<option value="{tmp_path / "models" / "team" / "gemma-tiny"}">team/gemma-tiny: Gemma 3, ' in page
+    assert "broken" not in page

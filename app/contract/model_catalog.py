@@ -234,6 +234,47 @@ def checkpoint_facts(path: Path) -> CheckpointFacts:
                            chat_template(path) is not None)
 
 
+MAX_SCANNED_FOLDERS = 5000  # a form must not walk a huge artifacts root
+MAX_LISTED_CHECKPOINTS = 200
+SKIPPED_FOLDERS = frozenset({"checkpoints", "tensorboard", "adapter"})  # a run's folders that hold no checkpoint
+
+
+@dataclass(frozen=True)
+class FoundCheckpoint:
+    """A checkpoint under one of the model roots, as the form lists it."""
+
+    name: str  # its path below the root
+    facts: CheckpointFacts
+
+
+def find_checkpoints(roots: Sequence[Path]) -> list[FoundCheckpoint]:
+    """The valid checkpoints in each root, its folders and theirs (a run's model/ under the artifacts root)."""
+    found: list[FoundCheckpoint] = []
+    scanned = 0
+    for root in roots:
+        root = Path(root)
+        frontier = [root] if root.is_dir() else []
+        for depth in range(3):
+            following = []
+            for folder in frontier:
+                scanned += 1
+                if scanned > MAX_SCANNED_FOLDERS or len(found) >= MAX_LISTED_CHECKPOINTS:
+                    return found
+                try:
+                    if (folder / CHECKPOINT_CONFIG).is_file():
+                        if _checkpoint_problem(str(folder)) is None:
+                            found.append(FoundCheckpoint(folder.relative_to(root).as_posix() or folder.name,
+                                                         checkpoint_facts(folder)))
+                        continue
+                    if depth < 2:
+                        following += sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                                            and not p.name.startswith(".") and p.name not in SKIPPED_FOLDERS)
+                except (OSError, ValueError):
+                    continue
+            frontier = following
+    return found
+
+
 def chat_template(path: Path) -> str | None:
     """The Jinja chat template a checkpoint's tokenizer_config.json carries, if any."""
     try:

@@ -67,3 +67,29 @@ def load_tokenizer(model_id: str) -> TextTokenizer:
     if model_id in model_catalog.PRESETS:
         return ByteTokenizer()
     return CheckpointTokenizer(Path(model_id))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # The byte-to-character table of byte-level BPE (as in GPT-2), so every byte is one token.
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def write_byte_tokenizer_json(path: Path) -> None:
+    """Save the presets' byte tokenizer as a `tokenizers` tokenizer.json with the same ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    byte_tok = ByteTokenizer()
+    vocab = {"<pad>": byte_tok.pad_id, "<bos>": byte_tok.bos_id, "<eos>": byte_tok.eos_id}
+    vocab.update({char: b + byte_tok.offset for b, char in _bytes_to_unicode().items()})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<pad>", "<bos>", "<eos>"])
+    tokenizer.save(str(path))

@@ -6,8 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-# The prompt and the response are joined by this separator; only response tokens are learned.
-PROMPT_SEPARATOR = "\n"
+from app.contract.prompt_format import PlainFormat, PromptFormat, TemplateError, format_for
 
 
 class PlanError(ValueError):
@@ -22,11 +21,13 @@ class EncodedExample:
     truncated: bool
 
 
-def encode_example(tokenizer, prompt: str, response: str, max_seq_length: int, pad: bool = True) -> EncodedExample:
-    """Tokenize one example, cut it to max_seq_length and pad it (unless only counting); the mask covers the
-    response only."""
-    head = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt + PROMPT_SEPARATOR)
-    tail = tokenizer.encode(response) + [tokenizer.eos_id]
+def encode_example(tokenizer, prompt: str, response: str, max_seq_length: int, pad: bool = True,
+                   prompt_format: PromptFormat | None = None) -> EncodedExample:
+    """Tokenize one example in its prompt format, cut it to max_seq_length and pad it (unless only counting);
+    the mask covers the response only, so the model learns answers, not prompts."""
+    fmt = prompt_format or PlainFormat()
+    head = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(fmt.prompt(prompt))
+    tail = tokenizer.encode(fmt.response(prompt, response)) + [tokenizer.eos_id]
     tokens, mask = head + tail, [0] * len(head) + [1] * len(tail)
     length = len(tokens)
     tokens, mask = tokens[:max_seq_length], mask[:max_seq_length]
@@ -91,8 +92,10 @@ def notes(config: dict[str, Any], num_examples: int, eval_dataset_examples: int 
 
 
 def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
-             eval_dataset_examples: int | None = None) -> dict[str, Any]:
-    """What a run would do: split, token counts, steps, and every problem that would stop it."""
+             eval_dataset_examples: int | None = None, devices: list[dict] | None = None) -> dict[str, Any]:
+    """What a run would do: split, token counts, steps, the model and its memory beside the `devices` the
+    workers report, and every problem that would stop it."""
+    from app.contract import memory_plan
     from app.contract.text_tokenizers import load_tokenizer
 
     if tokenizer is None:
@@ -100,6 +103,10 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
             tokenizer = load_tokenizer(config["model_id"])
         except Exception as exc:  # a broken checkpoint directory: report it, do not crash the request
             raise PlanError(f"model_id: cannot load the tokenizer: {exc}") from exc
+    try:
+        fmt = format_for(config)
+    except TemplateError as exc:
+        raise PlanError(f"prompt_format: {exc}") from exc
     problems: list[str] = []
     n = len(examples)
     if n == 0:
@@ -108,7 +115,7 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
     max_len = config["max_seq_length"]
     lengths, over, no_response = [], 0, 0
     for example in examples:
-        encoded = encode_example(tokenizer, example.prompt, example.response, max_len, pad=False)
+        encoded = encode_example(tokenizer, example.prompt, example.response, max_len, pad=False, prompt_format=fmt)
         lengths.append(encoded.length)
         over += encoded.truncated
         no_response += not any(encoded.mask)
@@ -120,7 +127,11 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
     steps = total_steps(config, len(train_idx))
     if steps and config["warmup_steps"] >= steps:
         problems.append(f"warmup_steps: {config['warmup_steps']} is not below the {steps} total steps")
+    model = memory_plan.model_plan(config, tokenizer.vocab_size)
+    if devices is not None:
+        model["fit"] = memory_plan.fit(model["memory_bytes"]["total"], devices)
     return {
+        "model": model,
         "ok": not problems, "problems": problems,
         "examples": n, "train_examples": len(train_idx), "eval_examples": len(eval_idx),
         "tokens": {"total": sum(lengths), "mean": round(sum(lengths) / n, 1) if n else 0,
@@ -131,6 +142,6 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
                                 if eval_idx else 0),
         "scored_examples": scored_count(config, n, eval_dataset_examples),
         "notes": notes(config, n, eval_dataset_examples) if n else [],
-        "tokenizer_vocab_size": tokenizer.vocab_size,
+        "tokenizer_vocab_size": tokenizer.vocab_size, "prompt_format": config.get("prompt_format", "plain"),
         "trainer_config": config,
     }

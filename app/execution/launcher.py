@@ -9,6 +9,7 @@ from app.accounts.service import Actor
 from app.execution.runner import execute_leased_run
 from app.execution.tunix_execution import ExecutionSettings
 from app.models import TunixRun
+from app.queue import registry
 from app.runs import lifecycle, service
 from app.runs.lifecycle import LeasedRun
 from app.run_states import ASYNC, DRY_RUN, SYNC
@@ -27,7 +28,7 @@ def carry_out_in_request(run: TunixRun) -> TunixRun:
         log.info("run %s: %s", run.id, outcome)
     elif run.mode == DRY_RUN:
         try:
-            service.plan_dry_run(run)
+            service.plan_dry_run(run, registry.live_devices(current_app.config["LEASE_TIMEOUT_SECONDS"]))
         except Exception as exc:  # the run must not be left "running" by a bug or an I/O error
             log.exception("run %s: unexpected error while planning it", run.id)
             service.rollback()

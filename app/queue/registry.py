@@ -27,11 +27,12 @@ STOPPED = "stopped"
 WORKER_STATES = (IDLE, RUNNING, STOPPING, STOPPED)
 
 
-def register(worker_id: str, host: str, pid: int) -> None:
-    """Add this worker to the registry (or bring its row back), idle."""
+def register(worker_id: str, host: str, pid: int, devices: list[dict] | None = None) -> None:
+    """Add this worker to the registry (or bring its row back), idle, with the devices it trains on."""
     stmt = pg_insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=func.now(),
-                                    last_seen_at=func.now(), state=IDLE)
-    stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": func.now(), "state": IDLE})
+                                    last_seen_at=func.now(), state=IDLE, devices=devices)
+    stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": func.now(), "state": IDLE,
+                                                                    "devices": devices})
     with instruments.timed_db_write("worker_heartbeat"):
         db.session.execute(stmt)
         db.session.commit()
@@ -62,6 +63,14 @@ def workers_with_liveness(alive_within_seconds: float) -> tuple[datetime, list[t
     now = db.session.scalar(select(func.now()))
     return now, [(w, w.state != STOPPED and (now - w.last_seen_at).total_seconds() <= alive_within_seconds)
                  for w in list_workers()]
+
+
+def live_devices(alive_within_seconds: float) -> list[dict]:
+    """Every device the live workers reported, each with its worker's host."""
+    rows = db.session.execute(select(Worker.host, Worker.devices).where(
+        Worker.state != STOPPED, _seen_within(alive_within_seconds))).all()
+    return [{**device, "host": host} for host, devices in rows for device in (devices or [])
+            if isinstance(device, dict)]
 
 
 def _seen_within(seconds: float):

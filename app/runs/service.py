@@ -260,11 +260,13 @@ def retry_run(run: TunixRun, actor: Actor) -> TunixRun:
     return new_run
 
 
-def plan_dry_run(run: TunixRun) -> bool:
-    """Carry out a dry run: check the dataset and the config, store the plan, end the run."""
+def plan_dry_run(run: TunixRun, devices: list[dict] | None = None) -> bool:
+    """Carry out a dry run: check the dataset and the config, store the plan (with the memory a step needs
+    beside the `devices` live workers report), end the run."""
     examples = list(dataset_store.iter_examples(run.dataset_key))
     try:
-        plan = training_plan.plan_run(run.config, examples, eval_dataset_examples=_eval_dataset_size(run.config))
+        plan = training_plan.plan_run(run.config, examples, eval_dataset_examples=_eval_dataset_size(run.config),
+                                      devices=devices)
     except training_plan.PlanError as exc:
         plan = {"ok": False, "problems": [str(exc)]}
     status = states.COMPLETED if plan["ok"] else states.FAILED

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.contract import model_catalog, scoring, training_plan
+from app.contract import model_catalog, prompt_format, scoring, training_plan
 from app.errors import ValidationError, echo
 from app.run_states import MODE_CHOICES
 
@@ -59,6 +59,9 @@ FIELDS: tuple[Field, ...] = (
           "after training (0 turns scoring off).", minimum=0, maximum=10_000),
     Field("eval_max_new_tokens", "int", 64, "Answer length", "Most tokens generated for each scored answer.",
           minimum=1, maximum=4096),
+    Field("prompt_format", "choice", "plain", "Prompt format", "plain: the prompt, a newline, the response. chat: "
+          "the checkpoint's own chat template, for an instruction model that carries one.",
+          choices=prompt_format.PROMPT_FORMATS),
     Field("max_attempts", "int", 1, "Attempts", "Starts allowed if its worker is lost (async only; "
           "a restart resumes from the last checkpoint).", minimum=1, maximum=10),
 )
@@ -248,6 +251,14 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
     max_steps = config.get("max_steps")
     if max_steps is not None and config.get("warmup_steps") is not None and config["warmup_steps"] >= max_steps:
         problems["warmup_steps"] = f"must be smaller than max_steps ({max_steps})"
+    if config.get("prompt_format") == prompt_format.CHAT and "model_id" in config:
+        if config["model_id"] in model_catalog.PRESETS:
+            problems["prompt_format"] = "chat needs a checkpoint with a chat template; the presets have none: use plain"
+        else:
+            try:
+                prompt_format.chat_format(Path(config["model_id"]))
+            except (prompt_format.TemplateError, OSError) as exc:
+                problems["prompt_format"] = f"chat cannot be used: {exc}; use plain"
     return problems
 
 

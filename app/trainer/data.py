@@ -28,8 +28,9 @@ def read_examples(path: Path) -> list[tuple[str, str]]:
     return examples
 
 
-def encode(examples: list[tuple[str, str]], tokenizer, max_seq_length: int) -> EncodedDataset:
-    encoded = [training_plan.encode_example(tokenizer, p, r, max_seq_length) for p, r in examples]
+def encode(examples: list[tuple[str, str]], tokenizer, max_seq_length: int, prompt_format=None) -> EncodedDataset:
+    encoded = [training_plan.encode_example(tokenizer, p, r, max_seq_length, prompt_format=prompt_format)
+               for p, r in examples]
     return EncodedDataset(np.asarray([e.tokens for e in encoded], dtype=np.int32),
                           np.asarray([e.mask for e in encoded], dtype=np.int32),
                           sum(e.truncated for e in encoded))

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.contract import progress_protocol, run_files, scoring, training_plan
+from app.contract import progress_protocol, prompt_format, run_files, scoring
 from app.trainer import data as run_data
 
 BATCH_SIZE = 16
@@ -68,7 +68,8 @@ class Evaluator:
         self.max_new_tokens = config["eval_max_new_tokens"]
         self.pattern = scoring.compile_answer_pattern(config["answer_pattern"]) if config.get("answer_pattern") \
             else None
-        self.prompts = [prompt + training_plan.PROMPT_SEPARATOR for prompt, _ in eval_set.examples]
+        fmt = prompt_format.format_for(config)  # asked as the model was trained to be asked
+        self.prompts = [fmt.prompt(prompt) for prompt, _ in eval_set.examples]
         self.tokenizer = SamplerTokenizer(tokenizer, max_prompt_tokens=config["max_seq_length"])
         longest = max(len(self.tokenizer.encode(p)) + 1 for p in self.prompts)  # +1: the BOS the sampler adds
         self.max_prompt_length = _next_power_of_two(longest)

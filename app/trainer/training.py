@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import optax
 
-from app.contract import model_catalog, progress_protocol, run_files, training_plan
+from app.contract import model_catalog, progress_protocol, prompt_format, run_files, training_plan
 from app.contract.text_tokenizers import load_tokenizer
 from app.trainer import data as run_data
 from app.trainer import evaluation, hf_checkpoint, model_factory
@@ -137,7 +137,7 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
     examples = run_data.read_examples(run_dir / run_files.DATASET_FILE)
     if not examples:
         raise ValueError("the dataset export holds no examples")
-    encoded = run_data.encode(examples, tokenizer, config["max_seq_length"])
+    encoded = run_data.encode(examples, tokenizer, config["max_seq_length"], prompt_format.format_for(config))
     train_idx, eval_idx = training_plan.split_indices(len(examples), config["eval_fraction"], config["seed"])
     total_steps = training_plan.total_steps(config, len(train_idx))
     if total_steps == 0:

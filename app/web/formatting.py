@@ -29,6 +29,16 @@ def format_bytes(size: int | None) -> str:
     return str(size)
 
 
+def format_count(count: int | None) -> str:
+    """A parameter count as people say it: '157k', '3.4M', '1.2B'."""
+    if count is None:
+        return "—"
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}" if count < 100 * size else f"{count / size:.0f}{unit}"
+    return str(count)
+
+
 def format_time(value: datetime | None) -> str:
     """A UTC timestamp to the second; '—' when unknown."""
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
@@ -57,4 +67,5 @@ def template_globals() -> dict:
     return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES,
             "PENDING": PENDING, "DRY_RUN": DRY_RUN, "PREVIEW_CHARS": PREVIEW_CHARS,
             "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time,
+            "format_count": format_count,
             "format_metric": format_metric, "format_param": format_param}

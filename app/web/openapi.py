@@ -159,7 +159,10 @@ SCHEMAS: dict[str, JsonSchema] = {
     "Worker": closed({"id": {"type": "string"}, "host": {"type": "string"}, "pid": {"type": "integer"},
                       "state": {"type": "string"}, "started_at": TIME, "last_seen_at": TIME,
                       "current_run_id": nullable(UUID), "runs_done": {"type": "integer"},
-                      "alive": {"type": "boolean"}}),
+                      "alive": {"type": "boolean"},
+                      "devices": {"type": "array", "description": "What it trains on, found when it started.",
+                                  "items": closed({"kind": {"enum": ["gpu", "cpu"]}, "name": {"type": "string"},
+                                                   "memory_bytes": WHOLE})}}),
     "WorkerList": closed({"workers": {"type": "array", "items": ref("Worker")}}),
     "Dataset": closed(DATASET_PROPERTIES),
     "DatasetDetail": closed({**DATASET_PROPERTIES, "preview": {"type": "array", "items": closed({

@@ -87,6 +87,7 @@ def _form_context(values: dict, errors: dict) -> dict:
     # double click, or a submission sent twice, starts one run.
     values.setdefault("submission", uuid.uuid4().hex)
     return {"values": values, "errors": errors, "fields": validation.FIELDS, "presets": model_catalog.PRESETS,
+            "checkpoints": model_catalog.find_checkpoints(service.model_roots(current_app.config)),
             "datasets": dataset_store.list_datasets(), "labels": validation.FORM_LABELS}
 
 

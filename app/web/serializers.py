@@ -89,7 +89,7 @@ def worker(row: Worker, alive: bool) -> dict[str, Any]:
         "id": row.id, "host": row.host, "pid": row.pid, "state": row.state, "started_at": _iso(row.started_at),
         "last_seen_at": _iso(row.last_seen_at),
         "current_run_id": str(row.current_run_id) if row.current_run_id else None,
-        "runs_done": row.runs_done, "alive": alive,
+        "runs_done": row.runs_done, "alive": alive, "devices": row.devices or [],
     }
 
 

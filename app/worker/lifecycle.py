@@ -31,6 +31,7 @@ from app.queue import registry, store as queue_store
 from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
 from app.runs import counts
 from app.runs import lifecycle as run_moves
+from app.worker.devices import local_devices
 from app.runs.lifecycle import LeasedRun
 from app.sweeps import service as sweep_service
 
@@ -99,7 +100,8 @@ class Worker:
                  self.worker_id, "LISTEN/NOTIFY" if self.use_listen else "polling only", self.poll_seconds,
                  self.lease_timeout_seconds, self.heartbeat_seconds)
         try:
-            self._with_db_retry(lambda: registry.register(self.worker_id, socket.gethostname(), os.getpid()))
+            found = local_devices()
+            self._with_db_retry(lambda: registry.register(self.worker_id, socket.gethostname(), os.getpid(), found))
             self._with_db_retry(registry.prune_stopped)
             with run_moves.own_connection():
                 self._loop()
