@@ -1,4 +1,5 @@
 """Every migration upgrades and downgrades cleanly on a real Postgres."""
+import pytest
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
 
@@ -51,9 +52,22 @@ def _snapshot(db, columns: dict[str, list[str]] | None = None) -> tuple[dict[str
     return columns, rows
 
 
-def test_0009_keeps_every_row_the_release_before_wrote(postgres_admin_url, app_config):
-    """Rows of every kind, written by the app, taken back to 0008's schema; then 0009 applied in place:
-    nothing is lost or changed, and every user gets generation 0 and stays active."""
+def _users_start_at_generation_0_and_active(db, text) -> None:
+    users = db.session.execute(text("SELECT session_generation, active FROM users")).all()
+    assert users and all(row == (0, True) for row in users)
+
+
+def _workers_have_no_devices_until_they_register_again(db, text) -> None:
+    workers = db.session.execute(text("SELECT devices FROM workers")).all()
+    assert workers and all(row == (None,) for row in workers)
+
+
+@pytest.mark.parametrize("previous, check", [("0008", _users_start_at_generation_0_and_active),
+                                             ("0009", _workers_have_no_devices_until_they_register_again)])
+def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check, postgres_admin_url, app_config):
+    """Rows of every kind, written by the app, taken back to the schema of the release before (`previous`);
+    then the migrations since applied in place: nothing is lost or changed, and the new columns start as
+    the release meant them to."""
     from sqlalchemy import text
 
     from app import create_app
@@ -62,7 +76,7 @@ def test_0009_keeps_every_row_the_release_before_wrote(postgres_admin_url, app_c
     from app.sweeps import service as sweep_service
     from tests.helpers import SAMPLE, fake_trainer_command, make_user, sign_in
 
-    name = "tunix_rt_migration_rows"
+    name = f"tunix_rt_migration_rows_{previous}"  # its own: Optuna keeps a pool per database URL
     execute_autocommit(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     execute_autocommit(postgres_admin_url, f'CREATE DATABASE "{name}"')
     try:
@@ -90,7 +104,7 @@ def test_0009_keeps_every_row_the_release_before_wrote(postgres_admin_url, app_c
             app.test_client().post("/login", data={"username": "member", "password": "not it at all"})
             from app.queue import registry
 
-            registry.register("host:1:ab", "host", 1)
+            registry.register("host:1:ab", "host", 1, [{"kind": "cpu", "name": "CPU", "memory_bytes": 2**30}])
             counts = {t: db.session.execute(text(f'SELECT count(*) FROM "{t}"')).scalar()
                       for t in ("users", "api_tokens", "tunix_runs", "datasets", "dataset_examples", "run_metrics",
                                 "run_log_chunks", "run_predictions", "run_charts", "run_counters", "sweeps",
@@ -98,14 +112,13 @@ def test_0009_keeps_every_row_the_release_before_wrote(postgres_admin_url, app_c
             assert all(counts.values()), counts  # every kind of row is there
             db.session.remove()
 
-            downgrade(revision="0008")
+            downgrade(revision=previous)
             columns, before = _snapshot(db)
             db.session.remove()
             upgrade()
             _, after = _snapshot(db, columns)
             assert after == before
-            users = db.session.execute(text("SELECT session_generation, active FROM users")).all()
-            assert users and all(row == (0, True) for row in users)
+            check(db, text)
             db.session.remove()
             db.engine.dispose()
     finally:
