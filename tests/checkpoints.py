@@ -65,9 +65,26 @@ def _tensors(model_type: str, rng: np.random.Generator) -> dict[str, np.ndarray]
     return tensors
 
 
-def write_tiny_checkpoint(directory: Path, model_type: str, seed: int = 0,
-                          chat_template: str | None = None) -> Path:
-    """A random checkpoint of `model_type` in the Hugging Face layout, with a byte-level tokenizer.json."""
+def _train_sentencepiece(path: Path) -> None:
+    """A SentencePiece BPE model of exactly VOCAB pieces (pad 0, bos 1, eos 2, unk 3), trained on the sample
+    dataset, saved as tokenizer.model: what a checkpoint that ships no tokenizer.json carries."""
+    import io
+
+    import sentencepiece
+
+    from app.datasets.sample import sample_examples
+
+    text = "\n".join(f"{e.prompt}\n{e.response}" for e in sample_examples())
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_writer=model,
+                                             vocab_size=VOCAB, model_type="bpe", character_coverage=1.0,
+                                             pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=3, minloglevel=2)
+    path.write_bytes(model.getvalue())
+
+
+def write_tiny_checkpoint(directory: Path, model_type: str, seed: int = 0, tokenizer: str = "bytes") -> Path:
+    """A random checkpoint of `model_type` in the Hugging Face layout, with a byte-level tokenizer.json
+    (or, with tokenizer="sentencepiece", only a SentencePiece tokenizer.model)."""
     from safetensors.numpy import save_file
 
     from app.contract.text_tokenizers import write_byte_tokenizer_json
@@ -79,7 +96,8 @@ def write_tiny_checkpoint(directory: Path, model_type: str, seed: int = 0,
               "pad_token_id": PAD, "torch_dtype": "float32", **FAMILY_CONFIGS[model_type]}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     save_file(_tensors(model_type, np.random.default_rng(seed)), str(directory / "model.safetensors"))
-    write_byte_tokenizer_json(directory / "tokenizer.json")
-    if chat_template is not None:
-        (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": chat_template}))
+    if tokenizer == "sentencepiece":
+        _train_sentencepiece(directory / "tokenizer.model")
+    else:
+        write_byte_tokenizer_json(directory / "tokenizer.json")
     return directory

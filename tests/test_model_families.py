@@ -254,3 +254,22 @@ def test_the_form_lists_the_checkpoints_under_the_model_roots(client, app, tmp_p
     assert f'<option value="{tmp_path / "models" / "llama-tiny"}">llama-tiny: Llama 3, ' in page
     assert f'<option value="{tmp_path / "models" / "team" / "gemma-tiny"}">team/gemma-tiny: Gemma 3, ' in page
     assert "broken" not in page
+
+
+@pytest.mark.trainer
+def test_a_checkpoint_with_only_a_sentencepiece_tokenizer_plans_trains_and_exports_it(client, app, artifacts_root,
+                                                                                      tmp_path):
+    from tests.test_trainer import REAL_TRAINER
+
+    source = write_tiny_checkpoint(tmp_path / "models" / "sp", "gemma3_text", tokenizer="sentencepiece")
+    assert not (source / "tokenizer.json").exists()
+    app.config.update(MODEL_ROOTS=[str(tmp_path / "models")], TRAIN_COMMAND=REAL_TRAINER)
+    body = {"dataset_key": SAMPLE, "model_id": str(source), "max_steps": 6, "eval_max_examples": 2,
+            "eval_max_new_tokens": 4}
+    plan = client.post("/api/tunix/run?mode=dry_run", json=body).get_json()["result"]
+    # SentencePiece pieces, not bytes: far fewer tokens than the byte tokenizer's one per character.
+    assert 0 < plan["tokens"]["mean"] < 40
+    run = client.post("/api/tunix/run?mode=sync", json=body).get_json()
+    assert run["status"] == "completed", (run["error_message"], run["stderr_tail"])
+    export = artifacts_root / run["run_id"] / "model"
+    assert (export / "tokenizer.model").read_bytes() == (source / "tokenizer.model").read_bytes()

@@ -39,7 +39,8 @@ PRESETS: dict[str, Preset] = {
 
 # A checkpoint directory in the Hugging Face layout: config.json, safetensors weights, a tokenizer.
 CHECKPOINT_CONFIG = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "tokenizer.json"  # Hugging Face tokenizers
+SENTENCEPIECE_FILE = "tokenizer.model"  # a SentencePiece model, read when there is no tokenizer.json
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
@@ -119,8 +120,8 @@ def _checkpoint_problem(model_id: str) -> str | None:
         return f"checkpoint directory {model_id} has no {CHECKPOINT_CONFIG}"
     if not any(path.glob("*.safetensors")):
         return f"checkpoint directory {model_id} has no *.safetensors weights"
-    if not (path / TOKENIZER_FILE).is_file():
-        return f"checkpoint directory {model_id} has no {TOKENIZER_FILE}"
+    if not (path / TOKENIZER_FILE).is_file() and not (path / SENTENCEPIECE_FILE).is_file():
+        return f"checkpoint directory {model_id} has no {TOKENIZER_FILE} (nor a SentencePiece {SENTENCEPIECE_FILE})"
     try:
         model_type = json.loads((path / CHECKPOINT_CONFIG).read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):

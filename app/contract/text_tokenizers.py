@@ -35,12 +35,20 @@ class ByteTokenizer:
 
 
 class CheckpointTokenizer:
-    """A checkpoint's tokenizer.json (Hugging Face `tokenizers`), with special ids from config.json."""
+    """A checkpoint's tokenizer.json (Hugging Face `tokenizers`), or else its SentencePiece tokenizer.model,
+    with special ids from config.json."""
 
     def __init__(self, checkpoint_dir: Path):
-        from tokenizers import Tokenizer
+        if (checkpoint_dir / model_catalog.TOKENIZER_FILE).is_file():
+            from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
+            self._tokenizer = Tokenizer.from_file(str(checkpoint_dir / model_catalog.TOKENIZER_FILE))
+            self._sentencepiece = None
+        else:
+            import sentencepiece
+
+            self._sentencepiece = sentencepiece.SentencePieceProcessor(
+                model_file=str(checkpoint_dir / model_catalog.SENTENCEPIECE_FILE))
         config = json.loads((checkpoint_dir / model_catalog.CHECKPOINT_CONFIG).read_text())
         # Instruction checkpoints list several end tokens (Llama 3.1: end of text, of a turn, of a message):
         # the first is the one a training example ends with.
@@ -52,9 +60,13 @@ class CheckpointTokenizer:
         self.vocab_size = int(config["vocab_size"])
 
     def encode(self, text: str) -> list[int]:
+        if self._sentencepiece is not None:
+            return self._sentencepiece.encode(text)
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
+        if self._sentencepiece is not None:
+            return self._sentencepiece.decode(ids)
         return self._tokenizer.decode(ids)
 
 
