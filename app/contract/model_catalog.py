@@ -65,7 +65,6 @@ FAMILIES: dict[str, Family] = {
                                           "up_proj", "down_proj")),
     )
 }
-SUPPORTED_CHECKPOINT_TYPES = tuple(FAMILIES)
 
 
 def supported_families() -> str:
@@ -137,7 +136,8 @@ def _checkpoint_problem(model_id: str) -> str | None:
         return f"checkpoint directory {model_id}: {exc}"
     for name, shape in expected.items():
         if name not in tensors:
-            return f"checkpoint directory {model_id}: its *.safetensors hold no {name}, which {CHECKPOINT_CONFIG} implies"
+            return (f"checkpoint directory {model_id}: its *.safetensors hold no {name}, "
+                    f"which {CHECKPOINT_CONFIG} implies")
         if tensors[name][1] != shape:
             return (f"checkpoint directory {model_id}: {name} is {list(tensors[name][1])} in the weights but "
                     f"{CHECKPOINT_CONFIG} implies {list(shape)}")

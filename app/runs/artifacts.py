@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from app.contract.run_files import (ADAPTER_DIR, CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE, EVALUATION_BEFORE_FILE,
-                                    METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE,
-                                    TRAINER_LOCK_FILE,
-                                    run_directory)
+from app.contract.run_files import (ADAPTER_DIR, CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE,
+                                    EVALUATION_BEFORE_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE,
+                                    RUN_CONFIG_FILE, SUMMARY_FILE, TRAINER_LOCK_FILE, run_directory)
 
 MAX_LISTED = 500
 ARCHIVE_CHUNK = 1024 * 1024

@@ -32,7 +32,7 @@ NOT_COPIED = re.compile(r".*\.safetensors$|.*\.safetensors\.index\.json$")
 
 
 def trained_parameters(model) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(every base parameter by its Tunix path, with LoRA merged in; the LoRA pairs by the path they adapt)."""
+    """(every base parameter by its Tunix path; the LoRA pairs, A and B, by the path of the weight they adapt)."""
     flat = {".".join(map(str, path)): np.asarray(value.value if hasattr(value, "value") else value)
             for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}

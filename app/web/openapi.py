@@ -269,6 +269,7 @@ RUN_ID = _path("run_id", "The run's id (a UUID).", UUID)
 SWEEP_ID = _path("sweep_id", "The sweep's id (a UUID).", UUID)
 DATASET_KEY = _path("key", "The dataset's key, name-vN.")
 LOCATION = {"Location": "Where the new resource is read."}
+REPLAYED = {"Idempotent-Replayed": "true when an earlier run with this key and body is returned"}
 
 
 def _operation(tag: str, summary: str, responses: dict[int, JsonSchema], errors: tuple[int, ...] = (),
@@ -295,9 +296,8 @@ PATHS: dict[str, dict[str, JsonSchema]] = {
     "/api/tunix/run": {"post": _operation(
         "runs", "Submit a run: sync answers with the finished run, async queues it (202), dry_run plans it.",
         {200: _json("RunDetail", "sync or dry_run: the run as it ended (a failed plan lists every problem).",
-                    {**LOCATION, "Idempotent-Replayed": "true when an earlier run with this key and body is returned"}),
-         202: _json("RunAccepted", "async: queued for a worker.",
-                    {**LOCATION, "Idempotent-Replayed": "true when an earlier run with this key and body is returned"})},
+                    {**LOCATION, **REPLAYED}),
+         202: _json("RunAccepted", "async: queued for a worker.", {**LOCATION, **REPLAYED})},
         (409, 413, 415, 422, 429),
         [_query("mode", "How the run is carried out.", {"enum": list(MODES), "default": "sync"}),
          {"name": "Idempotency-Key", "in": "header", "required": False,
