@@ -17,6 +17,7 @@ import pytest
 from tests.checkpoints import FAMILIES, write_tiny_checkpoint
 from tests.helpers import ROOT, SAMPLE, run_status, wait_for
 
+
 def _in_a_trainer_process(check: str, family: str, directory) -> None:
     """Run one of tests/family_checks.py's checks in a process of its own: JAX stays out of the test process,
     which forks trainers and workers (a fork beside JAX's threads can deadlock)."""
@@ -89,6 +90,10 @@ def _names_and_shapes(directory) -> dict[str, tuple[int, ...]]:
     return {name: shape for name, (_, shape) in safetensors_shapes(directory).items()}
 
 
+def _plan(client, body: dict) -> dict:
+    return client.post("/api/tunix/run?mode=dry_run", json=body).get_json()["result"]["model"]
+
+
 def _finished(client, run_id: str) -> dict:
     wait_for(lambda: run_status(client, run_id) in ("completed", "failed", "timeout", "cancelled"), timeout=300)
     run = client.get(f"/api/tunix/runs/{run_id}").get_json()
@@ -113,6 +118,8 @@ def test_each_family_trains_full_then_lora_on_its_own_export_through_a_worker(fa
 
     full = client.post("/api/tunix/run?mode=async", json={**body, "model_id": str(source)}).get_json()
     full = _finished(client, full["run_id"])
+    planned = _plan(client, {**body, "model_id": str(source)})
+    assert planned["parameters"] == planned["trainable_parameters"] == full["result"]["parameters"]
     export = artifacts_root / full["run_id"] / "model"
     assert json.loads((export / "config.json").read_text())["model_type"] == family
     assert _names_and_shapes(export) == _names_and_shapes(source)
@@ -121,7 +128,9 @@ def test_each_family_trains_full_then_lora_on_its_own_export_through_a_worker(fa
     lora = client.post("/api/tunix/run?mode=async", json={**body, "model_id": str(export), "finetune": "lora",
                                                             "learning_rate": 0.02}).get_json()
     lora = _finished(client, lora["run_id"])
-    assert lora["result"]["trainable_parameters"] < lora["result"]["parameters"]
+    # The plan counts LoRA's A and B from the headers alone, as the trainer counts them in the model.
+    planned = _plan(client, {**body, "model_id": str(export), "finetune": "lora"})
+    assert planned["trainable_parameters"] == lora["result"]["trainable_parameters"] < planned["parameters"]
     run_dir = artifacts_root / lora["run_id"]
     assert _names_and_shapes(run_dir / "model") == _names_and_shapes(source)
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
