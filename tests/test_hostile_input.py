@@ -223,11 +223,9 @@ def test_numbers_and_times_a_client_sends_are_bounded_before_they_reach_sql(clie
 
 
 def test_a_checkpoint_is_stored_as_the_path_that_was_checked(client, artifacts_root):
-    checkpoint = artifacts_root / "models" / "qwen-small"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
-    (checkpoint / "model.safetensors").write_bytes(b"\0" * 8)
-    (checkpoint / "tokenizer.json").write_text("{}")
+    from tests.checkpoints import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(artifacts_root / "models" / "qwen-small", "qwen3")
     os.symlink(checkpoint, artifacts_root / "current")
     for given in (artifacts_root / "current", artifacts_root / "models" / ".." / "models" / "qwen-small",
                   f"/proc/self/root{checkpoint}"):
