@@ -21,34 +21,27 @@ def _head_dim(hf: dict) -> int:
     return int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
 
 
-def _qwen3_config(hf: dict):
-    from tunix.models.qwen3 import model
-
+def _linear_config(module: str, hf: dict, rope_theta: int, norm_eps: float, **tying):
+    """The ModelConfig of a family whose attention and MLP are linear projections (Qwen 2 and 3, Llama 3)."""
+    model = importlib.import_module(f"tunix.models.{module}.model")
     return model.ModelConfig(
         num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"],
         hidden_dim=hf["intermediate_size"], num_heads=hf["num_attention_heads"], head_dim=_head_dim(hf),
-        num_kv_heads=hf["num_key_value_heads"], rope_theta=int(hf.get("rope_theta", 1_000_000)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), use_tied_embedding=bool(hf.get("tie_word_embeddings")))
+        num_kv_heads=hf["num_key_value_heads"], rope_theta=int(hf.get("rope_theta", rope_theta)),
+        norm_eps=float(hf.get("rms_norm_eps", norm_eps)), **tying)
+
+
+def _qwen3_config(hf: dict):
+    return _linear_config("qwen3", hf, 1_000_000, 1e-6, use_tied_embedding=bool(hf.get("tie_word_embeddings")))
 
 
 def _qwen2_config(hf: dict):
-    from tunix.models.qwen2 import model
-
-    return model.ModelConfig(
-        num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"],
-        hidden_dim=hf["intermediate_size"], num_heads=hf["num_attention_heads"], head_dim=_head_dim(hf),
-        num_kv_heads=hf["num_key_value_heads"], rope_theta=int(hf.get("rope_theta", 1_000_000)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), use_tied_embedding=bool(hf.get("tie_word_embeddings")))
+    return _linear_config("qwen2", hf, 1_000_000, 1e-6, use_tied_embedding=bool(hf.get("tie_word_embeddings")))
 
 
 def _llama_config(hf: dict):
-    from tunix.models.llama3 import model
-
-    return model.ModelConfig(
-        num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"],
-        hidden_dim=hf["intermediate_size"], num_heads=hf["num_attention_heads"], head_dim=_head_dim(hf),
-        num_kv_heads=hf["num_key_value_heads"], rope_theta=int(hf.get("rope_theta", 500_000)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-5)), weight_tying=bool(hf.get("tie_word_embeddings")))
+    # Llama names the tied head weight_tying where the Qwens say use_tied_embedding.
+    return _linear_config("llama3", hf, 500_000, 1e-5, weight_tying=bool(hf.get("tie_word_embeddings")))
 
 
 def _gemma3_config(hf: dict):
