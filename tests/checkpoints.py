@@ -26,6 +26,9 @@ FAMILY_CONFIGS = {
     "gemma3_text": {"architectures": ["Gemma3ForCausalLM"], "rope_theta": 1_000_000, "rope_local_base_freq": 10_000,
                     "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": HEAD_DIM,
                     "tie_word_embeddings": True, "rms_norm_eps": 1e-6},
+    "gemma2": {"architectures": ["Gemma2ForCausalLM"], "rope_theta": 10_000, "sliding_window": 4096,
+               "query_pre_attn_scalar": HEAD_DIM, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+               "tie_word_embeddings": True, "rms_norm_eps": 1e-6},
 }
 FAMILIES = tuple(FAMILY_CONFIGS)
 
@@ -35,7 +38,7 @@ def _tensors(model_type: str, rng: np.random.Generator) -> dict[str, np.ndarray]
         return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
 
     # Gemma scales its norms by (1 + w), the others by w.
-    norm = (np.zeros if model_type == "gemma3_text" else np.ones)
+    norm = (np.zeros if model_type.startswith("gemma") else np.ones)
     tensors = {"model.embed_tokens.weight": weight(VOCAB, HIDDEN), "model.norm.weight": norm(HIDDEN, np.float32)}
     if not FAMILY_CONFIGS[model_type]["tie_word_embeddings"]:
         tensors["lm_head.weight"] = weight(VOCAB, HIDDEN)
@@ -59,7 +62,7 @@ def _tensors(model_type: str, rng: np.random.Generator) -> dict[str, np.ndarray]
             tensors[f"{p}.self_attn.q_proj.bias"] = np.zeros(HEADS * HEAD_DIM, np.float32)
             tensors[f"{p}.self_attn.k_proj.bias"] = np.zeros(KV_HEADS * HEAD_DIM, np.float32)
             tensors[f"{p}.self_attn.v_proj.bias"] = np.zeros(KV_HEADS * HEAD_DIM, np.float32)
-        if model_type == "gemma3_text":
+        if model_type.startswith("gemma"):
             tensors[f"{p}.pre_feedforward_layernorm.weight"] = norm(HIDDEN, np.float32)
             tensors[f"{p}.post_feedforward_layernorm.weight"] = norm(HIDDEN, np.float32)
     return tensors

@@ -46,7 +46,8 @@ def test_a_checkpoint_of_another_family_is_refused_at_submission_by_its_model_ty
     assert response.status_code == 422
     problem = response.get_json()["details"]["model_id"]
     assert "model_type 'mistral' is not supported" in problem
-    for listed in ("qwen3 (Qwen 3)", "qwen2 (Qwen 2 / 2.5)", "llama (Llama 3)", "gemma3_text (Gemma 3)"):
+    for listed in ("qwen3 (Qwen 3)", "qwen2 (Qwen 2 / 2.5)", "llama (Llama 3)", "gemma3_text (Gemma 3)",
+                   "gemma2 (Gemma 2)"):
         assert listed in problem
 
 

@@ -192,4 +192,4 @@ def test_checkpoint_of_an_unsupported_family_is_rejected_at_submission(tmp_path)
     with pytest.raises(ValidationError) as info:
         validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)}, model_roots=[tmp_path])
     assert ("model_type 'mistral' is not supported (supported: qwen3 (Qwen 3), qwen2 (Qwen 2 / 2.5), "
-            "llama (Llama 3), gemma3_text (Gemma 3))") in info.value.details["model_id"]
+            "llama (Llama 3), gemma3_text (Gemma 3), gemma2 (Gemma 2))") in info.value.details["model_id"]

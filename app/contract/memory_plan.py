@@ -30,7 +30,7 @@ def _lora_parameters(model_type: str, hf: dict, shapes: dict[str, tuple[int, ...
         if name.endswith(".weight") and len(shape) == 2 and module in adapted:
             out_features, in_features = shape
             total += rank * (in_features + out_features)
-    if model_type == "gemma3_text":  # k and v share one A in Gemma's fused kv einsum
+    if model_type in model_catalog.GEMMA_FAMILIES:  # k and v share one A in Gemma's fused kv einsum
         layers, embed = hf["num_hidden_layers"], hf["hidden_size"]
         total -= layers * rank * embed * (2 if hf["num_attention_heads"] == hf["num_key_value_heads"] else 1)
     return total

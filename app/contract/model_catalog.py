@@ -44,6 +44,10 @@ SENTENCEPIECE_FILE = "tokenizer.model"  # a SentencePiece model, read when there
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
+GEMMA_LORA_TARGETS = ("q_einsum", "kv_einsum", "qkv_einsum", "attn_vec_einsum", "gate_proj", "up_proj", "down_proj")
+GEMMA_FAMILIES = ("gemma2", "gemma3_text")
+
+
 @dataclass(frozen=True)
 class Family:
     """A model family Tunix can load from safetensors, as config.json's model_type names it."""
@@ -61,8 +65,8 @@ FAMILIES: dict[str, Family] = {
                                          "down_proj")),
         Family("llama", "Llama 3", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
         # Gemma's attention projections are einsums over (heads, embed, head_dim), not linear layers.
-        Family("gemma3_text", "Gemma 3", ("q_einsum", "kv_einsum", "qkv_einsum", "attn_vec_einsum", "gate_proj",
-                                          "up_proj", "down_proj")),
+        Family("gemma3_text", "Gemma 3", GEMMA_LORA_TARGETS),
+        Family("gemma2", "Gemma 2", GEMMA_LORA_TARGETS),
     )
 }
 
@@ -159,7 +163,7 @@ def expected_shapes(model_type: str, config: dict) -> dict[str, tuple[int, ...]]
     head_dim = config.get("head_dim") or embed // heads
     shapes = {"model.embed_tokens.weight": (vocab, embed), "model.norm.weight": (embed,)}
     # Gemma always ties its head to the embedding; the others say so in tie_word_embeddings.
-    if model_type != "gemma3_text" and not config.get("tie_word_embeddings", False):
+    if model_type not in GEMMA_FAMILIES and not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (vocab, embed)
     for i in range(layers):
         p = f"model.layers.{i}"
@@ -176,7 +180,7 @@ def expected_shapes(model_type: str, config: dict) -> dict[str, tuple[int, ...]]
             shapes.update({f"{p}.self_attn.q_proj.bias": (heads * head_dim,),
                            f"{p}.self_attn.k_proj.bias": (kv_heads * head_dim,),
                            f"{p}.self_attn.v_proj.bias": (kv_heads * head_dim,)})
-        if model_type == "gemma3_text":
+        if model_type in GEMMA_FAMILIES:
             shapes.update({f"{p}.pre_feedforward_layernorm.weight": (embed,),
                            f"{p}.post_feedforward_layernorm.weight": (embed,)})
     return shapes

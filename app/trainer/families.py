@@ -69,6 +69,24 @@ def _gemma3_config(hf: dict):
         param_dtype=jnp.bfloat16 if hf.get("torch_dtype") == "bfloat16" else jnp.float32)
 
 
+def _gemma2_config(hf: dict):
+    from tunix.models.gemma import model
+
+    head_dim = _head_dim(hf)
+    if hf.get("query_pre_attn_scalar", head_dim) != head_dim:
+        raise ValueError(f"query_pre_attn_scalar {hf['query_pre_attn_scalar']} is not head_dim ({head_dim}): "
+                         "Tunix 0.1.7 scales Gemma 2's queries by head_dim only (Gemma 2 27B is not supported)")
+    # Even layers attend within the sliding window, odd ones globally, as in Hugging Face's Gemma 2.
+    pattern = (model.AttentionType.LOCAL_SLIDING, model.AttentionType.GLOBAL)
+    return model.ModelConfig(
+        num_layers=hf["num_hidden_layers"], num_embed=hf["vocab_size"], embed_dim=hf["hidden_size"],
+        hidden_dim=hf["intermediate_size"], num_heads=hf["num_attention_heads"], head_dim=head_dim,
+        num_kv_heads=hf["num_key_value_heads"], final_logit_softcap=hf.get("final_logit_softcapping"),
+        attn_logits_soft_cap=hf.get("attn_logit_softcapping"), sliding_window_size=hf.get("sliding_window"),
+        use_post_attn_norm=True, use_post_ffw_norm=True,
+        attention_types=tuple(pattern[i % 2] for i in range(hf["num_hidden_layers"])))
+
+
 @dataclass(frozen=True)
 class TunixFamily:
     """One family as the trainer sees it: its Tunix modules, its ModelConfig, its LoRA targets."""
@@ -98,6 +116,7 @@ TUNIX_FAMILIES: dict[str, TunixFamily] = {
         TunixFamily("qwen2", "qwen2", "params", _qwen2_config),
         TunixFamily("llama", "llama3", "params", _llama_config),
         TunixFamily("gemma3_text", "gemma3", "params_safetensors", _gemma3_config),
+        TunixFamily("gemma2", "gemma", "params_safetensors", _gemma2_config),
     )
 }
 

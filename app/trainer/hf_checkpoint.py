@@ -98,8 +98,8 @@ def _to_hf(value: np.ndarray, transform, hf_shape: tuple[int, ...]) -> np.ndarra
     return np.transpose(value.reshape(permuted), np.argsort(permute))
 
 
-def _gemma3_projection(params: dict[str, np.ndarray], layer: str, slot: str) -> np.ndarray:
-    """Gemma 3's q, k or v weight as Tunix's loader held it before fusing: (embed, heads, head_dim)."""
+def _gemma_projection(params: dict[str, np.ndarray], layer: str, slot: str) -> np.ndarray:
+    """Gemma's q, k or v weight as Tunix's loader held it before fusing: (embed, heads, head_dim)."""
     attn = f"layers.{layer}.attn"
     if f"{attn}.qkv_einsum.w" in params:  # as many KV heads as query heads: one (3, heads, embed, head_dim)
         stacked = params[f"{attn}.qkv_einsum.w"][{"q": 0, "k": 1, "v": 2}[slot]]
@@ -130,7 +130,7 @@ def hf_tensors_like(params: dict[str, np.ndarray], config: dict, cfg, source: Pa
             tensors[name] = _source_tensor(source, name)
             continue
         fused = re.fullmatch(r"tmp\.layers\.([0-9]+)\.attn\.([qkv])", target)
-        value = _gemma3_projection(params, fused.group(1), fused.group(2)) if fused else params[target]
+        value = _gemma_projection(params, fused.group(1), fused.group(2)) if fused else params[target]
         original_dtype = _source_tensor_dtype(dtype)
         tensors[name] = np.ascontiguousarray(_to_hf(np.asarray(value), transform, shape).astype(original_dtype))
     return tensors
@@ -181,7 +181,7 @@ def adapter_tensors(pairs: dict[str, tuple[np.ndarray, np.ndarray]], config: dic
     tensors = {}
     for name, target, _ in _hf_names_and_targets(config, cfg, source):
         fused = re.fullmatch(r"tmp\.layers\.([0-9]+)\.attn\.([qkv])", target)
-        if fused:  # Gemma 3: one pair adapts q, k and v (or k and v) together; B splits by slot
+        if fused:  # Gemma: one pair adapts q, k and v (or k and v) together; B splits by slot
             layer, slot = fused.groups()
             attn = f"layers.{layer}.attn"
             if f"{attn}.qkv_einsum.w" in pairs:
