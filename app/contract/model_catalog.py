@@ -116,35 +116,49 @@ def check_model_id(model_id: str, roots: Sequence[Path] = ()) -> str | None:
 
 
 def _checkpoint_problem(model_id: str) -> str | None:
-    path = Path(model_id)
+    return _read_checkpoint(Path(model_id))[0]
+
+
+def _read_checkpoint(path: Path) -> tuple[str | None, dict, dict[str, tuple[str, tuple[int, ...]]]]:
+    """(what is wrong with a checkpoint directory or None, its config.json, its tensors' dtypes and shapes),
+    each file read once."""
+    model_id = str(path)
     if not path.is_dir():
-        return f"checkpoint directory {model_id} does not exist"
+        return f"checkpoint directory {model_id} does not exist", {}, {}
+    problem = _missing_file(path)
+    if problem:
+        return problem, {}, {}
+    try:
+        config = json.loads((path / CHECKPOINT_CONFIG).read_text())
+        model_type = config.get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return f"checkpoint directory {model_id}: {CHECKPOINT_CONFIG} is not a JSON object", {}, {}
+    if model_type not in FAMILIES:
+        return (f"checkpoint directory {model_id}: model_type {str(model_type)[:40]!r} is not supported "
+                f"(supported: {supported_families()})"), config, {}
+    try:
+        tensors = safetensors_shapes(path)
+        expected = expected_shapes(model_type, config)
+    except ValueError as exc:
+        return f"checkpoint directory {model_id}: {exc}", config, {}
+    for name, shape in expected.items():
+        if name not in tensors:
+            return (f"checkpoint directory {model_id}: its *.safetensors hold no {name}, "
+                    f"which {CHECKPOINT_CONFIG} implies"), config, tensors
+        if tensors[name][1] != shape:
+            return (f"checkpoint directory {model_id}: {name} is {list(tensors[name][1])} in the weights but "
+                    f"{CHECKPOINT_CONFIG} implies {list(shape)}"), config, tensors
+    return None, config, tensors
+
+
+def _missing_file(path: Path) -> str | None:
+    model_id = str(path)
     if not (path / CHECKPOINT_CONFIG).is_file():
         return f"checkpoint directory {model_id} has no {CHECKPOINT_CONFIG}"
     if not any(path.glob("*.safetensors")):
         return f"checkpoint directory {model_id} has no *.safetensors weights"
     if not (path / TOKENIZER_FILE).is_file() and not (path / SENTENCEPIECE_FILE).is_file():
         return f"checkpoint directory {model_id} has no {TOKENIZER_FILE} (nor a SentencePiece {SENTENCEPIECE_FILE})"
-    try:
-        model_type = json.loads((path / CHECKPOINT_CONFIG).read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return f"checkpoint directory {model_id}: {CHECKPOINT_CONFIG} is not a JSON object"
-    if model_type not in FAMILIES:
-        return (f"checkpoint directory {model_id}: model_type {str(model_type)[:40]!r} is not supported "
-                f"(supported: {supported_families()})")
-    try:
-        config = json.loads((path / CHECKPOINT_CONFIG).read_text())
-        tensors = safetensors_shapes(path)
-        expected = expected_shapes(model_type, config)
-    except ValueError as exc:
-        return f"checkpoint directory {model_id}: {exc}"
-    for name, shape in expected.items():
-        if name not in tensors:
-            return (f"checkpoint directory {model_id}: its *.safetensors hold no {name}, "
-                    f"which {CHECKPOINT_CONFIG} implies")
-        if tensors[name][1] != shape:
-            return (f"checkpoint directory {model_id}: {name} is {list(tensors[name][1])} in the weights but "
-                    f"{CHECKPOINT_CONFIG} implies {list(shape)}")
     return None
 
 
@@ -228,10 +242,8 @@ class CheckpointFacts:
     chat_template: bool
 
 
-def checkpoint_facts(path: Path) -> CheckpointFacts:
+def _facts(path: Path, config: dict, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> CheckpointFacts:
     """A valid checkpoint's family, parameter count, size on disk and whether it carries a chat template."""
-    config = json.loads((path / CHECKPOINT_CONFIG).read_text())
-    tensors = safetensors_shapes(path)
     parameters = sum(math.prod(shape) for _, shape in tensors.values())
     dtypes = sorted({dtype for dtype, _ in tensors.values()})
     return CheckpointFacts(str(path), FAMILIES[config["model_type"]], parameters,
@@ -267,9 +279,10 @@ def find_checkpoints(roots: Sequence[Path]) -> list[FoundCheckpoint]:
                     return found
                 try:
                     if (folder / CHECKPOINT_CONFIG).is_file():
-                        if _checkpoint_problem(str(folder)) is None:
+                        problem, config, tensors = _read_checkpoint(folder)
+                        if problem is None:
                             found.append(FoundCheckpoint(folder.relative_to(root).as_posix() or folder.name,
-                                                         checkpoint_facts(folder)))
+                                                         _facts(folder, config, tensors)))
                         continue
                     if depth < 2:
                         following += sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()

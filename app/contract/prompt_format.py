@@ -23,7 +23,7 @@ PROMPT_SEPARATOR = "\n"
 
 class PromptFormat(Protocol):
     def prompt(self, text: str) -> str: ...
-    def response(self, prompt: str, text: str) -> str: ...
+    def example(self, prompt: str, response: str) -> tuple[str, str]: ...
 
 
 class PlainFormat:
@@ -32,8 +32,8 @@ class PlainFormat:
     def prompt(self, text: str) -> str:
         return text + PROMPT_SEPARATOR
 
-    def response(self, prompt: str, text: str) -> str:
-        return text
+    def example(self, prompt: str, response: str) -> tuple[str, str]:
+        return self.prompt(prompt), response
 
 
 class TemplateError(ValueError):
@@ -72,13 +72,17 @@ class ChatFormat:
     def prompt(self, text: str) -> str:
         return self._render([{"role": "user", "content": text}], add_generation_prompt=True)
 
-    def response(self, prompt: str, text: str) -> str:
+    def example(self, prompt: str, response: str) -> tuple[str, str]:
+        """(the text the model reads, the text it learns to answer): each rendered once."""
         opened = self.prompt(prompt)
-        whole = self._render([{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
+        whole = self._render([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
                              add_generation_prompt=False)
         # A template whose conversation does not begin with its own prompt (one that strips a reasoning
         # block, say) keeps the response as it is.
-        return whole[len(opened):] if whole.startswith(opened) else text
+        return opened, whole[len(opened):] if whole.startswith(opened) else response
+
+    def response(self, prompt: str, text: str) -> str:
+        return self.example(prompt, text)[1]
 
 
 def _eos_token(checkpoint: Path) -> str:
@@ -96,7 +100,7 @@ def chat_format(checkpoint: Path) -> ChatFormat:
     if template is None:
         raise TemplateError(f"{checkpoint} has no chat template ({model_catalog.TOKENIZER_CONFIG}'s chat_template)")
     chat = ChatFormat(template, _eos_token(checkpoint))
-    chat.response("2 + 2?", "4")  # render once now: a template that fails, fails at submission
+    chat.example("2 + 2?", "4")  # render once now: a template that fails, fails at submission
     return chat
 
 

@@ -25,9 +25,9 @@ def encode_example(tokenizer, prompt: str, response: str, max_seq_length: int, p
                    prompt_format: PromptFormat | None = None) -> EncodedExample:
     """Tokenize one example in its prompt format, cut it to max_seq_length and pad it (unless only counting);
     the mask covers the response only, so the model learns answers, not prompts."""
-    fmt = prompt_format or PlainFormat()
-    head = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(fmt.prompt(prompt))
-    tail = tokenizer.encode(fmt.response(prompt, response)) + [tokenizer.eos_id]
+    prompt_text, response_text = (prompt_format or PlainFormat()).example(prompt, response)
+    head = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt_text)
+    tail = tokenizer.encode(response_text) + [tokenizer.eos_id]
     tokens, mask = head + tail, [0] * len(head) + [1] * len(tail)
     length = len(tokens)
     tokens, mask = tokens[:max_seq_length], mask[:max_seq_length]
