@@ -11,7 +11,7 @@ TRAINER_STAMP := $(VENV)/.installed-trainer
 HTMX := static/vendor/htmx.min.js
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test bench bench-tools screenshots openapi clean system-tools
+.PHONY: install run test bench bench-tools gpu-check screenshots openapi clean system-tools
 
 install: $(WEB_STAMP) $(TRAINER_STAMP) $(HTMX)
 
@@ -83,6 +83,12 @@ bench: install bench-tools $(BENCH_VENV)/.installed
 	$(PY) bench/evaluation.py
 	$(PY) bench/sweep_throughput.py
 	$(PY) bench/model_families.py
+	$(PY) bench/device_placement.py
+	$(PY) bench/gpu_check.py
+
+# On a host with GPUs or TPUs: the small preset and the test checkpoint on 1 device and on all (docs/PERFORMANCE.md).
+gpu-check: install
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor .pytest_cache

@@ -56,6 +56,14 @@ def default_train_command() -> list[str]:
     return [sys.executable, "-m", "app.trainer"]
 
 
+def device_probe_command() -> list[str]:
+    """What a worker runs once to find its devices (in the trainer's interpreter); empty: do not probe."""
+    raw = os.environ.get("TUNIX_DEVICE_PROBE_COMMAND")
+    if raw is not None:
+        return shlex.split(raw)
+    return [sys.executable, "-m", "app.trainer.device_probe"]
+
+
 def load_settings() -> dict:
     """The Flask config mapping built from the environment."""
     return {
@@ -84,6 +92,12 @@ def load_settings() -> dict:
         "HEARTBEAT_SECONDS": _float("TUNIX_HEARTBEAT_SECONDS", 10.0),
         "LEASE_TIMEOUT_SECONDS": _float("TUNIX_LEASE_TIMEOUT_SECONDS", 60.0),
         "WORKER_SHUTDOWN_GRACE_SECONDS": _float("TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS", 30.0),
+        "DEVICE_PROBE_COMMAND": device_probe_command(),
+        # The device ids a worker places runs on ("" = all it finds); worker.py's --devices overrides it.
+        "WORKER_DEVICES": os.environ.get("TUNIX_WORKER_DEVICES", ""),
+        # How long a run that fits a worker may be passed over by younger, smaller runs before that worker
+        # starts nothing younger than it (the placement policy; docs/queue.md).
+        "PLACEMENT_PASSOVER_SECONDS": _float("TUNIX_PLACEMENT_PASSOVER_SECONDS", 300.0),
         "LOG_MAX_BYTES": _int("TUNIX_LOG_MAX_BYTES", 5 * 1024 * 1024),
         "LOG_TAIL_LINES": _int("TUNIX_LOG_TAIL_LINES", 200),
         "WORKER_METRICS_PORT": _int("TUNIX_WORKER_METRICS_PORT", 0),

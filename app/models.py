@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import CheckConstraint, Index, text
+from sqlalchemy import CheckConstraint, Index, case, func, text
 from sqlalchemy import true as sa_true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
@@ -157,6 +157,10 @@ class TunixRun(db.Model):
     # A sweep's trial: which sweep asked for it, and its number there (1-based).
     sweep_id = db.Column(UUID(as_uuid=True), db.ForeignKey("sweeps.id", ondelete="SET NULL"))
     trial_number = db.Column(db.Integer)
+    # The devices the run asks for (its config's "devices", a column for the claim's filter), and the ids
+    # of the worker's devices it was placed on when claimed.
+    devices = db.Column(db.Integer, nullable=False, default=1, server_default="1")
+    device_ids = db.Column(ARRAY(db.Integer))
     # Bumped by every write that changes what the run's page shows: the status fragment's validator.
     version = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
 
@@ -166,6 +170,7 @@ class TunixRun(db.Model):
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
         CheckConstraint(_in("mode", MODES), name="ck_tunix_runs_mode"),
+        CheckConstraint("devices >= 1", name="ck_tunix_runs_devices"),
         # The claim query walks this partial index: pending runs, oldest first.
         Index("ix_tunix_runs_pending_queue", "queued_at", "id", postgresql_where=text("status = 'pending'")),
         # The list page: newest first, optionally narrowed by status, mode or dataset.
@@ -355,7 +360,14 @@ class Worker(db.Model):
     state = db.Column(db.String(16), nullable=False)  # idle, running, stopping, stopped
     current_run_id = db.Column(UUID(as_uuid=True))
     runs_done = db.Column(db.Integer, nullable=False, default=0, server_default="0")
-    # [{"kind": "gpu" | "cpu", "name", "memory_bytes"}], as the worker found them when it started
+    # [{"id", "kind": "gpu" | "tpu" | "cpu", "name", "memory_bytes"}]: the devices it places runs on, as
+    # it found them when it started
     devices = db.Column(JSONB)
+    versions = db.Column(JSONB)  # {"python", "jax", "jaxlib", "tunix", "flax"}: what its trainer runs
 
     __table_args__ = (Index("ix_workers_last_seen", "last_seen_at"),)
+
+
+# How many devices a worker reported (0 for none, or for a row written before workers reported them).
+WORKER_DEVICE_COUNT = case((func.jsonb_typeof(Worker.devices) == "array", func.jsonb_array_length(Worker.devices)),
+                           else_=0)

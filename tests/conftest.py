@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from tests.contract import ContractClient
-from tests.helpers import (CHROMIUM, CHROMIUM_FLAGS, ROOT, Credentials, fake_trainer_command, make_user, sign_in,
-                           sign_in_browser)
+from tests.helpers import (CHROMIUM, CHROMIUM_FLAGS, FAKE_TRAINER, ROOT, Credentials, fake_trainer_command, make_user,
+                           sign_in, sign_in_browser)
 from tools.scratch_postgres import execute_autocommit, server_admin_url, url_for_database
 
 # Settings read at import time by the app: keep them out of the developer's instance/.
@@ -119,6 +119,8 @@ def worker_env(database_url, artifacts_root):
             "TUNIX_TRAIN_COMMAND": shlex.join(train_command or fake_trainer_command()),
             "TUNIX_WORKER_POLL_SECONDS": "0.2", "TUNIX_KILL_GRACE_SECONDS": "1",
         })
+        if str(FAKE_TRAINER) in (train_command or fake_trainer_command()):
+            env["TUNIX_DEVICE_PROBE_COMMAND"] = ""  # the stand-in needs no JAX: the worker counts the host's devices
         env.update(extra)
         return env
     return build

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from app.contract import scoring
+from app.contract.device_mesh import DEVICE_IDS_ENV, host_device_count
 from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE,
                                     RUN_CONFIG_FILE)
 
@@ -92,9 +93,10 @@ def main():
     run_dir = Path(args.run_dir)
     config = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
     examples = sum(1 for _ in (run_dir / DATASET_FILE).open())
-    if args.record_dir:
+    if args.record_dir:  # when it started, and the devices its worker handed it
         record = Path(args.record_dir) / f"{config['run_id']}.{os.getpid()}"
-        record.write_text(str(time.time()))
+        record.write_text(json.dumps({"started": time.time(), "device_ids": os.environ.get(DEVICE_IDS_ENV),
+                                      "host_devices": host_device_count(os.environ.get("XLA_FLAGS"))}))
     pids = [os.getpid()]
     if args.spawn_child:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

@@ -32,6 +32,9 @@ SMOKE = {
                       "evaluation.json"),
     "sweep_throughput.py": (["--trials", "3", "--workers", "1", "--parallelism", "2"], "sweep_throughput.json"),
     "model_families.py": (["--steps", "4", "--repeats", "1", "--families", "llama"], "model_families.json"),
+    "device_placement.py": (["--runs", "2", "--steps", "2", "--repeats", "1", "--pending", "50", "--claims", "10"],
+                            "device_placement.json"),
+    "gpu_check.py": (["--steps", "3", "--batch-per-device", "2", "--cpu-devices", "2"], "gpu_check.json"),
 }
 
 

@@ -62,8 +62,16 @@ def _workers_have_no_devices_until_they_register_again(db, text) -> None:
     assert workers and all(row == (None,) for row in workers)
 
 
+def _every_run_asked_for_one_device_and_no_worker_has_versions(db, text) -> None:
+    runs = db.session.execute(text("SELECT devices, device_ids FROM tunix_runs")).all()
+    assert runs and all(row == (1, None) for row in runs)
+    workers = db.session.execute(text("SELECT versions FROM workers")).all()
+    assert workers and all(row == (None,) for row in workers)
+
+
 @pytest.mark.parametrize("previous, check", [("0008", _users_start_at_generation_0_and_active),
-                                             ("0009", _workers_have_no_devices_until_they_register_again)])
+                                             ("0009", _workers_have_no_devices_until_they_register_again),
+                                             ("0010", _every_run_asked_for_one_device_and_no_worker_has_versions)])
 def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check, postgres_admin_url, app_config):
     """Rows of every kind, written by the app, taken back to the schema of the release before (`previous`);
     then the migrations since applied in place: nothing is lost or changed, and the new columns start as

@@ -202,7 +202,7 @@ def test_second_sigterm_hands_back_at_once(client, worker_env, start_worker, art
     time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=60)
-    assert "second SIGTERM: handing the current run back now" in output
+    assert "second SIGTERM: handing its runs back now" in output
     assert run_status(client, run_id) == "pending"
 
 

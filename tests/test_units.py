@@ -193,3 +193,26 @@ def test_checkpoint_of_an_unsupported_family_is_rejected_at_submission(tmp_path)
         validate_run_config({"dataset_key": "d-v1", "model_id": str(tmp_path)}, model_roots=[tmp_path])
     assert ("model_type 'mistral' is not supported (supported: qwen3 (Qwen 3), qwen2 (Qwen 2 / 2.5), "
             "llama (Llama 3), gemma3_text (Gemma 3), gemma2 (Gemma 2))") in info.value.details["model_id"]
+
+
+def test_a_mesh_reads_from_the_api_and_the_form_alike_and_refuses_what_is_not_one():
+    from app.contract import device_mesh
+
+    assert device_mesh.parse_mesh({"fsdp": 2, "tp": 2}) == device_mesh.parse_mesh("fsdp=2, tp=2") == {"fsdp": 2, "tp": 2}
+    assert device_mesh.parse_mesh("tp: 4") == {"fsdp": 1, "tp": 4}
+    assert device_mesh.parse_mesh("") is None and device_mesh.parse_mesh(None) is None
+    for bad in ("2x2", [2, 2], {"fsdp": True}, {"fsdp": 1.5}, {"dp": 2}, "fsdp=2,,"):
+        with pytest.raises(ValueError):
+            device_mesh.parse_mesh(bad)
+    assert device_mesh.describe({"fsdp": 4, "tp": 1}) == "fsdp=4, tp=1"
+
+
+def test_a_placement_keeps_the_trainer_to_its_devices():
+    from app.contract.device_mesh import HOST_DEVICE_FLAG, Placement
+
+    env = Placement("gpu", (2, 3)).environment({"XLA_FLAGS": f"--xla_dump_to=/tmp {HOST_DEVICE_FLAG}=8"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["TUNIX_DEVICE_IDS"] == "2,3"
+    assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp {HOST_DEVICE_FLAG}=2"
+    env = Placement("cpu", (1,)).environment({})
+    assert "CUDA_VISIBLE_DEVICES" not in env and env["XLA_FLAGS"] == f"{HOST_DEVICE_FLAG}=1"
+    assert Placement("tpu", (0, 1, 2, 3)).environment({})["TPU_VISIBLE_CHIPS"] == "0,1,2,3"

@@ -83,16 +83,20 @@ def _activation_bytes(hf: dict, batch: int, length: int, dtype_bytes: int) -> in
     return layers * batch * length * per_token_per_layer * dtype_bytes + logits
 
 
-def fit(memory_total: int, devices: list[dict]) -> dict[str, Any]:
-    """Whether a step fits the largest device the workers report, and a sentence that says so."""
+def fit(memory_total: int, devices: list[dict], run_devices: int = 1) -> dict[str, Any]:
+    """Whether a step's share on each of the run's devices fits the largest device the workers report, and a
+    sentence that says so. The share is the total over the devices: the mesh splits weights, gradients and
+    optimizer state (fsdp, tp) and the batch's activations (fsdp) evenly."""
+    share = -(-memory_total // max(1, run_devices))
+    need = (f"A step needs about {share / GiB:.2f} GiB per device ({memory_total / GiB:.2f} GiB over "
+            f"{run_devices} devices)" if run_devices > 1 else f"A step needs about {memory_total / GiB:.2f} GiB")
     sizes = [d["memory_bytes"] for d in devices if isinstance(d.get("memory_bytes"), int)]
     if not sizes:
-        return {"fits": None, "largest_device_bytes": None,
-                "note": f"A step needs about {memory_total / GiB:.2f} GiB; no live worker has reported its devices"}
+        return {"fits": None, "largest_device_bytes": None, "per_device_bytes": share,
+                "note": f"{need}; no live worker has reported its devices"}
     largest = max(sizes)
     name = next(d.get("name") or d.get("kind") for d in devices if d.get("memory_bytes") == largest)
-    fits = memory_total <= largest
+    fits = share <= largest
     verdict = "fits" if fits else "will not fit"
-    return {"fits": fits, "largest_device_bytes": largest,
-            "note": f"A step needs about {memory_total / GiB:.2f} GiB: it {verdict} the largest device a live "
-                    f"worker reports ({name}, {largest / GiB:.1f} GiB)"}
+    return {"fits": fits, "largest_device_bytes": largest, "per_device_bytes": share,
+            "note": f"{need}: it {verdict} the largest device a live worker reports ({name}, {largest / GiB:.1f} GiB)"}

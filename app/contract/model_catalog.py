@@ -115,6 +115,17 @@ def check_model_id(model_id: str, roots: Sequence[Path] = ()) -> str | None:
         return f"checkpoint directory {model_id} cannot be read ({exc.strerror or type(exc).__name__})"
 
 
+def attention_heads(model_id: str) -> tuple[int, int] | None:
+    """(query heads, key/value heads) of a preset or a checkpoint's config.json; None when unreadable."""
+    if model_id in PRESETS:
+        return PRESETS[model_id].num_heads, PRESETS[model_id].num_kv_heads
+    try:
+        config = json.loads((Path(model_id) / CHECKPOINT_CONFIG).read_text())
+        return _whole(config, "num_attention_heads"), _whole(config, "num_key_value_heads")
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
 def _checkpoint_problem(model_id: str) -> str | None:
     return _read_checkpoint(Path(model_id))[0]
 

@@ -61,8 +61,16 @@ def total_steps(config: dict[str, Any], num_train: int) -> int:
     return min(steps, config["max_steps"]) if config.get("max_steps") else steps
 
 
-def eval_batch_size(num_eval: int, batch_size: int) -> int:
-    return min(batch_size, num_eval)
+def eval_batch_size(num_eval: int, batch_size: int, shards: int = 1) -> int:
+    """The eval batch: the train batch, or the whole split when smaller, cut to a multiple of the devices the
+    batch is split over (0: too few held-out examples to give each one its share, so no eval loss)."""
+    size = min(batch_size, num_eval)
+    return size - size % shards
+
+
+def _eval_steps(num_eval: int, config: dict[str, Any]) -> int:
+    size = eval_batch_size(num_eval, config["batch_size"], (config.get("mesh") or {}).get("fsdp", 1))
+    return num_eval // size if size else 0
 
 
 def scored_count(config: dict[str, Any], num_examples: int, eval_dataset_examples: int | None = None) -> int:
@@ -129,7 +137,7 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
         problems.append(f"warmup_steps: {config['warmup_steps']} is not below the {steps} total steps")
     model = memory_plan.model_plan(config, tokenizer.vocab_size)
     if devices is not None:
-        model["fit"] = memory_plan.fit(model["memory_bytes"]["total"], devices)
+        model["fit"] = memory_plan.fit(model["memory_bytes"]["total"], devices, int(config.get("devices") or 1))
     return {
         "model": model,
         "ok": not problems, "problems": problems,
@@ -138,8 +146,7 @@ def plan_run(config: dict[str, Any], examples: Sequence[Any], tokenizer=None,
                    "max": max(lengths) if lengths else 0},
         "examples_over_max_seq_length": over, "examples_without_response_tokens": no_response,
         "steps_per_epoch": spe, "total_steps": steps,
-        "eval_steps_per_pass": (len(eval_idx) // eval_batch_size(len(eval_idx), config["batch_size"])
-                                if eval_idx else 0),
+        "eval_steps_per_pass": _eval_steps(len(eval_idx), config),
         "scored_examples": scored_count(config, n, eval_dataset_examples),
         "notes": notes(config, n, eval_dataset_examples) if n else [],
         "tokenizer_vocab_size": tokenizer.vocab_size, "prompt_format": config.get("prompt_format", "plain"),

@@ -14,6 +14,7 @@ from typing import Callable, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app.contract.device_mesh import Placement, first_devices
 from app.contract.run_files import PREDICTIONS_FILE
 from app.execution.lease import RunLease
 from app.execution.recorder import ProgressRecorder
@@ -37,10 +38,11 @@ def _once(write: Callable[[], T]) -> T:
 
 
 def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: str = "server",
-                       extra_tick: ExtraTick | None = None,
+                       placement: Placement | None = None, extra_tick: ExtraTick | None = None,
                        persist: Callable[[Callable[[], T]], T | None] = _once) -> str:
     """Carry out a run this process holds, end to end; returns what became of it, in words for the log.
 
+    `placement` names the devices its trainer may use (a sync run: the first it asks for).
     The run never stays running because of this process: an error around the trainer
     fails the run with its reason ("`where` error (...)"), and after a lost lease the
     compare-and-set refuses every write, since the recovering side owns the run.
@@ -70,7 +72,7 @@ def execute_leased_run(run: LeasedRun, settings: ExecutionSettings, *, where: st
             return stop
 
         outcome = run_tunix_subprocess(run_dir, settings, on_event=on_event, on_output=recorder.on_output,
-                                       on_tick=on_tick)
+                                       on_tick=on_tick, placement=placement or first_devices(run.devices))
         recorder.flush()
     except Exception as exc:
         log.exception("run %s: failed inside the %s", run.id, where)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 from app.config import PROJECT_ROOT
 from app.contract import progress_protocol, run_files
+from app.contract.device_mesh import Placement
 from app.run_states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED, TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def child_environment(settings: ExecutionSettings) -> dict[str, str]:
-    """The trainer's environment: this process's, with the compilation cache, unbuffered output and the project on the path."""
-    env = dict(os.environ)
+def child_environment(settings: ExecutionSettings, placement: Placement | None = None) -> dict[str, str]:
+    """The trainer's environment: this process's, kept to its placement's devices, with the compilation cache,
+    unbuffered output and the project on the path."""
+    env = placement.environment(os.environ) if placement is not None else dict(os.environ)
     env[run_files.COMPILATION_CACHE_ENV] = settings.compilation_cache_dir
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["PYTHONUNBUFFERED"] = "1"
@@ -191,14 +193,15 @@ def _lock_run_directory(run_dir: Path) -> int:
 def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
                          on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
                          on_tick: Callable[[], StopRequest | None] | None = None,
-                         tick_seconds: float = 0.25) -> ProcessOutcome:
+                         tick_seconds: float = 0.25, placement: Placement | None = None) -> ProcessOutcome:
     """Run the trainer on `run_dir` and wait for it; pure execution, no database. The trainer holds the
     directory's lock (waited for, with `on_tick` still called, while another trainer holds it).
 
     The run directory is appended to `settings.command`. In the caller's thread, `on_event` gets
     every progress event, `on_output` every other line, and `on_tick` is called about
     every `tick_seconds`; when it returns a StopRequest the process group is stopped
-    (SIGTERM, its grace period, SIGKILL) and the outcome carries the reason.
+    (SIGTERM, its grace period, SIGKILL) and the outcome carries the reason. `placement` keeps the
+    trainer to its devices.
     """
     argv = [*settings.command, str(run_dir)]
     started, waited = time.monotonic(), False
@@ -220,18 +223,19 @@ def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
                                       stop_reason=stop.reason)
             time.sleep(tick_seconds)
     try:
-        return _run_locked(argv, run_dir, settings, lock, on_event, on_output, on_tick, tick_seconds)
+        return _run_locked(argv, run_dir, settings, lock, on_event, on_output, on_tick, tick_seconds, placement)
     finally:
         os.close(lock)
 
 
 def _run_locked(argv: list[str], run_dir: Path, settings: ExecutionSettings, lock: int,
                 on_event: EventHandler | None, on_output: OutputHandler | None,
-                on_tick: Callable[[], StopRequest | None] | None, tick_seconds: float) -> ProcessOutcome:
+                on_tick: Callable[[], StopRequest | None] | None, tick_seconds: float,
+                placement: Placement | None) -> ProcessOutcome:
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=child_environment(settings), start_new_session=True,
+                                stderr=subprocess.PIPE, env=child_environment(settings, placement), start_new_session=True,
                                 preexec_fn=_die_with_parent, pass_fds=(lock,))
     except (OSError, subprocess.SubprocessError) as exc:
         return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import instruments
 from app.change_feed import WHOLE, WORKERS, FeedCache
 from app.extensions import db
-from app.models import TunixRun, Worker
+from app.models import WORKER_DEVICE_COUNT, TunixRun, Worker
 from app.runs import counts
-from app.run_states import PENDING
+from app.run_states import LEASED_STATUSES, PENDING
 
 STOPPED_ROWS_KEPT_SECONDS = 24 * 3600
 
@@ -27,12 +27,14 @@ STOPPED = "stopped"
 WORKER_STATES = (IDLE, RUNNING, STOPPING, STOPPED)
 
 
-def register(worker_id: str, host: str, pid: int, devices: list[dict] | None = None) -> None:
-    """Add this worker to the registry (or bring its row back), idle, with the devices it trains on."""
+def register(worker_id: str, host: str, pid: int, devices: list[dict] | None = None,
+             versions: dict | None = None) -> None:
+    """Add this worker to the registry (or bring its row back), idle, with the devices it places runs on and
+    the versions its trainer runs."""
     stmt = pg_insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=func.now(),
-                                    last_seen_at=func.now(), state=IDLE, devices=devices)
+                                    last_seen_at=func.now(), state=IDLE, devices=devices, versions=versions)
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": func.now(), "state": IDLE,
-                                                                    "devices": devices})
+                                                                    "devices": devices, "versions": versions})
     with instruments.timed_db_write("worker_heartbeat"):
         db.session.execute(stmt)
         db.session.commit()
@@ -55,14 +57,62 @@ def prune_stopped() -> None:
 
 def list_workers(limit: int = 200) -> list[Worker]:
     """Registered workers, the most recently seen first."""
-    return list(db.session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit)))
+    # populate_existing: rows a long-lived session loaded before come back as they are now, not as cached.
+    return list(db.session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit)
+                                   .execution_options(populate_existing=True)))
 
 
 def workers_with_liveness(alive_within_seconds: float) -> tuple[datetime, list[tuple[Worker, bool]]]:
     """(the database's now, each worker with whether it heartbeated within the given time)."""
-    now = db.session.scalar(select(func.now()))
+    now = db.session.scalar(select(func.clock_timestamp()))  # now(), in a long transaction, would be its start
     return now, [(w, w.state != STOPPED and (now - w.last_seen_at).total_seconds() <= alive_within_seconds)
                  for w in list_workers()]
+
+
+@dataclass
+class WorkerView:
+    """A registered worker as the pages and the API show it: its row, whether it is alive, what it runs where."""
+
+    row: Worker
+    alive: bool
+    running: dict[str, list[int]]  # run id -> the device ids it holds on this worker
+
+    @property
+    def busy_device_ids(self) -> list[int]:
+        return sorted({i for ids in self.running.values() for i in ids})
+
+    @property
+    def free_device_ids(self) -> list[int]:
+        """Its devices no run holds (none for a worker that is not alive: it places nothing)."""
+        busy = set(self.busy_device_ids)
+        ids = [d.get("id") for d in (self.row.devices or []) if isinstance(d, dict)]
+        return [i for i in ids if isinstance(i, int) and i not in busy] if self.alive else []
+
+
+def fleet(alive_within_seconds: float) -> tuple[datetime, list[WorkerView]]:
+    """(the database's now, every registered worker with its liveness and the runs it holds, on which devices)."""
+    now, workers = workers_with_liveness(alive_within_seconds)
+    running: dict[str, dict[str, list[int]]] = {}
+    if workers:
+        rows = db.session.execute(select(TunixRun.worker_id, TunixRun.id, TunixRun.device_ids).where(
+            TunixRun.status.in_(LEASED_STATUSES), TunixRun.worker_id.in_([w.id for w, _ in workers]))).all()
+        for worker_id, run_id, ids in rows:
+            running.setdefault(worker_id, {})[str(run_id)] = list(ids or [])
+    return now, [WorkerView(w, alive, running.get(w.id, {})) for w, alive in workers]
+
+
+def device_states(alive_within_seconds: float) -> dict[tuple[str, str], int]:
+    """(device kind, "free" | "busy") -> how many, over the live workers: /metrics' devices gauge."""
+    counts_by: dict[tuple[str, str], int] = {}
+    for view in fleet(alive_within_seconds)[1]:
+        if not view.alive:
+            continue
+        busy = set(view.busy_device_ids)
+        for device in view.row.devices or []:
+            if isinstance(device, dict):
+                key = (str(device.get("kind") or "unknown"), "busy" if device.get("id") in busy else "free")
+                counts_by[key] = counts_by.get(key, 0) + 1
+    return counts_by
 
 
 def live_devices(alive_within_seconds: float) -> list[dict]:
@@ -87,23 +137,35 @@ def count_alive(alive_within_seconds: float) -> int:
 _heartbeats = FeedCache(WORKERS, size=1)
 
 
-def _read_heartbeats() -> tuple[float, float, tuple[float, ...]]:
+def _read_heartbeats() -> tuple[float, float, tuple[tuple[float, int], ...]]:
     """When this was read (monotonic), the database's clock then, and each running worker's last heartbeat
-    (epoch seconds, on the database's clock)."""
-    now, seen = db.session.execute(
-        select(func.extract("epoch", func.now()), func.array_agg(func.extract("epoch", Worker.last_seen_at)))
+    (epoch seconds, on the database's clock) with how many devices it has."""
+    # Two aggregates over the same rows, fed in the same order: each heartbeat beside its worker's size.
+    now, seen, sizes = db.session.execute(
+        select(func.extract("epoch", func.now()), func.array_agg(func.extract("epoch", Worker.last_seen_at)),
+               func.array_agg(WORKER_DEVICE_COUNT))
         .where(Worker.state != STOPPED)).one()
-    return time.monotonic(), float(now), tuple(float(s) for s in seen or ())
+    return time.monotonic(), float(now), tuple((float(s), int(n)) for s, n in zip(seen or (), sizes or ()))
+
+
+def _heard_within(alive_within_seconds: float) -> tuple[float, tuple[tuple[float, int], ...]]:
+    read_at, then, seen = _heartbeats.get(WHOLE, _read_heartbeats)
+    return then + (time.monotonic() - read_at), seen
 
 
 def worker_presence(alive_within_seconds: float) -> tuple[float | None, int]:
     """Seconds since any running worker last heartbeated (None when none is registered), and how many
     heartbeated within the given time; from the heartbeats this process last read, aged by the time since."""
-    read_at, then, seen = _heartbeats.get(WHOLE, _read_heartbeats)
-    now = then + (time.monotonic() - read_at)
+    now, seen = _heard_within(alive_within_seconds)
     if not seen:
         return None, 0
-    return max(0.0, now - max(seen)), sum(1 for s in seen if s >= now - alive_within_seconds)
+    return max(0.0, now - max(s for s, _ in seen)), sum(1 for s, _ in seen if s >= now - alive_within_seconds)
+
+
+def largest_live_worker(alive_within_seconds: float) -> int | None:
+    """The most devices a live worker has (None when no worker is live), from the same heartbeats."""
+    now, seen = _heard_within(alive_within_seconds)
+    return max((size for s, size in seen if s >= now - alive_within_seconds), default=None)
 
 
 @dataclass
@@ -114,6 +176,7 @@ class QueueStats:
     oldest_pending_age_seconds: float
     workers_alive: int
     runs_recovered: int
+    devices: dict[tuple[str, str], int]  # (kind, free | busy) -> count, over the live workers
 
 
 def queue_stats(alive_within_seconds: float) -> QueueStats:
@@ -123,6 +186,7 @@ def queue_stats(alive_within_seconds: float) -> QueueStats:
     oldest = db.session.scalar(select(func.extract("epoch", func.now() - func.min(TunixRun.queued_at)))
                                .where(TunixRun.status == PENDING))
     alive = count_alive(alive_within_seconds)
+    devices = device_states(alive_within_seconds)
     db.session.rollback()  # end the read transaction; the scrape holds no locks
     return QueueStats(runs=runs, oldest_pending_age_seconds=float(oldest or 0.0),
-                      workers_alive=alive, runs_recovered=recoveries)
+                      workers_alive=alive, runs_recovered=recoveries, devices=devices)

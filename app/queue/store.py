@@ -17,9 +17,21 @@ from app.runs.lifecycle import Lease, LeasedRun
 from app.run_states import (CANCELLED, CANCELLED_BY_USER, CANCELLING, FAILED, LEASED_STATUSES, PENDING,
                              REQUEUEABLE_MODES)
 
-# Walks ix_tunix_runs_pending_queue; rows another worker has locked are skipped, not waited on.
-_NEXT_PENDING_ID = (f"SELECT id FROM tunix_runs WHERE status = '{PENDING}' ORDER BY queued_at, id LIMIT 1 "
-                    "FOR UPDATE SKIP LOCKED")
+# The placement policy, in one statement. The oldest pending run that fits this worker's free devices,
+# walking ix_tunix_runs_pending_queue; rows another worker has locked are skipped, not waited on. A run
+# that fits the worker's capacity but not its free devices may be passed over by younger, smaller runs
+# for `passover` seconds after it was queued; after that this worker claims nothing younger than it, so
+# its devices drain and it starts once the runs already running on them end.
+_NEXT_FITTING_ID = f"""
+SELECT id FROM tunix_runs AS candidate
+WHERE status = '{PENDING}' AND devices <= %(free)s
+  AND NOT EXISTS (
+    SELECT 1 FROM tunix_runs AS starved
+    WHERE starved.status = '{PENDING}' AND starved.devices > %(free)s AND starved.devices <= %(capacity)s
+      AND starved.queued_at < clock_timestamp() - make_interval(secs => %(passover)s)
+      AND (starved.queued_at, starved.id) < (candidate.queued_at, candidate.id))
+ORDER BY queued_at, id LIMIT 1
+FOR UPDATE SKIP LOCKED"""
 
 # Walks ix_tunix_runs_leased_heartbeat; two sweeping workers never take the same run.
 _OLDEST_EXPIRED_LEASE = text("""
@@ -32,11 +44,17 @@ _OLDEST_EXPIRED_LEASE = text("""
 """)
 
 
-def claim_next_run(worker_id: str) -> LeasedRun | None:
-    """Claim the oldest pending run for this worker and mark it running, in one short transaction."""
-    # One statement: UPDATE ... WHERE id = (the oldest pending run, locked, SKIP LOCKED) RETURNING what the
+def claim_next_run(worker_id: str, free_ids: list[int] | None = None, capacity: int | None = None,
+                   passover_seconds: float = 0.0) -> LeasedRun | None:
+    """Claim the oldest pending run that fits this worker's free devices, placed on them, and mark it running,
+    in one short transaction. Without `free_ids` the worker has one device, free."""
+    free_ids = [0] if free_ids is None else list(free_ids)
+    if not free_ids:
+        return None
+    # One statement: UPDATE ... WHERE id = (the run the policy picks, locked, SKIP LOCKED) RETURNING what the
     # execution needs, timed (as "claim") with its commit.
-    return lifecycle.claim(_NEXT_PENDING_ID, worker_id)
+    return lifecycle.claim(_NEXT_FITTING_ID, worker_id, free_ids, free=len(free_ids),
+                           capacity=len(free_ids) if capacity is None else capacity, passover=float(passover_seconds))
 
 
 def renew_lease(run_id: uuid.UUID, lease: Lease) -> str | None:

@@ -62,11 +62,13 @@ class LeasedRun:
     max_attempts: int
     lease: Lease
     sweep_id: uuid.UUID | None = None  # set when the run is a sweep's trial
+    devices: int = 1
+    device_ids: tuple[int, ...] | None = None  # the worker's devices it was placed on; None: not placed
 
     @classmethod
     def of(cls, run: TunixRun) -> "LeasedRun":
         return cls(run.id, run.mode, run.dataset_key, dict(run.config), run.max_attempts,
-                   Lease(run.worker_id, run.attempt), run.sweep_id)
+                   Lease(run.worker_id, run.attempt), run.sweep_id, run.devices)
 
 
 def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status: str, *,
@@ -123,9 +125,10 @@ def _transition(which, run_id, from_status: str | tuple[str, ...], to_status: st
 # transaction. Through the ORM a claim and a finish cost 5.9 ms, of which Postgres took 2.5 ms.
 _CLAIM_SQL = f"""
 UPDATE tunix_runs SET status = '{RUNNING}', version = version + 1, worker_id = %(worker)s, attempt = attempt + 1,
-       started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), cancel_requested_at = NULL
+       started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), cancel_requested_at = NULL,
+       device_ids = (%(free_ids)s::int[])[1:devices]
 WHERE id = ({{pick}}) AND status = '{PENDING}'
-RETURNING id, mode, dataset_key, config, max_attempts, worker_id, attempt, sweep_id
+RETURNING id, mode, dataset_key, config, max_attempts, worker_id, attempt, sweep_id, devices, device_ids
 """
 _FINISH_SQL = f"""
 UPDATE tunix_runs SET status = %(status)s, version = version + 1, completed_at = clock_timestamp(),
@@ -166,6 +169,10 @@ def own_connection(lock_wait_ms: int = OWN_LOCK_WAIT_MS) -> Iterator[None]:
     finally:
         connection, _own.connection, _own.lock_wait_ms = _own.connection, None, None
         if connection is not None:
+            # Closed for good, not pooled: its prepared statements, lock_timeout and name are its own, and
+            # another thread's own connection would meet them there.
+            with contextlib.suppress(Exception):
+                connection.invalidate()
             connection.close()
 
 
@@ -228,22 +235,24 @@ def _write(sql: str, params: dict[str, Any], metric: str):
         return row
 
 
-def claim(pick: str, worker_id: str) -> LeasedRun | None:
+def claim(pick: str, worker_id: str, free_ids: list[int], **pick_params: Any) -> LeasedRun | None:
     """pending -> running for this worker, on the run `pick` chooses (the SQL of the queue's locking
-    subquery): a new attempt with a fresh heartbeat, and what the execution needs, in one statement."""
-    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id}, "claim")
+    subquery, with its parameters): a new attempt with a fresh heartbeat, placed on the first of the
+    worker's `free_ids` (sorted) it needs, and what the execution needs, in one statement."""
+    row = _write(_CLAIM_SQL.format(pick=pick), {"worker": worker_id, "free_ids": sorted(free_ids), **pick_params},
+                 "claim")
     if row is None:
         return None
-    log.info("run %s: %s -> %s", row.id, PENDING, RUNNING)
+    log.info("run %s: %s -> %s on devices %s", row.id, PENDING, RUNNING, row.device_ids)
     return LeasedRun(row.id, row.mode, row.dataset_key, dict(row.config), row.max_attempts,
-                     Lease(row.worker_id, row.attempt), row.sweep_id)
+                     Lease(row.worker_id, row.attempt), row.sweep_id, row.devices, tuple(row.device_ids or ()))
 
 
 def requeue(run_id: uuid.UUID, lease: Lease, reason: str, *, recovered: bool) -> bool:
     """running -> pending, the lease released. A recovery counts the attempt; a hand-back does not."""
     counters = ({"recoveries": TunixRun.recoveries + 1} if recovered
                 else {"attempt": TunixRun.attempt - 1})
-    return transition(run_id, RUNNING, PENDING, lease=lease, worker_id=None, heartbeat_at=None,
+    return transition(run_id, RUNNING, PENDING, lease=lease, worker_id=None, heartbeat_at=None, device_ids=None,
                       queued_at=event_time(), error_message=reason, **counters)
 
 

@@ -149,7 +149,7 @@ def fragment_state(run_id: str):
     except ValueError:
         return None
     return _fragment_states.get(str(parsed), lambda: db.session.execute(
-        select(TunixRun.id, TunixRun.version, TunixRun.status, TunixRun.queued_at)
+        select(TunixRun.id, TunixRun.version, TunixRun.status, TunixRun.queued_at, TunixRun.devices)
         .where(TunixRun.id == parsed)).first())
 
 

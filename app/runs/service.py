@@ -24,7 +24,7 @@ from app.datasets import store as dataset_store
 from app.accounts.service import Actor
 from app.errors import AppError, ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
-from app.models import TunixRun
+from app.models import WORKER_DEVICE_COUNT, TunixRun
 from app import run_states as states
 from app.runs import estimates, lifecycle, validation
 from app.runs.channels import QUEUE_CHANNEL, notify
@@ -68,9 +68,24 @@ def _checked_with_datasets(config: dict[str, Any], problems: dict[str, str], mod
     if training is not None and mode in (states.SYNC, ASYNC):  # a dry run reports these in its plan
         problems.update({k: v for k, v in validation.steps_problems(config, training.num_examples).items()
                          if k not in problems})
+    if mode == ASYNC and "devices" not in problems and isinstance(config.get("devices"), int):
+        problems.update(_devices_problem(config["devices"]))
     if problems:
         raise ValidationError(validation.INVALID_CONFIG, problems)
     return config
+
+
+def largest_worker() -> int | None:
+    """The most devices any registered worker reported (stopped ones included); None before any registered."""
+    return db.session.scalar(select(func.max(WORKER_DEVICE_COUNT)).where(WORKER_DEVICE_COUNT > 0))
+
+
+def _devices_problem(devices: int) -> dict[str, str]:
+    """A queued run no worker could ever take would wait forever: refuse it, while the fleet is known."""
+    largest = largest_worker() if devices > 1 else None
+    if largest is not None and devices > largest:
+        return {"devices": f"must be at most {largest}: no worker has reported more devices than that"}
+    return {}
 
 
 def submit_run(raw: dict[str, Any], mode: str, idempotency_key: str | None = None,
@@ -117,7 +132,7 @@ def _new_run(config: dict[str, Any], mode: str, created_by: int | None, **extra:
     now = lifecycle.event_time()
     values = {
         "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
-        "config": config, "created_at": now, "name": config["name"], "tags": config["tags"],
+        "config": config, "devices": config.get("devices", 1), "created_at": now, "name": config["name"], "tags": config["tags"],
         "created_by": created_by,
         # Only a queued run can be re-queued; one carried out inside a request gets one start.
         "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1, **extra,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.contract import model_catalog, prompt_format, scoring, training_plan
+from app.contract import device_mesh, model_catalog, prompt_format, scoring, training_plan
 from app.errors import ValidationError, echo
 from app.run_states import MODE_CHOICES
 
@@ -62,11 +62,13 @@ FIELDS: tuple[Field, ...] = (
     Field("prompt_format", "choice", "plain", "Prompt format", "plain: the prompt, a newline, the response. chat: "
           "the checkpoint's own chat template, for an instruction model that carries one.",
           choices=prompt_format.PROMPT_FORMATS),
+    Field("devices", "int", 1, "Devices", "Accelerators the run trains on, all on one worker host; "
+          "a worker runs it once that many of its devices are free.", minimum=1, maximum=device_mesh.MAX_DEVICES),
     Field("max_attempts", "int", 1, "Attempts", "Starts allowed if its worker is lost (async only; "
           "a restart resumes from the last checkpoint).", minimum=1, maximum=10),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-TOP_LEVEL = ("dataset_key", "model_id", "name", "tags", "eval_dataset_key", "answer_pattern")
+TOP_LEVEL = ("dataset_key", "model_id", "name", "tags", "eval_dataset_key", "answer_pattern", "mesh")
 NAME_MAX = 120
 TAGS_MAX = 10
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
@@ -164,7 +166,7 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
             config["model_id"] = model_id.strip()
 
     for key, check in (("name", check_name), ("tags", _check_tags), ("eval_dataset_key", _check_eval_dataset_key),
-                       ("answer_pattern", _check_answer_pattern)):
+                       ("answer_pattern", _check_answer_pattern), ("mesh", device_mesh.parse_mesh)):
         try:
             config[key] = check(raw.get(key))
         except ValueError as exc:
@@ -180,6 +182,10 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         except ValueError as exc:
             errors[field.name] = str(exc)
 
+    if config.get("mesh") and _is_blank(raw.get("devices")) and "devices" not in errors:
+        config["devices"] = device_mesh.mesh_size(config["mesh"])  # the mesh says how many
+    elif config.get("mesh") is None and isinstance(config.get("devices"), int) and "mesh" not in errors:
+        config["mesh"] = device_mesh.default_mesh(config["devices"])
     # Problems between fields come in the same round as the rest, for the fields that are valid.
     errors.update({k: v for k, v in _cross_field_problems(config).items() if k not in errors})
     if errors:
@@ -251,6 +257,7 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
     max_steps = config.get("max_steps")
     if max_steps is not None and config.get("warmup_steps") is not None and config["warmup_steps"] >= max_steps:
         problems["warmup_steps"] = f"must be smaller than max_steps ({max_steps})"
+    problems.update(_mesh_problems(config))
     if config.get("prompt_format") == prompt_format.CHAT and "model_id" in config:
         if config["model_id"] in model_catalog.PRESETS:
             problems["prompt_format"] = "chat needs a checkpoint with a chat template; the presets have none: use plain"
@@ -259,6 +266,26 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
                 prompt_format.chat_format(Path(config["model_id"]))
             except (prompt_format.TemplateError, OSError) as exc:
                 problems["prompt_format"] = f"chat cannot be used: {exc}; use plain"
+    return problems
+
+
+def _mesh_problems(config: dict[str, Any]) -> dict[str, str]:
+    """The mesh against the devices, the model's heads (tp splits them) and the batch (fsdp splits it)."""
+    mesh, devices = config.get("mesh"), config.get("devices")
+    if not mesh or not isinstance(devices, int):
+        return {}
+    if device_mesh.mesh_size(mesh) != devices:
+        return {"mesh": f"{device_mesh.describe(mesh)} lays out {device_mesh.mesh_size(mesh)} devices, "
+                        f"but devices is {devices}: their product must equal devices"}
+    problems = {}
+    heads = model_catalog.attention_heads(config["model_id"]) if "model_id" in config else None
+    tp = mesh["tp"]
+    if heads and (heads[0] % tp or heads[1] % tp):
+        problems["mesh"] = (f"tp={tp} must divide the model's {heads[0]} attention heads and its {heads[1]} "
+                            f"key/value heads")
+    batch = config.get("batch_size")
+    if isinstance(batch, int) and batch % mesh["fsdp"]:
+        problems["batch_size"] = f"must be a multiple of the mesh's fsdp={mesh['fsdp']}: each device gets an equal share"
     return problems
 
 
@@ -278,7 +305,7 @@ def steps_problems(config: dict[str, Any], num_examples: int) -> dict[str, str]:
 
 # The form's labels, in the form's order: the error summary lists problems this way, in the page's words.
 FORM_LABELS = {"dataset_key": "Dataset", "model_id": "Model", "name": "Name", "tags": "Tags", "mode": "Mode",
-               **{f.name: f.label for f in FIELDS}, "eval_dataset_key": "Score on",
+               **{f.name: f.label for f in FIELDS}, "mesh": "Mesh", "eval_dataset_key": "Score on",
                "answer_pattern": "Answer pattern"}
 _FIELD_NAME = re.compile(r"\b(" + "|".join(sorted(FORM_LABELS, key=len, reverse=True)) + r")\b")
 _MODE_WORDS = {mode: f"“{words}”" for mode, words in MODE_CHOICES}
@@ -297,7 +324,8 @@ def in_form_words(details: dict[str, str]) -> dict[str, str]:
 def form_defaults() -> dict[str, Any]:
     """Values the new-run form starts with."""
     values = {f.name: ("" if f.default is None else f.default) for f in FIELDS}
-    values.update(model_id=model_catalog.DEFAULT_MODEL_ID, name="", tags="", eval_dataset_key="", answer_pattern="")
+    values.update(model_id=model_catalog.DEFAULT_MODEL_ID, name="", tags="", eval_dataset_key="", answer_pattern="",
+                  mesh="")
     return values
 
 
@@ -305,4 +333,5 @@ def form_values(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config as the form shows it (to clone a run): blanks for none, tags comma-separated."""
     values = {**form_defaults(), **{k: ("" if v is None else v) for k, v in config.items()}}
     values["tags"] = ", ".join(config.get("tags") or [])
+    values["mesh"] = device_mesh.describe(config["mesh"]) if config.get("mesh") else ""
     return values

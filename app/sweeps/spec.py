@@ -24,7 +24,7 @@ MAX_TRIALS, MAX_PARALLELISM, MAX_PARAMS, MAX_CHOICES = 1000, 64, 12, 50
 MAX_GRID = 10_000
 KNOWN_KEYS = frozenset({"name", "base", "space", "objective", "max_trials", "parallelism", "sampler", "pruner"})
 # Fields a trial must not take from the search: they name the run or the data, not a hyperparameter.
-NOT_SEARCHABLE = frozenset({"max_attempts", "eval_max_examples", "eval_max_new_tokens", "prompt_format"})
+NOT_SEARCHABLE = frozenset({"max_attempts", "eval_max_examples", "eval_max_new_tokens", "prompt_format", "devices"})
 
 
 @dataclass(frozen=True)

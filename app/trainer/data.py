@@ -68,9 +68,9 @@ class TrainBatches:
 class EvalBatches:
     """The eval split as fixed batches; re-iterable, since Tunix walks it at every eval."""
 
-    def __init__(self, data: EncodedDataset, indices: list[int], batch_size: int):
+    def __init__(self, data: EncodedDataset, indices: list[int], batch_size: int, shards: int = 1):
         self.data, self.indices = data, np.asarray(indices)
-        self.batch_size = training_plan.eval_batch_size(len(indices), batch_size) if indices else 0
+        self.batch_size = training_plan.eval_batch_size(len(indices), batch_size, shards) if indices else 0
 
     def __len__(self):
         return len(self.indices) // self.batch_size if self.batch_size else 0

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import optax
 
-from app.contract import model_catalog, progress_protocol, prompt_format, run_files, training_plan
+from app.contract import device_mesh, model_catalog, progress_protocol, prompt_format, run_files, training_plan
 from app.contract.text_tokenizers import load_tokenizer
 from app.trainer import data as run_data
-from app.trainer import evaluation, hf_checkpoint, model_factory
+from app.trainer import device_layout, evaluation, hf_checkpoint, model_factory
 
 
 def learning_rate_schedule(config: dict, total_steps: int) -> optax.Schedule:
@@ -144,67 +144,74 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
         raise ValueError(f"batch_size {config['batch_size']} is larger than the {len(train_idx)} training examples")
     train_batches = run_data.TrainBatches(encoded, train_idx, config["batch_size"], config["num_epochs"],
                                           config["seed"], tokenizer.pad_id)
-    eval_batches = run_data.EvalBatches(encoded, eval_idx, config["batch_size"])
+    eval_batches = run_data.EvalBatches(encoded, eval_idx, config["batch_size"],
+                                        device_mesh.run_mesh(config)["fsdp"])
 
-    model = model_factory.build_model(config, tokenizer.vocab_size)
-    total_params, trainable_params = model_factory.count_parameters(model)
-    optimizer = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=learning_rate_schedule(config, total_steps), weight_decay=config["weight_decay"])
-    training_config = peft_trainer.TrainingConfig(
-        eval_every_n_steps=config["eval_every_n_steps"], max_steps=total_steps,
-        checkpoint_root_directory=str(run_dir / run_files.CHECKPOINTS_DIR),
-        checkpointing_options=ocp.CheckpointManagerOptions(
-            save_interval_steps=config["checkpoint_every_n_steps"], max_to_keep=2),
-        metrics_logging_options=metrics_logger.MetricsLoggerOptions(log_dir=str(run_dir / "tensorboard")),
-        pbar_description=None)
-    trainer = _trainer_resuming_if_possible(peft_trainer, model, optimizer, training_config,
-                                            run_dir / run_files.CHECKPOINTS_DIR)
-    trainer = trainer.with_gen_model_input_fn(_model_inputs(tokenizer.pad_id))
-    hooks = ProgressHooks(train_batches, total_steps, evaluates=len(eval_batches) > 0)
-    trainer.with_training_hooks(hooks)
-    _stop_on_sigterm(train_batches)
-    resumed_from = trainer.train_steps
+    # Every array from here on lives on the run's mesh; Tunix shards batches and optimizer state inside it.
+    mesh = device_layout.build_mesh(config)
+    with mesh:
+        model = model_factory.build_model(config, tokenizer.vocab_size)
+        device_layout.shard_model(model, mesh)
+        total_params, trainable_params = model_factory.count_parameters(model)
+        optimizer = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=learning_rate_schedule(config, total_steps), weight_decay=config["weight_decay"])
+        training_config = peft_trainer.TrainingConfig(
+            eval_every_n_steps=config["eval_every_n_steps"], max_steps=total_steps,
+            checkpoint_root_directory=str(run_dir / run_files.CHECKPOINTS_DIR),
+            checkpointing_options=ocp.CheckpointManagerOptions(
+                save_interval_steps=config["checkpoint_every_n_steps"], max_to_keep=2),
+            metrics_logging_options=metrics_logger.MetricsLoggerOptions(log_dir=str(run_dir / "tensorboard")),
+            pbar_description=None)
+        trainer = _trainer_resuming_if_possible(peft_trainer, model, optimizer, training_config,
+                                                run_dir / run_files.CHECKPOINTS_DIR)
+        trainer = trainer.with_gen_model_input_fn(_model_inputs(tokenizer.pad_id))
+        hooks = ProgressHooks(train_batches, total_steps, evaluates=len(eval_batches) > 0)
+        trainer.with_training_hooks(hooks)
+        _stop_on_sigterm(train_batches)
+        resumed_from = trainer.train_steps
 
-    progress_protocol.emit(
-        "start", total_steps=total_steps, steps_per_epoch=training_plan.steps_per_epoch(len(train_idx),
-                                                                                        config["batch_size"]),
-        num_epochs=config["num_epochs"], train_examples=len(train_idx), eval_examples=len(eval_idx),
-        examples_truncated=encoded.truncated, parameters=total_params, trainable_parameters=trainable_params,
-        resumed_from_step=resumed_from, device=str(jax.devices()[0].platform))
-    print(f"training {config['model_id']} ({config['finetune']}, {trainable_params:,} of {total_params:,} "
-          f"parameters trainable) for {total_steps} steps on {len(train_idx)} examples", flush=True)
+        progress_protocol.emit(
+            "start", total_steps=total_steps, steps_per_epoch=training_plan.steps_per_epoch(len(train_idx),
+                                                                                            config["batch_size"]),
+            num_epochs=config["num_epochs"], train_examples=len(train_idx), eval_examples=len(eval_idx),
+            examples_truncated=encoded.truncated, parameters=total_params, trainable_parameters=trainable_params,
+            resumed_from_step=resumed_from, device=str(jax.devices()[0].platform),
+            mesh=device_mesh.run_mesh(config))
+        print(f"training {config['model_id']} ({config['finetune']}, {trainable_params:,} of {total_params:,} "
+              f"parameters trainable) for {total_steps} steps on {len(train_idx)} examples", flush=True)
 
-    scoring = _Scoring(run_dir, config, examples, eval_idx, tokenizer, model)
-    if resumed_from:
-        scoring.restore_before()
-    else:
-        scoring.run(trainer.model, "before")
-        scoring.save_before()
+        scoring = _Scoring(run_dir, config, examples, eval_idx, tokenizer, model)
+        if resumed_from:
+            scoring.restore_before()
+        else:
+            scoring.run(trainer.model, "before")
+            scoring.save_before()
 
-    progress_protocol.emit("phase", name=progress_protocol.TRAINING)
-    trainer.train(train_batches, eval_batches if len(eval_batches) else None)
-    if hooks.last_checkpoint != trainer.checkpoint_manager.latest_step():
-        hooks._report_checkpoint(trainer)
+        progress_protocol.emit("phase", name=progress_protocol.TRAINING)
+        trainer.train(train_batches, eval_batches if len(eval_batches) else None)
+        if hooks.last_checkpoint != trainer.checkpoint_manager.latest_step():
+            hooks._report_checkpoint(trainer)
 
-    summary = _summary(hooks, trainer, total_steps, started)
-    summary["stopped_early"] = train_batches.stop.is_set()
-    if not summary["stopped_early"]:  # a cancelled or timed-out run is not scored
-        scoring.run(trainer.model, "after")
-    summary["evaluation"] = scoring.outcome()
-    progress_protocol.emit("phase", name=progress_protocol.STORING)
-    if not summary["stopped_early"]:
-        source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
-        hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source, config)
-        summary["exported_model"] = run_files.MODEL_DIR
-        if hf_checkpoint.export_adapter(trainer.model, run_dir / run_files.ADAPTER_DIR, source, config):
-            summary["exported_adapter"] = run_files.ADAPTER_DIR
-    _write_json(run_dir / run_files.SUMMARY_FILE, summary)
-    _write_json(run_dir / run_files.METRICS_FILE, {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
-                                           "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
-    progress_protocol.emit("end", **summary)
-    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
-          f"{summary['tokens_per_second']} tokens/s", flush=True)
-    return summary
+        summary = _summary(hooks, trainer, total_steps, started)
+        summary["stopped_early"] = train_batches.stop.is_set()
+        if not summary["stopped_early"]:  # a cancelled or timed-out run is not scored
+            scoring.run(trainer.model, "after")
+        summary["evaluation"] = scoring.outcome()
+        progress_protocol.emit("phase", name=progress_protocol.STORING)
+        if not summary["stopped_early"]:
+            source = None if config["model_id"] in model_catalog.PRESETS else Path(config["model_id"])
+            hf_checkpoint.export(trainer.model, tokenizer, run_dir / run_files.MODEL_DIR, source, config)
+            summary["exported_model"] = run_files.MODEL_DIR
+            if hf_checkpoint.export_adapter(trainer.model, run_dir / run_files.ADAPTER_DIR, source, config):
+                summary["exported_adapter"] = run_files.ADAPTER_DIR
+        summary["layout"] = device_layout.layout_report(trainer.model, mesh)  # after all: the memory peaks are whole
+        _write_json(run_dir / run_files.SUMMARY_FILE, summary)
+        _write_json(run_dir / run_files.METRICS_FILE, {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
+                                               "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
+        progress_protocol.emit("end", **summary)
+        print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
+              f"{summary['tokens_per_second']} tokens/s", flush=True)
+        return summary
 
 
 class _Scoring:

@@ -15,8 +15,8 @@ from app.errors import NotFoundError, ValidationError, echo
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.extensions import db
 from app.queue import registry
-from app.runs import comparison, evaluation, logs, queries, service, validation
-from app.run_states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, STATUSES
+from app.runs import comparison, counts, evaluation, logs, queries, service, validation
+from app.run_states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, PENDING, RUNNING, STATUSES
 from app.sweeps import queries as sweep_queries, service as sweep_service
 from app.web import openapi, serializers
 from app.web.auth import current_actor
@@ -171,8 +171,24 @@ def get_run_logs(run_id: str):
 
 @bp.get("/workers")
 def list_workers():
-    _, workers = registry.workers_with_liveness(current_app.config["LEASE_TIMEOUT_SECONDS"])
-    return jsonify({"workers": [serializers.worker(w, alive) for w, alive in workers]})
+    _, workers = registry.fleet(current_app.config["LEASE_TIMEOUT_SECONDS"])
+    return jsonify({"workers": [serializers.worker(view) for view in workers]})
+
+
+@bp.get("/tunix/status")
+def fleet_status():
+    """The fleet: each worker's devices free and busy and its versions, the totals, and the queue."""
+    _, workers = registry.fleet(current_app.config["LEASE_TIMEOUT_SECONDS"])
+    live = [view for view in workers if view.alive]
+    sizes = [len(view.row.devices or []) for view in live]
+    runs, _ = counts.read()
+    return jsonify({
+        "workers": [serializers.worker(view) for view in workers],
+        "devices": {"total": sum(sizes), "busy": sum(len(view.busy_device_ids) for view in live),
+                    "free": sum(len(view.free_device_ids) for view in live)},
+        "largest_live_worker_devices": max(sizes, default=None),
+        "runs": {status: sum(n for (s, _), n in runs.items() if s == status) for status in (PENDING, RUNNING)},
+    })
 
 
 def _list_filters() -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from app.run_states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES
+from app.contract import device_mesh
 
 
 def format_duration(seconds: float | None) -> str:
@@ -55,7 +56,10 @@ def format_metric(name: str, value: float | None) -> str:
 
 
 def format_param(value) -> str:
-    """A hyperparameter value as every page shows it: a number to 4 significant digits."""
+    """A hyperparameter value as every page shows it: a number to 4 significant digits, a mesh as the form
+    writes it."""
+    if isinstance(value, dict) and value and set(value) <= set(device_mesh.AXES):
+        return device_mesh.describe(value)
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
@@ -67,5 +71,5 @@ def template_globals() -> dict:
     return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES,
             "PENDING": PENDING, "DRY_RUN": DRY_RUN, "PREVIEW_CHARS": PREVIEW_CHARS,
             "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time,
-            "format_count": format_count,
+            "format_count": format_count, "describe_mesh": device_mesh.describe,
             "format_metric": format_metric, "format_param": format_param}

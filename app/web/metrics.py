@@ -66,6 +66,11 @@ class _QueueCollector:
                                 value=stats.oldest_pending_age_seconds)
         yield GaugeMetricFamily("tunix_workers_alive", "Workers that heartbeated within the lease timeout.",
                                 value=stats.workers_alive)
+        devices = GaugeMetricFamily("tunix_devices", "Devices of the live workers, by kind and whether a run holds "
+                                    "them.", labels=["kind", "state"])
+        for (kind, state), count in sorted(stats.devices.items()):
+            devices.add_metric([kind, state], count)
+        yield devices
         # Recoveries only grow (the database keeps every run), so they are a counter.
         yield CounterMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
                                   value=stats.runs_recovered)

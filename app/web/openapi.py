@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from app.contract import device_mesh
 from app.models import SWEEP_STATUSES, TRIAL_STATES
 from app.run_states import MODES, STATUSES
 from app.runs import evaluation, validation
@@ -62,6 +63,13 @@ RUN_CONFIG_PROPERTIES: dict[str, JsonSchema] = {
                          "description": "A dataset to score on instead of the held-out split."},
     "answer_pattern": {"type": ["string", "null"], "maxLength": 200,
                        "description": "A regular expression (RE2) with one group that picks the final answer."},
+    "mesh": {"oneOf": [
+        {"type": "object", "additionalProperties": False,
+         "properties": {axis: {"type": ["integer", "string"]} for axis in device_mesh.AXES}},
+        {"type": ["string", "null"]}],
+        "description": "How the run's devices are laid out: {\"fsdp\": a, \"tp\": b} (or \"fsdp=a, tp=b\"), a × b = "
+                       "devices; an axis left out is 1. tp must divide the model's heads and key/value heads; "
+                       "batch_size must be a multiple of fsdp. Default: every device on fsdp."},
     **{field.name: _field_schema(field) for field in validation.FIELDS},
 }
 
@@ -125,6 +133,9 @@ SCHEMAS: dict[str, JsonSchema] = {
         "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"}, "recoveries": {"type": "integer"},
         "heartbeat_at": TIME, "cancel_requested_at": TIME, "retry_of": nullable(UUID),
         "retries": {"type": "array", "items": UUID},
+        "devices": {"type": "integer", "description": "Devices the run asks for."},
+        "device_ids": {"type": ["array", "null"], "items": {"type": "integer"},
+                       "description": "The ids of its worker's devices it was placed on; null until placed."},
     }),
     "RunPage": closed({"runs": {"type": "array", "items": ref("RunSummary")},
                        "next_cursor": {**TEXT, "description": "Pass as cursor for the next, older page."}}),
@@ -160,9 +171,21 @@ SCHEMAS: dict[str, JsonSchema] = {
                       "state": {"type": "string"}, "started_at": TIME, "last_seen_at": TIME,
                       "current_run_id": nullable(UUID), "runs_done": {"type": "integer"},
                       "alive": {"type": "boolean"},
-                      "devices": {"type": "array", "description": "What it trains on, found when it started.",
-                                  "items": closed({"kind": {"enum": ["gpu", "cpu"]}, "name": {"type": "string"},
-                                                   "memory_bytes": WHOLE})}}),
+                      "devices": {"type": "array", "description": "What it places runs on, found when it started.",
+                                  "items": {**closed({"id": {"type": "integer"}, "kind": {"enum": ["gpu", "tpu", "cpu"]},
+                                                      "name": {"type": "string"}, "memory_bytes": WHOLE}),
+                                            "required": ["kind", "name", "memory_bytes"]}},
+                      "versions": {"type": "object", "additionalProperties": TEXT,
+                                   "description": "python, jax, jaxlib, tunix, flax: what its trainer runs."},
+                      "running": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                                  "description": "Each run it holds, by id, with the device ids it runs on."},
+                      "free_device_ids": {"type": "array", "items": {"type": "integer"}},
+                      "busy_device_ids": {"type": "array", "items": {"type": "integer"}}}),
+    "FleetStatus": closed({
+        "workers": {"type": "array", "items": ref("Worker")},
+        "devices": closed({"total": {"type": "integer"}, "free": {"type": "integer"}, "busy": {"type": "integer"}}),
+        "largest_live_worker_devices": WHOLE,
+        "runs": closed({"pending": {"type": "integer"}, "running": {"type": "integer"}})}),
     "WorkerList": closed({"workers": {"type": "array", "items": ref("Worker")}}),
     "Dataset": closed(DATASET_PROPERTIES),
     "DatasetDetail": closed({**DATASET_PROPERTIES, "preview": {"type": "array", "items": closed({
@@ -350,6 +373,9 @@ PATHS: dict[str, dict[str, JsonSchema]] = {
         "runs", "A new run with the same config, linked to the original.",
         {200: _json("RetryOutcome", "A dry run, planned again at once.", LOCATION),
          202: _json("RetryOutcome", "Queued.", LOCATION)}, (403, 404, 409, 422, 429), [RUN_ID])},
+    "/api/tunix/status": {"get": _operation(
+        "workers", "The fleet: every worker's devices, free and busy, its versions, the totals over the live ones, "
+        "and how many runs wait and run.", {200: _json("FleetStatus", "The fleet.")})},
     "/api/workers": {"get": _operation(
         "workers", "Every registered worker, with what it is doing and whether it is alive.",
         {200: _json("WorkerList", "The workers.")})},

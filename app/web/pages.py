@@ -86,7 +86,8 @@ def _form_context(values: dict, errors: dict) -> dict:
     # The form's own idempotency key, made when it is first shown and kept while it is corrected: a
     # double click, or a submission sent twice, starts one run.
     values.setdefault("submission", uuid.uuid4().hex)
-    return {"values": values, "errors": errors, "fields": validation.FIELDS, "presets": model_catalog.PRESETS,
+    return {"values": values, "errors": errors, "fields": validation.FIELDS,
+            "fields_by_name": validation.FIELDS_BY_NAME, "presets": model_catalog.PRESETS,
             "checkpoints": model_catalog.find_checkpoints(service.model_roots(current_app.config)),
             "datasets": dataset_store.list_datasets(), "labels": validation.FORM_LABELS}
 
@@ -213,7 +214,7 @@ def download_log(run_id: str):
 
 @bp.get("/workers")
 def list_workers():
-    now, workers = registry.workers_with_liveness(current_app.config["LEASE_TIMEOUT_SECONDS"])
+    now, workers = registry.fleet(current_app.config["LEASE_TIMEOUT_SECONDS"])
     return render_template("workers.html", workers=workers, now=now, stopped=registry.STOPPED)
 
 

@@ -183,6 +183,14 @@ def _worker_note(quiet: float | None) -> str | None:
     return None
 
 
+def _size_note(devices: int, largest: int | None) -> str | None:
+    """Why a run waits however short the queue: no live worker has as many devices as it asks for."""
+    if largest is None or devices <= largest:
+        return None
+    return (f"It needs {devices} devices and the largest live worker has {largest}: it waits until a worker "
+            f"with {devices} or more starts.")
+
+
 @dataclass(frozen=True)
 class Waiting:
     """What a pending run's block says about the queue."""
@@ -196,9 +204,11 @@ class Waiting:
         position = queries.queue_position(run)
         if position is None:
             return cls(None, None, None)
-        # Only a waiting run asks about the workers: one query for both answers.
-        quiet, alive = registry.worker_presence(current_app.config["LEASE_TIMEOUT_SECONDS"])
-        return cls(position, _queue_estimate(position.position, alive), _worker_note(quiet))
+        # Only a waiting run asks about the workers: one query for every answer.
+        lease = current_app.config["LEASE_TIMEOUT_SECONDS"]
+        quiet, alive = registry.worker_presence(lease)
+        note = _worker_note(quiet) or _size_note(getattr(run, "devices", 1) or 1, registry.largest_live_worker(lease))
+        return cls(position, _queue_estimate(position.position, alive), note)
 
 
 class Drawn:

@@ -5,7 +5,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.models import Dataset, RunPrediction, Sweep, SweepTrial, TunixRun, Worker
+from app.models import Dataset, RunPrediction, Sweep, SweepTrial, TunixRun
+from app.queue.registry import WorkerView
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -68,7 +69,8 @@ def run_detail(run: TunixRun, retries: list[uuid.UUID]) -> dict[str, Any]:
         "attempt": run.attempt, "max_attempts": run.max_attempts, "recoveries": run.recoveries,
         "heartbeat_at": _iso(run.heartbeat_at), "cancel_requested_at": _iso(run.cancel_requested_at),
         "retry_of": str(run.retry_of) if run.retry_of else None,
-        "retries": [str(r) for r in retries],
+        "retries": [str(r) for r in retries], "devices": run.devices,
+        "device_ids": list(run.device_ids) if run.device_ids is not None else None,
     }
 
 
@@ -83,13 +85,16 @@ def dataset(row: Dataset) -> dict[str, Any]:
     }
 
 
-def worker(row: Worker, alive: bool) -> dict[str, Any]:
-    """A registered worker, with whether it heartbeated recently."""
+def worker(view: WorkerView) -> dict[str, Any]:
+    """A registered worker, with whether it heartbeated recently, its devices and the runs on them."""
+    row = view.row
     return {
         "id": row.id, "host": row.host, "pid": row.pid, "state": row.state, "started_at": _iso(row.started_at),
         "last_seen_at": _iso(row.last_seen_at),
         "current_run_id": str(row.current_run_id) if row.current_run_id else None,
-        "runs_done": row.runs_done, "alive": alive, "devices": row.devices or [],
+        "runs_done": row.runs_done, "alive": view.alive, "devices": row.devices or [],
+        "versions": row.versions or {}, "running": view.running,
+        "free_device_ids": view.free_device_ids, "busy_device_ids": view.busy_device_ids,
     }
 
 

@@ -1,12 +1,16 @@
-"""The worker's lifecycle: register, wait for work, claim, execute under a lease, persist, stop.
+"""The worker's lifecycle: register its devices, wait for work, claim runs that fit, execute each under a
+lease on its own devices, persist, stop.
 
 Worker requires Postgres due to SKIP LOCKED semantics.
 
-While a run executes, the worker renews its lease (heartbeat) every TUNIX_HEARTBEAT_SECONDS,
-stores progress and output, watches for a cancel, and keeps recovering other workers'
-runs whose leases expired. On the first SIGTERM/SIGINT it claims nothing new and gives its
-current run TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS to finish, then hands it back to the queue
-(pending again, the attempt not counted); a second signal hands it back at once.
+A worker places several runs at once, each on devices no other run of it holds: the main thread claims
+(only a run that fits its free devices; the policy is in `app.queue.store`), and each run executes in a
+thread of its own, which renews that run's lease (heartbeat) every TUNIX_HEARTBEAT_SECONDS, stores its
+progress and output and stops its trainer when it is cancelled. Meanwhile the main thread heartbeats
+the worker, recovers other workers' runs whose leases expired and routes cancel notifications. On the
+first SIGTERM/SIGINT it claims nothing new and gives its runs TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS to
+finish, then hands them back to the queue (pending again, the attempt not counted); a second signal
+hands them back at once.
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 
 from flask import Flask
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import instruments
+from app.contract.device_mesh import Placement
 from app.execution.lease import RunLease
 from app.execution.runner import execute_leased_run
 from app.execution.tunix_execution import STOP_SHUTDOWN, ExecutionSettings, StopRequest
@@ -31,7 +37,7 @@ from app.queue import registry, store as queue_store
 from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
 from app.runs import counts
 from app.runs import lifecycle as run_moves
-from app.worker.devices import local_devices
+from app.worker import devices as worker_devices
 from app.runs.lifecycle import LeasedRun
 from app.sweeps import service as sweep_service
 
@@ -45,10 +51,21 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class Worker:
-    """Claims pending runs one at a time and carries each out through the execution module."""
+@dataclass
+class ActiveRun:
+    """A run this worker executes, in its thread, on its devices."""
 
-    def __init__(self, app: Flask, worker_id: str | None = None, exit_when_idle: bool = False):
+    run: LeasedRun
+    thread: threading.Thread | None = None
+    check_lease: threading.Event = field(default_factory=threading.Event)  # a cancel may have been asked
+
+
+class Worker:
+    """Claims pending runs that fit its free devices and carries each out, side by side, through the
+    execution module."""
+
+    def __init__(self, app: Flask, worker_id: str | None = None, exit_when_idle: bool = False,
+                 device_ids: str | None = None):
         config = app.config
         self.app = app
         self.worker_id = worker_id or new_worker_id()
@@ -59,9 +76,16 @@ class Worker:
         self.heartbeat_seconds = float(config["HEARTBEAT_SECONDS"])
         self.lease_timeout_seconds = float(config["LEASE_TIMEOUT_SECONDS"])
         self.shutdown_grace_seconds = float(config["WORKER_SHUTDOWN_GRACE_SECONDS"])
+        self.passover_seconds = float(config["PLACEMENT_PASSOVER_SECONDS"])
+        self.probe_command = list(config["DEVICE_PROBE_COMMAND"])
+        self.wanted_ids = worker_devices.parse_device_ids(
+            device_ids if device_ids is not None else config["WORKER_DEVICES"])
+        self.inventory: worker_devices.Inventory | None = None
         self.listener = None
         self.runs_done = 0
-        self.current_run: LeasedRun | None = None
+        self._active: dict[uuid.UUID, ActiveRun] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # a run ended (devices came free) or a stop was asked
         self._stopping = threading.Event()
         self._hurry = threading.Event()
         self._next_housekeeping = 0.0
@@ -69,16 +93,19 @@ class Worker:
 
     # -- signals -----------------------------------------------------------------------
     def request_stop(self, signum: int | None = None, _frame=None) -> None:
-        """First call: claim nothing new, let the current run finish within the grace. Second: hurry."""
+        """First call: claim nothing new, let the runs finish within the grace. Second: hurry."""
         name = signal.Signals(signum).name if signum else "stop request"
         if self._stopping.is_set():
             self._hurry.set()
-            log.info("worker %s: second %s: handing the current run back now", self.worker_id, name)
+            log.info("worker %s: second %s: handing its runs back now", self.worker_id, name)
             return
+        self._shutdown_deadline = time.monotonic() + self.shutdown_grace_seconds
         self._stopping.set()
-        if self.current_run is not None:
-            log.info("worker %s: %s received: claiming nothing new; run %s gets up to %.0f s to finish",
-                     self.worker_id, name, self.current_run.id, self.shutdown_grace_seconds)
+        self._wake.set()
+        active = self.active_run_ids()
+        if active:
+            log.info("worker %s: %s received: claiming nothing new; each of its %d runs gets up to %.0f s to finish",
+                     self.worker_id, name, len(active), self.shutdown_grace_seconds)
         else:
             log.info("worker %s: %s received: stopping", self.worker_id, name)
 
@@ -86,35 +113,54 @@ class Worker:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
+    # -- devices -----------------------------------------------------------------------
+    def active_run_ids(self) -> list[uuid.UUID]:
+        with self._lock:
+            return list(self._active)
+
+    def free_device_ids(self) -> list[int]:
+        """This worker's devices no run of it holds."""
+        with self._lock:
+            busy = {i for active in self._active.values() for i in (active.run.device_ids or ())}
+        return [i for i in self.inventory.ids if i not in busy]
+
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> None:
-        """Loop until asked to stop (or, with exit_when_idle, until the queue is empty)."""
+        """Loop until asked to stop (or, with exit_when_idle, until the queue is empty and its runs ended)."""
         if db.engine.dialect.name != "postgresql":
             raise SystemExit("worker.py needs Postgres: the queue claims runs with SKIP LOCKED")
+        try:
+            self.inventory = worker_devices.detect(self.probe_command).restricted(self.wanted_ids)
+        except ValueError as exc:
+            raise SystemExit(f"worker.py: {exc}") from None
         if self.use_listen:
             from app.listen import Listener
 
             self.listener = Listener(db.engine.url.set(drivername="postgresql").render_as_string(False),
                                      (QUEUE_CHANNEL, CANCEL_CHANNEL), f"tunix-rt-listen {self.worker_id}")
-        log.info("worker %s: started (%s, fallback poll every %.1f s, lease %.0f s, heartbeat %.0f s)",
-                 self.worker_id, "LISTEN/NOTIFY" if self.use_listen else "polling only", self.poll_seconds,
-                 self.lease_timeout_seconds, self.heartbeat_seconds)
+        log.info("worker %s: started on %d %s devices %s (found by %s; %s, fallback poll every %.1f s, lease %.0f s, "
+                 "heartbeat %.0f s)", self.worker_id, len(self.inventory.ids), self.inventory.platform,
+                 self.inventory.ids, self.inventory.source, "LISTEN/NOTIFY" if self.use_listen else "polling only",
+                 self.poll_seconds, self.lease_timeout_seconds, self.heartbeat_seconds)
         try:
-            found = local_devices()
-            self._with_db_retry(lambda: registry.register(self.worker_id, socket.gethostname(), os.getpid(), found))
+            self._with_db_retry(lambda: registry.register(
+                self.worker_id, socket.gethostname(), os.getpid(), list(self.inventory.devices),
+                self.inventory.versions))
             self._with_db_retry(registry.prune_stopped)
             with run_moves.own_connection():
                 self._loop()
         finally:
+            self._drain()
             self._deregister()
         log.info("worker %s: stopped after %d runs", self.worker_id, self.runs_done)
 
     def _loop(self) -> None:
         backoff = 1.0
         while not self._stopping.is_set():
+            self._wake.clear()
             try:
                 self._housekeeping()
-                worked = self.run_once()
+                claimed = self.claim_one()
                 backoff = 1.0
             except DB_ERRORS as exc:
                 db.session.rollback()
@@ -123,51 +169,85 @@ class Worker:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
                 continue
-            if not worked:
-                if self.exit_when_idle:
-                    break
-                self._wait_for_work()
+            if claimed:
+                continue  # more devices may be free: claim until none fits
+            if self.exit_when_idle and not self.active_run_ids():
+                break
+            self._wait()
 
-    def _wait_for_work(self) -> None:
-        if self.listener is not None:
-            self.listener.wait(self.poll_seconds, self._stopping)
-        else:
-            self._stopping.wait(self.poll_seconds)
+    def _wait(self) -> None:
+        """Until a notification, a run's end, a stop, or the next housekeeping; routes cancels to their runs."""
+        timeout = min(self.poll_seconds, self.heartbeat_seconds) if self.active_run_ids() else self.poll_seconds
+        if self.listener is None:
+            self._wake.wait(timeout)
+            return
+        for channel, payload in self.listener.wait(timeout, self._wake):
+            with self._lock:
+                for run_id, active in self._active.items():
+                    if channel == RECONNECTED or (channel == CANCEL_CHANNEL and payload == str(run_id)):
+                        active.check_lease.set()  # asked to cancel (or a notice missed while LISTEN was down)
 
-    def run_once(self) -> bool:
-        """Claim and carry out one run; False when none was pending."""
-        run = queue_store.claim_next_run(self.worker_id)
+    def claim_one(self) -> bool:
+        """Claim a run that fits the free devices and start it in a thread of its own; False when none does."""
+        free = self.free_device_ids()
+        if not free:
+            return False
+        run = queue_store.claim_next_run(self.worker_id, free, len(self.inventory.ids), self.passover_seconds)
         if run is None:
             return False
-        log.info("worker %s: claimed run %s (attempt %d of %d)", self.worker_id, run.id, run.lease.attempt,
-                 run.max_attempts)
-        self.current_run, self._shutdown_deadline = run, None
-        try:
-            outcome = execute_leased_run(run, self.settings, where="worker", extra_tick=self._tick,
-                                         persist=self._with_db_retry)
-        finally:
-            self.current_run = None
-        log.info("worker %s: run %s %s%s", self.worker_id, run.id, outcome,
-                 " (after the stop request)" if self._stopping.is_set() else "")
-        self.runs_done += 1
+        log.info("worker %s: claimed run %s (attempt %d of %d) on devices %s", self.worker_id, run.id,
+                 run.lease.attempt, run.max_attempts, list(run.device_ids or ()))
+        active = ActiveRun(run)
+        active.thread = threading.Thread(target=self._execute, args=(active,), name=f"run-{run.id}", daemon=True)
+        with self._lock:
+            self._active[run.id] = active
+        active.thread.start()
         return True
 
-    def _tick(self, lease: RunLease) -> StopRequest | None:
-        """What the worker adds to a run's execution: wake-ups, its shutdown stop, its housekeeping."""
-        if self.listener is not None and any(
-                channel == RECONNECTED or (channel == CANCEL_CHANNEL and payload == str(lease.run_id))
-                for channel, payload in self.listener.poll()):
-            lease.check_now()  # a cancel may have been asked (or missed while LISTEN was down)
+    def _execute(self, active: ActiveRun) -> None:
+        run = active.run
+        placement = Placement(self.inventory.platform, tuple(run.device_ids or ()))
+        try:
+            with self.app.app_context(), run_moves.own_connection():
+                outcome = execute_leased_run(run, self.settings, where="worker", placement=placement,
+                                             extra_tick=lambda lease: self._tick(lease, active),
+                                             persist=self._with_db_retry)
+            log.info("worker %s: run %s %s%s", self.worker_id, run.id, outcome,
+                     " (after the stop request)" if self._stopping.is_set() else "")
+        except Exception as exc:  # the execution module settles every run; this is a last guard for the thread
+            log.exception("worker %s: run %s: its thread failed", self.worker_id, run.id)
+            try:
+                with self.app.app_context():
+                    run_moves.fail(run.id, f"worker error ({type(exc).__name__}); the worker log has the details",
+                                   lease=run.lease)
+            except Exception:  # its lease expires, and recovery settles it
+                log.exception("worker %s: run %s: could not mark it failed", self.worker_id, run.id)
+        finally:
+            with self._lock:
+                self._active.pop(run.id, None)
+                self.runs_done += 1
+            self._wake.set()
+
+    def _drain(self) -> None:
+        """Stopping: wait for the runs to end (they hand themselves back after the grace), heartbeating."""
+        while self.active_run_ids():
+            self._wake.clear()
+            try:
+                self._housekeeping()
+            except DB_ERRORS:
+                db.session.rollback()
+            if self.active_run_ids():
+                self._wait()
+
+    def _tick(self, lease: RunLease, active: ActiveRun) -> StopRequest | None:
+        """What the worker adds to a run's execution: its cancel wake-ups and its shutdown stop."""
+        if active.check_lease.is_set():
+            active.check_lease.clear()
+            lease.check_now()
         if self._stopping.is_set():
-            if self._shutdown_deadline is None:
-                self._shutdown_deadline = time.monotonic() + self.shutdown_grace_seconds
-            if self._hurry.is_set() or time.monotonic() >= self._shutdown_deadline:
+            if self._hurry.is_set() or time.monotonic() >= (self._shutdown_deadline or 0.0):
                 grace = self.settings.kill_grace_seconds
                 return StopRequest(STOP_SHUTDOWN, grace_seconds=min(grace, 2.0) if self._hurry.is_set() else grace)
-        try:
-            self._housekeeping()
-        except DB_ERRORS:
-            db.session.rollback()
         return None
 
     # -- housekeeping: own heartbeat, recovering others' expired leases -----------------------
@@ -175,9 +255,9 @@ class Worker:
         if time.monotonic() < self._next_housekeeping:
             return
         self._next_housekeeping = time.monotonic() + self.heartbeat_seconds
-        run = self.current_run
-        state = registry.STOPPING if self._stopping.is_set() else (registry.RUNNING if run else registry.IDLE)
-        registry.heartbeat(self.worker_id, state, run.id if run else None, self.runs_done)
+        active = self.active_run_ids()
+        state = registry.STOPPING if self._stopping.is_set() else (registry.RUNNING if active else registry.IDLE)
+        registry.heartbeat(self.worker_id, state, active[0] if active else None, self.runs_done)
         for _ in range(100):  # bounded per pass; the next pass takes the rest
             recovered = queue_store.recover_one_expired_lease(self.lease_timeout_seconds)
             if recovered is None:
@@ -220,9 +300,12 @@ class Worker:
                 backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
 
 
-def serve(app: Flask, exit_when_idle: bool = False) -> Worker:
+def serve(app: Flask, exit_when_idle: bool = False, device_ids: str | None = None) -> Worker:
     """Run a worker in this process until SIGTERM/SIGINT; the entry point of worker.py."""
-    worker = Worker(app, exit_when_idle=exit_when_idle)
+    try:
+        worker = Worker(app, exit_when_idle=exit_when_idle, device_ids=device_ids)
+    except ValueError as exc:
+        raise SystemExit(f"worker.py: {exc}") from None
     worker.install_signal_handlers()
     instruments.start_worker_metrics_server(app.config["WORKER_METRICS_PORT"], app.config["WORKER_METRICS_HOST"])
     with app.app_context():
