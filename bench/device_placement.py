@@ -4,10 +4,11 @@ another, and what a claim costs with many pending runs of mixed sizes.
 Side by side: `--runs` real `tiny` runs (the Tunix trainer, `--steps` steps each) are queued and drained by
 one `worker.py --exit-when-idle` whose host shows 4 JAX CPU devices (XLA's host-device flag), so it runs
 them at once; then the same runs by a worker with one device, so one at a time. The pairs are interleaved
-`--repeats` times, after one warm-up run that fills JAX's compilation cache, and the medians reported. On a CPU the runs share its cores: the gain is what running
-side by side saves of each run's start (imports, compilation) and of its idle moments.
+`--repeats` times, after one warm-up run that fills JAX's compilation cache, and the medians reported.
+On a CPU the runs share its cores: the gain is what running side by side saves of each run's start
+(imports, compilation) and of its idle moments.
 
-Claims: `--pending` pending runs asking for 1, 2, 4 or 8 devices (drawn with a fixed seed) and `--claims`
+Claims: `--pending` pending runs asking for 1, 2, 4 or 8 devices (an even, fixed mix) and `--claims`
 claims by a worker with 8 devices, each claim with a random number of them free; once with a long
 passover (smaller runs may go first) and once with none (a waiting larger run holds younger ones back,
 so a claim finds nothing while the oldest run does not fit).
@@ -96,7 +97,8 @@ def claims(app, pending: int, count: int) -> dict:
             db.session.execute(text(
                 "INSERT INTO tunix_runs (id, status, mode, dataset_key, model_id, config, created_at, queued_at, "
                 "devices) SELECT gen_random_uuid(), 'pending', 'async', 'arithmetic-v1', 'tiny', '{}'::jsonb, "
-                "now(), clock_timestamp() - make_interval(secs => (:n - g) * 0.001), (ARRAY[1, 2, 4, 8])[1 + (g * 7919) % 4] "
+                "now(), clock_timestamp() - make_interval(secs => (:n - g) * 0.001), "
+                "(ARRAY[1, 2, 4, 8])[1 + (g * 7919) % 4] "
                 "FROM generate_series(1, :n) AS g"), {"n": pending})
             db.session.commit()
             times, taken = [], 0

@@ -87,7 +87,8 @@ def main() -> None:
         found = _probe(env)
     count = len(found["devices"])
     kinds = sorted({d["name"] for d in found["devices"]})
-    print(f"{count} {platform} devices ({', '.join(kinds)}); {', '.join(f'{k} {v}' for k, v in found['versions'].items())}")
+    versions = ", ".join(f"{k} {v}" for k, v in found["versions"].items())
+    print(f"{count} {platform} devices ({', '.join(kinds)}); {versions}")
 
     results = {"platform": platform, "devices": count, "device_kinds": kinds, "versions": found["versions"],
                "steps": args.steps, "batch_per_device": args.batch_per_device, "models": {}}

@@ -41,7 +41,7 @@ def _run_pages(client, app, worker) -> dict[str, str]:
     running = submit(client, name="training now", tags=["baseline"])["run_id"]
     db.session.execute(text(
         "UPDATE tunix_runs SET status = 'running', started_at = now(), worker_id = 'gpu-1:4242:ab12cd', attempt = 1, "
-        "progress = CAST(:p AS jsonb) WHERE id = :id"),
+        "device_ids = '{0}', progress = CAST(:p AS jsonb) WHERE id = :id"),
         {"id": running, "p": '{"phase": "training", "total_steps": 120, "step": 45, "loss": 2.31, '
                              '"elapsed_seconds": 30.5, "seconds_per_step": 0.45, "tokens_per_second": 18390.0, '
                              '"eval_loss": 2.52, "eval_step": 40}'})
@@ -103,10 +103,14 @@ def _check(page, name: str, width_name: str) -> list[str]:
 @pytest.mark.trainer
 def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, browser, credentials, worker_env,
                                                    start_worker):
-    registry.register("gpu-1:4242:ab12cd", "gpu-1", 4242)
     pages = {"runs": "/runs", "new-run": "/runs/new",
              **_run_pages(client, app, lambda: start_worker(worker_env(REAL_TRAINER))), "datasets": "/datasets",
              "dataset": f"/datasets/{SAMPLE}", "workers": "/workers", "tokens": "/settings/tokens", "api-help": "/help/api"}
+    # A frozen GPU host (the running run's row names it), seen just now: four devices, one busy.
+    registry.register("gpu-1:4242:ab12cd", "gpu-1", 4242,
+                      [{"id": i, "kind": "gpu", "name": "NVIDIA H200", "memory_bytes": 143771 * 2**20}
+                       for i in range(4)],
+                      {"python": "3.11.7", "jax": "0.10.2", "jaxlib": "0.10.2", "tunix": "0.1.7", "flax": "0.12.8"})
     problems = []
     for width_name, width in WIDTHS.items():
         # axe is injected as a script of the test's own, which the app's CSP would refuse.

@@ -216,3 +216,17 @@ def test_a_placement_keeps_the_trainer_to_its_devices():
     env = Placement("cpu", (1,)).environment({})
     assert "CUDA_VISIBLE_DEVICES" not in env and env["XLA_FLAGS"] == f"{HOST_DEVICE_FLAG}=1"
     assert Placement("tpu", (0, 1, 2, 3)).environment({})["TPU_VISIBLE_CHIPS"] == "0,1,2,3"
+
+
+def test_a_worker_s_devices_and_versions_read_as_its_row_lists_them():
+    from app.web.formatting import describe_devices, ordered_versions
+
+    h200 = {"kind": "gpu", "name": "NVIDIA H200", "memory_bytes": 143771 * 2**20}
+    assert describe_devices([{**h200, "id": i} for i in range(4)]) == ["4 × NVIDIA H200 (140.4 GB), ids 0–3"]
+    assert describe_devices([{**h200, "id": 0}, {**h200, "id": 2}, {"id": 5, "kind": "cpu", "name": "CPU",
+                                                                     "memory_bytes": None}]) == [
+        "2 × NVIDIA H200 (140.4 GB), ids 0, 2", "1 × CPU, id 5"]
+    assert describe_devices(None) == []
+    assert ordered_versions({"flax": "0.12.8", "tunix": "0.1.7", "python": "3.11.7", "jax": "0.10.2", "jaxlib": None,
+                             "extra": "1"}) == [("python", "3.11.7"), ("jax", "0.10.2"), ("tunix", "0.1.7"),
+                                                ("flax", "0.12.8"), ("extra", "1")]

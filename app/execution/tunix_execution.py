@@ -235,7 +235,8 @@ def _run_locked(argv: list[str], run_dir: Path, settings: ExecutionSettings, loc
     started = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=child_environment(settings, placement), start_new_session=True,
+                                stderr=subprocess.PIPE, env=child_environment(settings, placement),
+                                start_new_session=True,
                                 preexec_fn=_die_with_parent, pass_fds=(lock,))
     except (OSError, subprocess.SubprocessError) as exc:
         return ProcessOutcome(argv, None, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,

@@ -132,7 +132,8 @@ def _new_run(config: dict[str, Any], mode: str, created_by: int | None, **extra:
     now = lifecycle.event_time()
     values = {
         "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
-        "config": config, "devices": config.get("devices", 1), "created_at": now, "name": config["name"], "tags": config["tags"],
+        "config": config, "devices": config.get("devices", 1), "created_at": now, "name": config["name"],
+        "tags": config["tags"],
         "created_by": created_by,
         # Only a queued run can be re-queued; one carried out inside a request gets one start.
         "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1, **extra,

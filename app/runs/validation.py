@@ -285,7 +285,8 @@ def _mesh_problems(config: dict[str, Any]) -> dict[str, str]:
                             f"key/value heads")
     batch = config.get("batch_size")
     if isinstance(batch, int) and batch % mesh["fsdp"]:
-        problems["batch_size"] = f"must be a multiple of the mesh's fsdp={mesh['fsdp']}: each device gets an equal share"
+        problems["batch_size"] = (f"must be a multiple of the mesh's fsdp={mesh['fsdp']}: each device gets an "
+                                  "equal share")
     return problems
 
 

@@ -206,8 +206,9 @@ def train(run_dir: Path, config: dict, started: float | None = None) -> dict:
                 summary["exported_adapter"] = run_files.ADAPTER_DIR
         summary["layout"] = device_layout.layout_report(trainer.model, mesh)  # after all: the memory peaks are whole
         _write_json(run_dir / run_files.SUMMARY_FILE, summary)
-        _write_json(run_dir / run_files.METRICS_FILE, {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
-                                               "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
+        _write_json(run_dir / run_files.METRICS_FILE,
+                    {"train": [{"step": i + 1, "loss": l} for i, l in enumerate(hooks.losses)],
+                     "eval": [{"step": s, "loss": l} for s, l in hooks.eval_losses]})
         progress_protocol.emit("end", **summary)
         print(f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
               f"{summary['tokens_per_second']} tokens/s", flush=True)

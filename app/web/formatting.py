@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from app.run_states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES
 from app.contract import device_mesh
+from app.contract.versions import STACK
 
 
 def format_duration(seconds: float | None) -> str:
@@ -66,10 +67,36 @@ def format_param(value) -> str:
 PREVIEW_CHARS = 2000  # a previewed prompt or response is cut here; the dataset keeps it whole
 
 
+def describe_devices(devices) -> list[str]:
+    """A worker's devices as its row lists them: alike ones together, "4 × NVIDIA H200 (140.4 GB), ids 0–3"."""
+    groups: dict[tuple, list] = {}
+    for device in devices or []:
+        if isinstance(device, dict):
+            groups.setdefault((device.get("name") or device.get("kind"), device.get("memory_bytes")), []).append(
+                device.get("id"))
+    out = []
+    for (name, memory), ids in groups.items():
+        size = f" ({format_bytes(memory)})" if memory else ""
+        known = sorted(i for i in ids if isinstance(i, int))
+        span = "" if not known else f", id {known[0]}" if len(known) == 1 else (
+            f", ids {known[0]}–{known[-1]}" if known == list(range(known[0], known[-1] + 1))
+            else ", ids " + ", ".join(map(str, known)))
+        out.append(f"{len(ids)} × {name}{size}{span}")
+    return out
+
+
+def ordered_versions(versions) -> list[tuple[str, str]]:
+    """The stack's versions in its order (python, jax, jaxlib, tunix, flax), then any other; none left out."""
+    versions = versions or {}
+    order = [name for name in ("python", *STACK) if name in versions]
+    return [(name, versions[name]) for name in order + sorted(set(versions) - set(order)) if versions[name]]
+
+
 def template_globals() -> dict:
     """What every template may use."""
     return {"STATUSES": STATUSES, "MODES": MODES, "MODE_CHOICES": MODE_CHOICES,
             "PENDING": PENDING, "DRY_RUN": DRY_RUN, "PREVIEW_CHARS": PREVIEW_CHARS,
             "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time,
             "format_count": format_count, "describe_mesh": device_mesh.describe,
+            "describe_devices": describe_devices, "ordered_versions": ordered_versions,
             "format_metric": format_metric, "format_param": format_param}
