@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from itertools import combinations
@@ -186,3 +187,26 @@ def test_a_run_no_live_worker_is_large_enough_for_says_why_it_waits(client):
     assert "It needs 4 devices and the largest live worker has 2" in page
     fits = submit(client, devices=2, batch_size=4)["run_id"]
     assert "largest live worker" not in client.get(f"/runs/{fits}").get_data(as_text=True)
+
+
+def test_cancel_and_shutdown_hold_per_run_on_a_worker_running_two(client, worker_env, start_worker, artifacts_root,
+                                                                 tmp_path):
+    never = tmp_path / "never"  # the trainers wait for it: only a stop ends them
+    first, second = (submit(client, devices=n, batch_size=4)["run_id"] for n in (1, 2))
+    worker = start_worker(worker_env(fake_trainer_command("--wait-for", str(never)), **FOUR_DEVICES,
+                                     TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS="1"))
+    wait_for(lambda: all((artifacts_root / r / "pids.json").exists() for r in (first, second)), timeout=60)
+    trainers = {r: json.loads((artifacts_root / r / "pids.json").read_text())[0] for r in (first, second)}
+
+    assert client.post(f"/api/tunix/runs/{first}/cancel").status_code == 202
+    wait_for(lambda: run_status(client, first) == "cancelled", timeout=30)
+    assert not alive(trainers[first]) and alive(trainers[second]) and run_status(client, second) == "running"
+    held = client.get("/api/tunix/status").get_json()["workers"][0]
+    assert held["busy_device_ids"] == run_json(client, second)["device_ids"] and len(held["free_device_ids"]) == 2
+
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    run = run_json(client, second)
+    assert run["status"] == "pending" and run["attempt"] == 0 and "on shutdown" in run["error_message"]
+    assert run["device_ids"] is None and not alive(trainers[second])
