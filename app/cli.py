@@ -39,6 +39,31 @@ def register(app: Flask) -> None:
         if password:
             click.echo(f"first user created: sign in as admin with password {password}")
 
+    stored = click.Group("artifacts", help="The artifact store: collect old checkpoints.")
+
+    @stored.command("gc")
+    @click.option("--older-than-days", type=float, default=None,
+                  help="runs finished longer ago than this (default: TUNIX_ARTIFACTS_CHECKPOINT_RETENTION_DAYS)")
+    @click.option("--dry-run", is_flag=True, help="say what would be deleted, delete nothing")
+    def collect_garbage(older_than_days: float | None, dry_run: bool) -> None:
+        """Delete the stored checkpoints of finished runs but the last of each; models and results stay."""
+        from flask import current_app
+
+        from app.runs import retention
+        from app.web.formatting import format_bytes
+
+        report = retention.collect(current_app.config, older_than_days, dry_run)
+        verb = "would free" if dry_run else "freed"
+        click.echo(f"{report.runs_examined} finished runs examined; {report.checkpoints_deleted} checkpoints "
+                   f"{'to delete' if dry_run else 'deleted'}; {verb} {format_bytes(report.bytes_freed)} "
+                   f"({report.bytes_freed} bytes)")
+        for failure in report.failures:
+            click.echo(f"not collected: {failure}", err=True)
+        if report.failures:
+            sys.exit(1)
+
+    app.cli.add_command(stored)
+
     users = click.Group("users", help="Create users, set their passwords, end their sessions, (de)activate them.")
     tokens = click.Group("tokens", help="Create API tokens.")
 

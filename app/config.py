@@ -29,6 +29,13 @@ def _float(name: str, default: float) -> float:
     return _number(name, default, float)
 
 
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return raw.strip().lower() not in ("0", "false", "no", "off")
+
+
 def instance_dir() -> Path:
     """Where local state lives: the embedded database, artifacts, the secret key."""
     path = Path(os.environ.get("TUNIX_INSTANCE_DIR", PROJECT_ROOT / "instance"))
@@ -82,6 +89,23 @@ def load_settings() -> dict:
         "COMPILATION_CACHE_DIR": os.environ.get("TUNIX_COMPILATION_CACHE_DIR",
                                                 str(instance_dir() / "jax-compilation-cache")),
         "ARTIFACTS_ROOT": os.environ.get("TUNIX_ARTIFACTS_ROOT") or str(instance_dir() / "artifacts"),
+        # Where runs' files are stored: s3://bucket/prefix, gs://bucket/prefix, or a local folder
+        # (empty: ARTIFACTS_ROOT). Recorded on each run when it is submitted.
+        "ARTIFACTS_URL": os.environ.get("TUNIX_ARTIFACTS_URL", ""),
+        # An S3-compatible server's address (MinIO, Garage, Ceph, R2); empty: AWS itself.
+        "S3_ENDPOINT_URL": os.environ.get("TUNIX_S3_ENDPOINT_URL", ""),
+        # How long a store operation is retried through an outage before the run fails for it.
+        "ARTIFACTS_RETRY_SECONDS": _float("TUNIX_ARTIFACTS_RETRY_SECONDS", 300.0),
+        # Downloads redirect to a presigned URL of the bucket, good this long, instead of streaming through us.
+        "ARTIFACTS_PRESIGN": _flag("TUNIX_ARTIFACTS_PRESIGN", False),
+        "ARTIFACTS_PRESIGN_SECONDS": _int("TUNIX_ARTIFACTS_PRESIGN_SECONDS", 300),
+        # On S3, a stored object's ETag is checked against the MD5 of the bytes sent; buckets encrypted with
+        # SSE-KMS give other ETags: turn it off there (the size is checked either way).
+        "ARTIFACTS_CHECK_ETAG": _flag("TUNIX_ARTIFACTS_CHECK_ETAG", True),
+        # `flask artifacts gc` deletes the checkpoints (all but the last) of runs finished this long ago.
+        "ARTIFACTS_CHECKPOINT_RETENTION_DAYS": _float("TUNIX_ARTIFACTS_CHECKPOINT_RETENTION_DAYS", 14.0),
+        # The local folder a worker (or a web process running a sync run) trains in before it stores.
+        "SCRATCH_DIR": os.environ.get("TUNIX_SCRATCH_DIR") or str(instance_dir() / "scratch"),
         "OUTPUT_MAX_BYTES": _int("TUNIX_OUTPUT_MAX_BYTES", 10240),
         "RUN_TIMEOUT_SECONDS": _float("TUNIX_RUN_TIMEOUT_SECONDS", 3600.0),
         "KILL_GRACE_SECONDS": _float("TUNIX_KILL_GRACE_SECONDS", 10.0),

@@ -50,6 +50,18 @@ class ConflictError(AppError):
     status = 409
 
 
+class StoredFileCorrupted(AppError):
+    """A stored file is not the one its run recorded (size, ETag or checksum): it is not served."""
+
+    status = 502
+
+
+class StoreUnreachable(AppError):
+    """The artifact store did not answer in time."""
+
+    status = 503
+
+
 class NotFoundError(AppError):
     """No such run, dataset or file."""
 

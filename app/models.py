@@ -161,6 +161,8 @@ class TunixRun(db.Model):
     # of the worker's devices it was placed on when claimed.
     devices = db.Column(db.Integer, nullable=False, default=1, server_default="1")
     device_ids = db.Column(ARRAY(db.Integer))
+    # The artifact store (a bucket URL or a local folder) its files go to, fixed when it is submitted.
+    artifacts_url = db.Column(db.Text)
     # Bumped by every write that changes what the run's page shows: the status fragment's validator.
     version = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
 

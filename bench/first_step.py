@@ -29,7 +29,7 @@ def one_run(root: Path, name: str, cache: Path) -> dict:
     from app.runs.validation import validate_run_config
 
     config = validate_run_config({"dataset_key": "arithmetic-v1", "max_steps": 30})
-    run_dir = write_run_directory(root, name, config, sample_examples())
+    run_dir = write_run_directory(root / name, name, config, sample_examples())
     env = dict(os.environ, **{COMPILATION_CACHE_ENV: str(cache)}, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-m", "app.trainer", str(run_dir)], cwd=run_dir, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -49,7 +49,8 @@ def _train(model_id: str, devices: int, platform: str, args, env: dict, folder: 
         "batch_size": args.batch_per_device * devices, "max_steps": args.steps, "max_seq_length": 64,
         "eval_max_examples": 0, "eval_every_n_steps": args.steps, "checkpoint_every_n_steps": args.steps},
         model_roots=[folder.parent])
-    run_dir = write_run_directory(folder, uuid.uuid4(), config, sample_examples())
+    run_id = uuid.uuid4()
+    run_dir = write_run_directory(folder / str(run_id), run_id, config, sample_examples())
     placement = Placement(platform, tuple(range(devices)))
     done = subprocess.run([sys.executable, "-m", "app.trainer", str(run_dir)], cwd=run_dir,
                           env={**placement.environment(env), "PYTHONPATH": str(ROOT)}, capture_output=True,

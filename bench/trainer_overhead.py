@@ -37,7 +37,7 @@ def run_direct(config: dict, artifacts: Path, index: int, settings) -> dict:
     from app.execution.run_directory import write_run_directory
     from app.execution.tunix_execution import child_environment
 
-    run_dir = write_run_directory(artifacts, f"direct-{index}", config,
+    run_dir = write_run_directory(artifacts / f"direct-{index}", f"direct-{index}", config,
                                   list(dataset_store.iter_examples(config["dataset_key"])))
     start = time.monotonic()
     proc = subprocess.Popen([*TRAINER, str(run_dir)], cwd=run_dir, stdout=subprocess.PIPE,

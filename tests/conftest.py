@@ -67,11 +67,73 @@ def artifacts_root(tmp_path) -> Path:
     return path
 
 
+class S3Server:
+    """moto's S3 server on a loopback port of this process: a real S3 protocol peer (as s3fs tests itself),
+    which a test may stop and start again on the same port; its buckets outlive a restart."""
+
+    BUCKET = "tunix-rt-test"
+
+    def __init__(self):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+        self.start()
+        self.client().create_bucket(Bucket=self.BUCKET)
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def app_config(database_url, artifacts_root) -> dict:
+def s3_store(s3_server, app_config, monkeypatch):
+    """This test's prefix of the bucket as the artifact store: of the app under test, and of the workers
+    started with `worker_env(**s3_store.env)`."""
+    from types import SimpleNamespace
+
+    prefix = f"runs-{uuid.uuid4().hex[:8]}"
+    url = f"s3://{S3Server.BUCKET}/{prefix}"
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    app_config.update(ARTIFACTS_URL=url, S3_ENDPOINT_URL=s3_server.endpoint)
+    return SimpleNamespace(url=url, prefix=prefix, bucket=S3Server.BUCKET, server=s3_server,
+                           env={"TUNIX_ARTIFACTS_URL": url, "TUNIX_S3_ENDPOINT_URL": s3_server.endpoint, **credentials})
+
+
+@pytest.fixture
+def scratch_root(tmp_path) -> Path:
+    """Where workers (and sync runs) train: one folder per execution, named after the run."""
+    return tmp_path / "scratch"
+
+
+@pytest.fixture
+def app_config(database_url, artifacts_root, scratch_root) -> dict:
     """Settings of the app under test; tests adjust them before `app` is built."""
     return {
-        "DATABASE_URL": database_url, "ARTIFACTS_ROOT": str(artifacts_root),
+        "DATABASE_URL": database_url, "ARTIFACTS_ROOT": str(artifacts_root), "SCRATCH_DIR": str(scratch_root),
         "TRAIN_COMMAND": fake_trainer_command(), "RUN_TIMEOUT_SECONDS": 60.0, "KILL_GRACE_SECONDS": 1.0,
         "WTF_CSRF_ENABLED": False, "METRICS_CACHE_SECONDS": 0.0, "TESTING": True,
     }
@@ -108,7 +170,7 @@ def client(app, credentials):
 
 
 @pytest.fixture
-def worker_env(database_url, artifacts_root):
+def worker_env(database_url, artifacts_root, scratch_root):
     """Environment for a real `worker.py` process pointed at the test database."""
     def build(train_command: list[str] | None = None, **extra: str) -> dict[str, str]:
         import shlex
@@ -116,6 +178,7 @@ def worker_env(database_url, artifacts_root):
         env = dict(os.environ)
         env.update({
             "DATABASE_URL": database_url, "TUNIX_ARTIFACTS_ROOT": str(artifacts_root),
+            "TUNIX_SCRATCH_DIR": str(scratch_root),
             "TUNIX_TRAIN_COMMAND": shlex.join(train_command or fake_trainer_command()),
             "TUNIX_WORKER_POLL_SECONDS": "0.2", "TUNIX_KILL_GRACE_SECONDS": "1",
         })

@@ -2,7 +2,8 @@
 
     python tests/fake_trainer.py [--steps N] [--sleep S] [--wait-for PATH] [--exit-code C] [--stdout-bytes B]
                                  [--spawn-child] [--record-dir DIR] [--artifacts] [--evaluate]
-                                 [--evals N] [--eval-sleep S] [--worse-after-trial K] RUN_DIR
+                                 [--evals N] [--eval-sleep S] [--worse-after-trial K]
+                                 [--checkpoint-every N] [--step-sleep S] RUN_DIR
 
 With --evaluate it scores the last examples as the real trainer does (predictions.jsonl, evaluate
 events, "evaluation" in the summary): before training every answer is wrong; after, the first
@@ -20,25 +21,38 @@ from pathlib import Path
 from app.contract import scoring
 from app.contract.device_mesh import DEVICE_IDS_ENV, host_device_count
 from app.contract.run_files import (CHECKPOINTS_DIR, DATASET_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE,
-                                    RUN_CONFIG_FILE)
+                                    RUN_CONFIG_FILE, SUMMARY_FILE)
 
 
 def emit(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def write_artifacts(run_dir: Path, steps: int) -> None:
+def write_artifacts(run_dir: Path, steps: int, model_bytes: int = 4096) -> None:
     """Files where the real trainer puts them: an exported model, one checkpoint step, the metrics."""
     model = run_dir / MODEL_DIR
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
-    (model / "model.safetensors").write_bytes(b"\0" * 4096)
+    with (model / "model.safetensors").open("wb") as out:  # varied bytes: a misplaced part would show
+        block = bytes(range(256)) * 4096
+        for start in range(0, model_bytes, len(block)):
+            out.write(block[:min(len(block), model_bytes - start)])
     (model / "tokenizer.json").write_text("{}")
-    for part in ("model_params/d/0a1b", "optimizer_state/d/2c3d", "_CHECKPOINT_METADATA"):
-        path = run_dir / CHECKPOINTS_DIR / str(steps) / part
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\1" * 1000)
+    write_checkpoint(run_dir, steps)
     (run_dir / METRICS_FILE).write_text(json.dumps({"train": [], "eval": []}))
+    (run_dir / SUMMARY_FILE).write_text(json.dumps({"steps": steps}))
+
+
+def write_checkpoint(run_dir: Path, step: int) -> None:
+    """A checkpoint step as Orbax writes one: under a temporary name, renamed when it is whole."""
+    if (run_dir / CHECKPOINTS_DIR / str(step)).is_dir():
+        return
+    partial = run_dir / CHECKPOINTS_DIR / f"{step}.orbax-checkpoint-tmp-1"
+    for part in ("model_params/d/0a1b", "optimizer_state/d/2c3d", "_CHECKPOINT_METADATA"):
+        path = partial / part
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([step % 256]) * 1000)
+    partial.rename(run_dir / CHECKPOINTS_DIR / str(step))
 
 
 def evaluate(run_dir: Path, config: dict) -> dict:
@@ -69,6 +83,12 @@ def evaluate(run_dir: Path, config: dict) -> dict:
             "error": None}
 
 
+def wait_for_file(path: str) -> None:
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
@@ -87,6 +107,12 @@ def main():
     parser.add_argument("--worse-after-trial", type=int, default=0,
                         help="a sweep's trials numbered above this (their run is named '... #N') report eval "
                              "losses 10 higher")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="write a checkpoint every N steps, and resume from the newest one found at start")
+    parser.add_argument("--model-bytes", type=int, default=4096, help="the exported model's size (--artifacts)")
+    parser.add_argument("--hold-at-step", type=int, default=0,
+                        help="on a fresh start (nothing to resume), wait after this step until --wait-for exists")
+    parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds each step takes")
     parser.add_argument("run_dir")
     args = parser.parse_args()
 
@@ -104,11 +130,21 @@ def main():
     (run_dir / "pids.json").write_text(json.dumps(pids))
 
     print(f"fake trainer: {examples} examples, model {config['model_id']}", flush=True)
-    emit("start", total_steps=args.steps, train_examples=examples)
+    saved = sorted(int(p.name) for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.name.isdigit()) \
+        if args.checkpoint_every and (run_dir / CHECKPOINTS_DIR).is_dir() else []
+    resumed = saved[-1] if saved else 0
+    if resumed:
+        print(f"fake trainer: resuming from the checkpoint at step {resumed}", flush=True)
+    emit("start", total_steps=args.steps, train_examples=examples, resumed_from_step=resumed)
     pace = 1.0 + config["learning_rate"] * 100 if args.evaluate else 1.0
-    for step in range(1, args.steps + 1):
+    for step in range(resumed + 1, args.steps + 1):
         emit("step", step=step, loss=round(4.0 / (step * pace), 4), learning_rate=config["learning_rate"],
              tokens_per_second=1000.0, elapsed_seconds=0.01 * step)
+        time.sleep(args.step_sleep)
+        if args.checkpoint_every and step % args.checkpoint_every == 0:
+            write_checkpoint(run_dir, step)
+        if step == args.hold_at_step and not resumed and args.wait_for:
+            wait_for_file(args.wait_for)
     trial = int(config["name"].rsplit("#", 1)[1]) if "#" in (config.get("name") or "") else 0
     penalty = 10.0 if args.worse_after_trial and trial > args.worse_after_trial else 0.0
     for k in range(1, args.evals + 1):
@@ -121,15 +157,13 @@ def main():
         sys.stdout.write(line * (args.stdout_bytes // 100))
         sys.stdout.flush()
     time.sleep(args.sleep)
-    if args.wait_for:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(args.wait_for) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    if args.wait_for and not args.hold_at_step:
+        wait_for_file(args.wait_for)
     if args.exit_code:
         print(f"fake trainer: failing on purpose with code {args.exit_code}", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
     if args.artifacts:
-        write_artifacts(run_dir, args.steps)
+        write_artifacts(run_dir, args.steps, args.model_bytes)
     final = round(4.0 / (max(args.steps, 1) * pace), 4)
     extra = {"evaluation": evaluate(run_dir, config),
              "final_eval_loss": 4.5 / (max(args.evals or args.steps, 1) * pace) + penalty} if args.evaluate else {}

@@ -120,3 +120,8 @@ def processes_mentioning(fragment: str) -> list[int]:
 
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test "
                                                                   "installs it when run as root)")
+
+
+def scratch_file(scratch_root, run_id: str, name: str):
+    """A file of the run's scratch folder (the execution under way), or None while there is none."""
+    return next(iter(sorted(Path(scratch_root).glob(f"{run_id}.*/{name}"))), None)

@@ -34,6 +34,7 @@ SMOKE = {
     "model_families.py": (["--steps", "4", "--repeats", "1", "--families", "llama"], "model_families.json"),
     "device_placement.py": (["--runs", "2", "--steps", "2", "--repeats", "1", "--pending", "50", "--claims", "10"],
                             "device_placement.json"),
+    "artifact_store.py": (["--mb", "16", "--repeats", "1", "--stream-mb", "16"], "artifact_store.json"),
     "gpu_check.py": (["--steps", "3", "--batch-per-device", "2", "--cpu-devices", "2"], "gpu_check.json"),
 }
 

@@ -16,7 +16,7 @@ from tests.helpers import fake_trainer_command
 
 @pytest.fixture
 def run_dir(tmp_path):
-    return write_run_directory(tmp_path, "run-1", {"model_id": "tiny", "learning_rate": 0.01},
+    return write_run_directory(tmp_path / "run-1", "run-1", {"model_id": "tiny", "learning_rate": 0.01},
                                [Example("p", "r"), Example("p2", "r2")])
 
 

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 import uuid
 
 import pytest
@@ -102,6 +103,12 @@ def test_artifact_and_log_downloads_never_leave_the_run_directory(client, app, a
         assert "root:" not in response.get_data(as_text=True)
     for folder in ("etc-link", "..", "../..", "/etc"):
         assert client.get(f"/runs/{run_id}/archive/{folder}.zip", follow_redirects=True).status_code in (400, 404), folder
+    # A run stored before manifests existed is listed as its folder's files: links out of it are not among them.
+    shutil.rmtree(run_dir / ".manifests")
+    assert client.get(f"/runs/{run_id}/artifacts/run_config.json").status_code == 200
+    for path in ("passwd-link", "etc-link/passwd"):
+        assert client.get(f"/runs/{run_id}/artifacts/{path}").status_code == 404, path
+    assert "passwd" not in client.get(f"/runs/{run_id}").get_data(as_text=True)
     other = uuid.uuid4()
     assert client.get(f"/runs/{other}/log.txt").status_code == 404
 

@@ -1,4 +1,6 @@
 """Every migration upgrades and downgrades cleanly on a real Postgres."""
+from pathlib import Path
+
 import pytest
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
@@ -69,9 +71,18 @@ def _every_run_asked_for_one_device_and_no_worker_has_versions(db, text) -> None
     assert workers and all(row == (None,) for row in workers)
 
 
+def _every_run_records_the_artifacts_root_it_was_stored_under(db, text) -> None:
+    from flask import current_app
+
+    runs = db.session.execute(text("SELECT artifacts_url FROM tunix_runs")).scalars().all()
+    root = str(Path(current_app.config["ARTIFACTS_ROOT"]).resolve())
+    assert runs and set(runs) == {root}
+
+
 @pytest.mark.parametrize("previous, check", [("0008", _users_start_at_generation_0_and_active),
                                              ("0009", _workers_have_no_devices_until_they_register_again),
-                                             ("0010", _every_run_asked_for_one_device_and_no_worker_has_versions)])
+                                             ("0010", _every_run_asked_for_one_device_and_no_worker_has_versions),
+                                             ("0011", _every_run_records_the_artifacts_root_it_was_stored_under)])
 def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check, postgres_admin_url, app_config):
     """Rows of every kind, written by the app, taken back to the schema of the release before (`previous`);
     then the migrations since applied in place: nothing is lost or changed, and the new columns start as

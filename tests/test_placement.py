@@ -12,7 +12,8 @@ import pytest
 from app.contract.device_mesh import HOST_DEVICE_FLAG
 from app.queue import registry, store as queue_store
 from app.runs import lifecycle
-from tests.helpers import alive, fake_trainer_command, post_run, run_json, run_status, submit, wait_for
+from tests.helpers import (alive, fake_trainer_command, post_run, run_json, run_status, scratch_file, submit,
+                           wait_for)
 
 FOUR_DEVICES = {"XLA_FLAGS": f"{HOST_DEVICE_FLAG}=4", "TUNIX_PLACEMENT_PASSOVER_SECONDS": "0"}
 FAST_LEASE = {"TUNIX_HEARTBEAT_SECONDS": "0.5", "TUNIX_LEASE_TIMEOUT_SECONDS": "3"}
@@ -142,15 +143,15 @@ def short_lease(app_config):
 
 
 def test_a_killed_worker_s_three_runs_are_all_recovered_and_its_devices_freed(short_lease, client, worker_env,
-                                                                            start_worker, artifacts_root, tmp_path):
+                                                                            start_worker, scratch_root, tmp_path):
     records = tmp_path / "records"
     records.mkdir()
     again = [submit(client, devices=n, batch_size=4, max_attempts=2)["run_id"] for n in (1, 2)]
     once = submit(client, devices=1, max_attempts=1)["run_id"]
     doomed = start_worker(worker_env(fake_trainer_command("--sleep", "120", "--record-dir", str(records)),
                                      **FOUR_DEVICES, **FAST_LEASE))
-    wait_for(lambda: all((artifacts_root / r / "pids.json").exists() for r in [*again, once]), timeout=60)
-    trainers = [json.loads((artifacts_root / r / "pids.json").read_text())[0] for r in [*again, once]]
+    wait_for(lambda: all(scratch_file(scratch_root, r, "pids.json") for r in [*again, once]), timeout=60)
+    trainers = [json.loads(scratch_file(scratch_root, r, "pids.json").read_text())[0] for r in [*again, once]]
     held = client.get("/api/tunix/status").get_json()["workers"][0]
     assert sorted(held["busy_device_ids"]) == [0, 1, 2, 3] and len(held["running"]) == 3
     doomed.kill()  # SIGKILL: no hand-back, no last heartbeat
@@ -189,14 +190,14 @@ def test_a_run_no_live_worker_is_large_enough_for_says_why_it_waits(client):
     assert "largest live worker" not in client.get(f"/runs/{fits}").get_data(as_text=True)
 
 
-def test_cancel_and_shutdown_hold_per_run_on_a_worker_running_two(client, worker_env, start_worker, artifacts_root,
+def test_cancel_and_shutdown_hold_per_run_on_a_worker_running_two(client, worker_env, start_worker, scratch_root,
                                                                  tmp_path):
     never = tmp_path / "never"  # the trainers wait for it: only a stop ends them
     first, second = (submit(client, devices=n, batch_size=4)["run_id"] for n in (1, 2))
     worker = start_worker(worker_env(fake_trainer_command("--wait-for", str(never)), **FOUR_DEVICES,
                                      TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS="1"))
-    wait_for(lambda: all((artifacts_root / r / "pids.json").exists() for r in (first, second)), timeout=60)
-    trainers = {r: json.loads((artifacts_root / r / "pids.json").read_text())[0] for r in (first, second)}
+    wait_for(lambda: all(scratch_file(scratch_root, r, "pids.json") for r in (first, second)), timeout=60)
+    trainers = {r: json.loads(scratch_file(scratch_root, r, "pids.json").read_text())[0] for r in (first, second)}
 
     assert client.post(f"/api/tunix/runs/{first}/cancel").status_code == 202
     wait_for(lambda: run_status(client, first) == "cancelled", timeout=30)

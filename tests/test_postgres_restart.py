@@ -152,7 +152,7 @@ def test_a_claim_survives_a_postgres_crash_and_no_run_is_trained_twice_at_once(p
     trainers: list[int] = []
 
     def state():
-        trainers.append(len(processes_mentioning(str(artifacts_root / run_id))))
+        trainers.append(len(processes_mentioning(f"{run_id}.")))
         with app.app_context():
             try:
                 return db.session.execute(text("SELECT status, worker_id, attempt, error_message "

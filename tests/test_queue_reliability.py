@@ -13,7 +13,7 @@ from app.models import TunixRun
 from app.queue import store as queue_store
 from app.runs import lifecycle
 from app.runs.lifecycle import Lease
-from tests.helpers import alive, fake_trainer_command, run_json, run_status, submit, wait_for
+from tests.helpers import alive, fake_trainer_command, run_json, run_status, scratch_file, submit, wait_for
 
 FAST_LEASE = {"TUNIX_HEARTBEAT_SECONDS": "0.5", "TUNIX_LEASE_TIMEOUT_SECONDS": "3"}
 
@@ -132,11 +132,11 @@ def test_cancel_and_retry_buttons_follow_the_status(client):
     assert new_page.status_code == 303 and new_page.headers["Location"] != f"/runs/{run_id}"
 
 
-def test_cancel_running_run_stops_its_process_group(client, worker_env, start_worker, artifacts_root):
+def test_cancel_running_run_stops_its_process_group(client, worker_env, start_worker, scratch_root):
     run_id = submit(client)["run_id"]
     worker = start_worker(worker_env(fake_trainer_command("--spawn-child", "--sleep", "120"), **FAST_LEASE))
-    wait_for(lambda: (artifacts_root / run_id / "pids.json").exists() and run_status(client, run_id) == "running")
-    pids = json.loads((artifacts_root / run_id / "pids.json").read_text())
+    wait_for(lambda: scratch_file(scratch_root, run_id, "pids.json") and run_status(client, run_id) == "running")
+    pids = json.loads(scratch_file(scratch_root, run_id, "pids.json").read_text())
     response = client.post(f"/api/tunix/runs/{run_id}/cancel")
     assert response.status_code == 202 and response.get_json()["status"] == "cancelling"
     wait_for(lambda: run_status(client, run_id) == "cancelled", timeout=30)
@@ -149,11 +149,11 @@ def test_cancel_running_run_stops_its_process_group(client, worker_env, start_wo
 
 # -- workers: kill -9, slow-but-alive, graceful shutdown -----------------------------------
 
-def test_killed_worker_run_fails_as_worker_lost(client, worker_env, start_worker, artifacts_root):
+def test_killed_worker_run_fails_as_worker_lost(client, worker_env, start_worker, scratch_root):
     run_id = submit(client)["run_id"]
     doomed = start_worker(worker_env(fake_trainer_command("--sleep", "120"), **FAST_LEASE))
-    wait_for(lambda: (artifacts_root / run_id / "pids.json").exists())
-    trainer_pid = json.loads((artifacts_root / run_id / "pids.json").read_text())[0]
+    wait_for(lambda: scratch_file(scratch_root, run_id, "pids.json"))
+    trainer_pid = json.loads(scratch_file(scratch_root, run_id, "pids.json").read_text())[0]
     doomed.kill()  # SIGKILL: no chance to clean up
     doomed.wait()
     wait_for(lambda: not alive(trainer_pid), timeout=10)  # the trainer dies with its worker
@@ -177,12 +177,12 @@ def test_slow_but_alive_worker_keeps_its_run(client, worker_env, start_worker, t
     assert len(list(record.iterdir())) == 1, "executed exactly once"
 
 
-def test_sigterm_hands_the_run_back_after_the_grace(client, worker_env, start_worker, artifacts_root):
+def test_sigterm_hands_the_run_back_after_the_grace(client, worker_env, start_worker, scratch_root):
     run_id = submit(client)["run_id"]
     worker = start_worker(worker_env(fake_trainer_command("--sleep", "120"),
                                      TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS="1"))
-    wait_for(lambda: (artifacts_root / run_id / "pids.json").exists())
-    trainer_pid = json.loads((artifacts_root / run_id / "pids.json").read_text())[0]
+    wait_for(lambda: scratch_file(scratch_root, run_id, "pids.json"))
+    trainer_pid = json.loads(scratch_file(scratch_root, run_id, "pids.json").read_text())[0]
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 0
@@ -193,11 +193,11 @@ def test_sigterm_hands_the_run_back_after_the_grace(client, worker_env, start_wo
     assert not alive(trainer_pid)
 
 
-def test_second_sigterm_hands_back_at_once(client, worker_env, start_worker, artifacts_root):
+def test_second_sigterm_hands_back_at_once(client, worker_env, start_worker, scratch_root):
     run_id = submit(client)["run_id"]
     worker = start_worker(worker_env(fake_trainer_command("--sleep", "120"),
                                      TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS="600"))
-    wait_for(lambda: (artifacts_root / run_id / "pids.json").exists())
+    wait_for(lambda: scratch_file(scratch_root, run_id, "pids.json"))
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)

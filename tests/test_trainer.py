@@ -97,14 +97,14 @@ def test_scoring_finds_what_a_model_memorised(client, app):
     assert [r["run_id"] for r in board] == [run["run_id"]]
 
 
-def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worker, artifacts_root):
+def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worker, scratch_root):
     body = {"dataset_key": SAMPLE, "max_steps": 5000, "num_epochs": 100, "checkpoint_every_n_steps": 10}
     run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
     start_worker(worker_env(REAL_TRAINER))
     wait_for(lambda: len(metrics_of(client, run_id)["train"]) >= 3, timeout=180)
     # The checkpoint directory goes away under the trainer, as when a disk is lost, and stays
     # gone: whatever orbax recreates is removed again until the trainer gives up.
-    checkpoints = artifacts_root / run_id / "checkpoints"
+    checkpoints = next(scratch_root.glob(f"{run_id}.*")) / "checkpoints"
     deadline = time.monotonic() + 120
     while run_status(client, run_id) == "running" and time.monotonic() < deadline:
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -159,38 +159,56 @@ def test_missing_training_stack_is_a_clear_failure(tmp_path):
     assert json.loads(proc.stdout)["event"] == "error"
 
 
-def _trainers_for(run_dir: Path) -> list[int]:
-    return processes_mentioning(str(run_dir))
+def _trainers_for(run_id: str) -> list[int]:
+    """The trainers training the run (their scratch folder is named after it)."""
+    return processes_mentioning(f"{run_id}.")
 
 
-def test_worker_killed_mid_training_is_recovered_and_resumed(client, worker_env, start_worker, artifacts_root):
-    lease = {"TUNIX_HEARTBEAT_SECONDS": "1", "TUNIX_LEASE_TIMEOUT_SECONDS": "5"}
+def test_a_run_whose_worker_is_killed_resumes_on_another_host_from_its_stored_checkpoint(
+        s3_store, client, worker_env, start_worker, tmp_path):
+    """Two hosts that share only Postgres and the bucket: the second fetches the first's last stored
+    Orbax checkpoint and Tunix resumes from it, with the scores from before training kept."""
+    lease = {"TUNIX_HEARTBEAT_SECONDS": "1", "TUNIX_LEASE_TIMEOUT_SECONDS": "5", **s3_store.env}
     body = {"dataset_key": SAMPLE, "max_steps": 3000, "num_epochs": 100, "checkpoint_every_n_steps": 20,
             "eval_every_n_steps": 1000, "eval_max_examples": 16, "max_attempts": 2}
     run_id = client.post("/api/tunix/run?mode=async", json=body).get_json()["run_id"]
-    doomed = start_worker(worker_env(REAL_TRAINER, **lease))
-    wait_for(lambda: (artifacts_root / run_id / "checkpoints").is_dir()
-             and len(metrics_of(client, run_id)["train"]) >= 40, timeout=240)
-    run_dir = artifacts_root / run_id
-    assert _trainers_for(run_dir), "the trainer is running"
+    doomed = start_worker(worker_env(REAL_TRAINER, TUNIX_SCRATCH_DIR=str(tmp_path / "host-a"), **lease))
+    manifests = f"{s3_store.prefix}/{run_id}/.manifests/checkpoint-"
+
+    def stored_steps() -> list[int]:
+        listing = s3_store.server.client().list_objects_v2(Bucket=s3_store.bucket, Prefix=manifests)
+        return sorted(int(item["Key"][len(manifests):-len(".json")]) for item in listing.get("Contents", []))
+
+    # Orbax also saves the first step; wait for a step of the interval's own to be stored.
+    wait_for(lambda: any(step >= 20 for step in stored_steps()), timeout=240)
+    assert _trainers_for(run_id), "the trainer is running"
     doomed.kill()
     doomed.wait()
-    wait_for(lambda: not _trainers_for(run_dir), timeout=15)  # no orphan keeps training
+    wait_for(lambda: not _trainers_for(run_id), timeout=15)  # no orphan keeps training
 
-    start_worker(worker_env(REAL_TRAINER, **lease))
+    start_worker(worker_env(REAL_TRAINER, TUNIX_SCRATCH_DIR=str(tmp_path / "host-b"), **lease))
     wait_for(lambda: client.get(f"/api/tunix/runs/{run_id}").get_json()["attempt"] == 2, timeout=60)
     run = client.get(f"/api/tunix/runs/{run_id}").get_json()
     assert run["recoveries"] == 1
-    # Resumed from its checkpoint rather than from step 0; cancel it to keep the test short.
+    # Resumed from the stored checkpoint rather than from step 0; cancel it to keep the test short.
     wait_for(lambda: (client.get(f"/api/tunix/runs/{run_id}").get_json()["progress"] or {}).get(
-        "step", 0) > 60, timeout=120)
+        "resumed_from_stored_step") and client.get(f"/api/tunix/runs/{run_id}").get_json()["progress"]["step"]
+        > client.get(f"/api/tunix/runs/{run_id}").get_json()["progress"]["resumed_from_stored_step"] + 5,
+        timeout=180)
     client.post(f"/api/tunix/runs/{run_id}/cancel")
-    wait_for(lambda: run_status(client, run_id) == "cancelled", timeout=60)
-    summary = client.get(f"/api/tunix/runs/{run_id}").get_json()["result"]
-    assert summary["resumed_from_step"] >= 20 and summary["stopped_early"]
-    # A cancelled run is not scored after training; the before scores of its first attempt are kept.
+    wait_for(lambda: run_status(client, run_id) == "cancelled", timeout=120)
+    run = client.get(f"/api/tunix/runs/{run_id}").get_json()
+    summary, resumed = run["result"], run["progress"]["resumed_from_stored_step"]
+    assert summary["resumed_from_step"] == resumed >= 20 and summary["stopped_early"]
+    assert resumed % 20 == 0
+    assert f"platform: resumed from step {resumed} (stored checkpoint)" in client.get(
+        f"/runs/{run_id}/log.txt").get_data(as_text=True)
+    # One loss curve: the first host's steps, then the second's from the step after the checkpoint.
+    steps = [p["step"] for p in metrics_of(client, run_id)["train"]]
+    assert steps == sorted(set(steps)) and steps[:20] == list(range(1, 21)) and resumed + 1 in steps
+    # A cancelled run is not scored after training; the before scores of its first attempt came with the checkpoint.
     assert summary["evaluation"]["after"] is None and summary["evaluation"]["before"]["examples"] == 16
-    assert not _trainers_for(run_dir)
+    assert not _trainers_for(run_id)
     assert run_status(client, run_id) not in ("running", "cancelling")
 
 
@@ -208,7 +226,7 @@ def test_cancel_real_training_saves_a_checkpoint_and_ends_the_group(client, work
     assert run["result"]["stopped_early"] and run["result"]["steps"] < 5000
     checkpoints = [p.name for p in (artifacts_root / run_id / "checkpoints").iterdir()]
     assert str(run["result"]["steps"]) in checkpoints  # the final checkpoint of the stop
-    assert not _trainers_for(artifacts_root / run_id)
+    assert not _trainers_for(run_id)
     assert client.post(f"/api/tunix/runs/{run_id}/cancel").status_code == 409
 
 
@@ -219,7 +237,7 @@ def test_a_damaged_checkpoint_is_named_as_such(tmp_path):
 
     config = validate_run_config({"dataset_key": SAMPLE, "max_steps": 4, "checkpoint_every_n_steps": 2,
                                   "eval_fraction": 0})
-    run_dir = write_run_directory(tmp_path, "damaged", config, sample_examples())
+    run_dir = write_run_directory(tmp_path / "damaged", "damaged", config, sample_examples())
     assert subprocess.run([*REAL_TRAINER, str(run_dir)], cwd=ROOT, capture_output=True).returncode == 0
     for path in (run_dir / "checkpoints" / "4").rglob("*"):
         if path.is_file():

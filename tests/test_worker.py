@@ -65,10 +65,10 @@ def test_sigterm_finishes_the_current_run_and_claims_nothing_new(client, worker_
 
 
 def test_a_failure_inside_the_worker_fails_the_run_with_its_reason(client, worker_env, start_worker, tmp_path):
-    not_a_directory = tmp_path / "artifacts-file"
-    not_a_directory.write_text("the artifacts root cannot live under a file")
+    not_a_directory = tmp_path / "scratch-file"
+    not_a_directory.write_text("the scratch folder cannot live under a file")
     run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
-    worker = start_worker(worker_env(TUNIX_ARTIFACTS_ROOT=str(not_a_directory)), "--exit-when-idle")
+    worker = start_worker(worker_env(TUNIX_SCRATCH_DIR=str(not_a_directory)), "--exit-when-idle")
     worker.wait(timeout=60)
     run = client.get(f"/api/tunix/runs/{run_id}").get_json()
     assert run["status"] == "failed"

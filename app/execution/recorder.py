@@ -85,6 +85,11 @@ class ProgressRecorder:
                 kind == "evaluate" and (event.get("done") == 0 or "metrics" in event)):
             self.flush()
 
+    def update_progress(self, **fields: Any) -> None:
+        """Progress of the platform's own (storing files, a resume), written at once."""
+        self._progress.update(fields)
+        self.flush()
+
     def _steady_pace(self) -> float | None:
         """Seconds per step over the recent steps, the compiling first step left out; None before two."""
         if len(self._recent_steps) < 2:

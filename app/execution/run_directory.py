@@ -1,19 +1,18 @@
-"""Writing a run's directory (named after its id under the artifacts root) with what the trainer reads."""
+"""Writing the scratch folder a run is trained in with what the trainer reads."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from app.contract.run_files import DATASET_FILE, EVAL_DATASET_FILE, RUN_CONFIG_FILE, run_directory
+from app.contract.run_files import DATASET_FILE, EVAL_DATASET_FILE, RUN_CONFIG_FILE
 from app.datasets import store as dataset_store
 from app.runs.lifecycle import LeasedRun
 
 
-def write_run_directory(artifacts_root: Path, run_id: Any, config: dict[str, Any],
+def write_run_directory(run_dir: Path, run_id: Any, config: dict[str, Any],
                         examples: Iterable[Any], eval_examples: Iterable[Any] | None = None) -> Path:
-    """Create the run directory with its config and its dataset (and eval dataset) exported as JSONL."""
-    run_dir = run_directory(artifacts_root, run_id)
+    """Create the folder a trainer runs in with its config and its dataset (and eval dataset) as JSONL."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(run_dir / RUN_CONFIG_FILE, json.dumps({"run_id": str(run_id), **config}, indent=2))
     _export(run_dir / DATASET_FILE, examples)
@@ -30,10 +29,10 @@ def _export(path: Path, examples: Iterable[Any]) -> None:
     tmp.replace(path)
 
 
-def prepare_run_directory(run: LeasedRun, artifacts_root: Path) -> Path:
-    """Write the directory of a run about to execute: its config and its datasets, read from the database."""
+def prepare_run_directory(run: LeasedRun, run_dir: Path) -> Path:
+    """Write the folder of a run about to execute: its config and its datasets, read from the database."""
     eval_key = run.config.get("eval_dataset_key")
-    return write_run_directory(artifacts_root, run.id, run.config, dataset_store.iter_examples(run.dataset_key),
+    return write_run_directory(run_dir, run.id, run.config, dataset_store.iter_examples(run.dataset_key),
                                dataset_store.iter_examples(eval_key) if eval_key else None)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from app.artifacts.store import StoreSettings
 from app.config import PROJECT_ROOT
 from app.contract import progress_protocol, run_files
 from app.contract.device_mesh import Placement
@@ -52,23 +53,25 @@ class ExecutionSettings:
     """How runs are executed; built from the app config."""
 
     command: tuple[str, ...]
-    artifacts_root: Path
+    scratch_root: Path  # the local folder runs are trained in, one fresh folder per execution
     timeout_seconds: float
     output_max_bytes: int
     kill_grace_seconds: float = 10.0
     heartbeat_seconds: float = 10.0  # lease renewal while the trainer runs
     log_max_bytes: int = 5 * 1024 * 1024  # output stored in the database per run
     compilation_cache_dir: str = ""  # handed to the trainer; "" leaves JAX's cache off
+    store: StoreSettings | None = None  # where runs' files are stored; None: left in the scratch folder
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ExecutionSettings":
-        return cls(command=tuple(config["TRAIN_COMMAND"]), artifacts_root=Path(config["ARTIFACTS_ROOT"]),
+        return cls(command=tuple(config["TRAIN_COMMAND"]), scratch_root=Path(config["SCRATCH_DIR"]),
                    timeout_seconds=float(config["RUN_TIMEOUT_SECONDS"]),
                    output_max_bytes=int(config["OUTPUT_MAX_BYTES"]),
                    kill_grace_seconds=float(config["KILL_GRACE_SECONDS"]),
                    heartbeat_seconds=float(config["HEARTBEAT_SECONDS"]),
                    log_max_bytes=int(config["LOG_MAX_BYTES"]),
-                   compilation_cache_dir=str(config.get("COMPILATION_CACHE_DIR") or ""))
+                   compilation_cache_dir=str(config.get("COMPILATION_CACHE_DIR") or ""),
+                   store=StoreSettings.from_config(config))
 
 
 @dataclass

@@ -1,18 +1,20 @@
-"""A run's artifacts: listing its directory by what the files are, and reading them without escaping it."""
+"""A run's artifacts as its page shows them: its stored files grouped by what they are, and folders zipped."""
 from __future__ import annotations
 
+import posixpath
 import re
 import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Mapping
 
+from app.artifacts import store as object_store
+from app.artifacts.run_store import RunStore, StoredFile, run_store
+from app.artifacts.store import StoreSettings
 from app.contract.run_files import (ADAPTER_DIR, CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE,
                                     EVALUATION_BEFORE_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE,
-                                    RUN_CONFIG_FILE, SUMMARY_FILE, TRAINER_LOCK_FILE, run_directory)
+                                    RUN_CONFIG_FILE, RUN_LOG_FILE, SUMMARY_FILE)
 
 MAX_LISTED = 500
-ARCHIVE_CHUNK = 1024 * 1024
 _STEP_DIR = re.compile(r"^\d+$")
 
 
@@ -56,83 +58,68 @@ class Artifacts:
         return not (self.model or self.adapter or self.results or self.inputs or self.checkpoints or self.other)
 
 
-def _run_dir(root: str | Path, run_id) -> Path:
-    return run_directory(root, run_id).resolve()
+WEB_RETRY_SECONDS = 5.0  # a page or a download waits this long for the store, not a worker's whole budget
 
 
-def _is_listed(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp") and \
-        path.name != TRAINER_LOCK_FILE
+def of_run(run, config: Mapping[str, Any], retry_seconds: float = WEB_RETRY_SECONDS) -> RunStore:
+    """The run's files where it recorded them, read with a retry budget a person can wait out."""
+    settings = replace(StoreSettings.from_config(config), retry_seconds=retry_seconds)
+    return run_store(settings, run.artifacts_url, run.id)
 
 
-def group(root: str | Path, run_id) -> Artifacts:
-    """The run's files, grouped; each checkpoint step summed into one line (its files are not listed)."""
-    run_dir = _run_dir(root, run_id)
+def group(stored: list[StoredFile]) -> Artifacts:
+    """The run's stored files, grouped; each checkpoint step summed into one line (its files are not listed)."""
     found = Artifacts()
-    if not run_dir.is_dir():
-        return found
-    checkpoints = run_dir / CHECKPOINTS_DIR
-    if checkpoints.is_dir():
-        for step_dir in sorted((p for p in checkpoints.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)),
-                               key=lambda p: int(p.name)):
-            files = [p for p in step_dir.rglob("*") if _is_listed(p)]
-            found.checkpoints.append(Checkpoint(int(step_dir.name), step_dir.relative_to(run_dir).as_posix(),
-                                                sum(p.stat().st_size for p in files), len(files)))
-    results = {SUMMARY_FILE, METRICS_FILE, PREDICTIONS_FILE, EVALUATION_BEFORE_FILE}
+    steps: dict[int, list[StoredFile]] = {}
+    results = {SUMMARY_FILE, METRICS_FILE, PREDICTIONS_FILE, EVALUATION_BEFORE_FILE, RUN_LOG_FILE}
     inputs = {RUN_CONFIG_FILE, DATASET_FILE, EVAL_DATASET_FILE}
     listed = 0
-    for path in sorted(run_dir.rglob("*")):
-        relative = path.relative_to(run_dir)
-        if relative.parts[0] == CHECKPOINTS_DIR or not _is_listed(path):
+    for item in stored:
+        parts = item.path.split("/")
+        if parts[0] == CHECKPOINTS_DIR:
+            if len(parts) > 2 and _STEP_DIR.match(parts[1]):
+                steps.setdefault(int(parts[1]), []).append(item)
             continue
-        item = ArtifactFile(relative.as_posix(), path.stat().st_size)
-        if relative.parts[0] == MODEL_DIR:
-            found.model.append(item)
-        elif relative.parts[0] == ADAPTER_DIR:
-            found.adapter.append(item)
+        file = ArtifactFile(item.path, item.size_bytes)
+        if parts[0] == MODEL_DIR and len(parts) > 1:
+            found.model.append(file)
+        elif parts[0] == ADAPTER_DIR and len(parts) > 1:
+            found.adapter.append(file)
         elif item.path in results:
-            found.results.append(item)
+            found.results.append(file)
         elif item.path in inputs:
-            found.inputs.append(item)
+            found.inputs.append(file)
         elif listed < MAX_LISTED:
-            found.other.append(item)
+            found.other.append(file)
             listed += 1
+    for step in sorted(steps):
+        found.checkpoints.append(Checkpoint(step, f"{CHECKPOINTS_DIR}/{step}", sum(f.size_bytes for f in steps[step]),
+                                            len(steps[step])))
     return found
-
-
-def resolve_file(root: str | Path, run_id, relative: str) -> Path | None:
-    """The file a download names, or None when it is missing or would leave the run's directory."""
-    run_dir = _run_dir(root, run_id)
-    try:
-        candidate = (run_dir / relative).resolve()
-        if not candidate.is_relative_to(run_dir) or not candidate.is_file():
-            return None
-    except (OSError, ValueError):  # a name too long, a NUL byte: no such file either way
-        return None
-    return candidate
-
-
-def resolve_folder(root: str | Path, run_id, relative: str) -> Path | None:
-    """A folder of the run's directory (the model, a checkpoint step), or None when missing or outside it."""
-    run_dir = _run_dir(root, run_id)
-    try:
-        candidate = (run_dir / relative).resolve()
-        if not candidate.is_relative_to(run_dir) or candidate == run_dir or not candidate.is_dir():
-            return None
-    except (OSError, ValueError):
-        return None
-    return candidate
 
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def archive_name(root: str | Path, run_id, folder: Path) -> str:
-    """The download name of a resolved folder of the run: built from where it is, never from the path
-    the client sent, and plain ASCII, so nothing in it can end the header it goes into."""
-    relative = folder.relative_to(_run_dir(root, run_id))
-    parts = [_UNSAFE_IN_NAME.sub("_", part).strip("._") or "_" for part in relative.parts]
+def normalized(relative: str) -> str | None:
+    """A relative name with its '.' and '..' folded in ("model/x/.." is "model"); None when it would leave
+    the run's folder or names nothing. Only names the run's stored files hold are served after this."""
+    if "\x00" in relative or relative.startswith("/"):
+        return None
+    folded = posixpath.normpath(relative)
+    return None if folded in (".", "") or folded.startswith("..") else folded
+
+
+def archive_name(run_id, folder: str) -> str:
+    """The download name of a folder of the run: plain ASCII, so nothing in it can end the header it goes
+    into (the folder is one the run's files hold, never the path the client sent as such)."""
+    parts = [_UNSAFE_IN_NAME.sub("_", part).strip("._") or "_" for part in folder.strip("/").split("/")]
     return f"run-{str(run_id)[:8]}-{'-'.join(parts)}"[:200]
+
+
+def download_name(relative: str) -> str:
+    """A stored file's download name: its own name, in plain ASCII."""
+    return _UNSAFE_IN_NAME.sub("_", relative.rsplit("/", 1)[-1]).strip("._")[:200] or "file"
 
 
 class _Sink:
@@ -158,16 +145,16 @@ class _Sink:
         return data
 
 
-def stream_zip(folder: Path, prefix: str) -> Iterator[bytes]:
-    """A zip archive of `folder`, produced piece by piece: never more than a chunk of a file in memory."""
+def stream_zip(files: RunStore, folder: str, prefix: str) -> Iterator[bytes]:
+    """A zip archive of the run's stored files under `folder`, made as it is sent: each file is read from
+    the store a chunk at a time (and checked against its SHA-256), never held whole."""
     sink = _Sink()
+    inside = folder.strip("/") + "/"
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for path in sorted(folder.rglob("*")):
-            if not _is_listed(path):
-                continue
-            name = f"{prefix}/{path.relative_to(folder).as_posix()}"
-            with path.open("rb") as source, archive.open(name, "w", force_zip64=True) as target:
-                while chunk := source.read(ARCHIVE_CHUNK):
+        for item in files.folder(folder):
+            name = f"{prefix}/{item.path[len(inside):]}"
+            with archive.open(name, "w", force_zip64=True) as target:
+                for chunk in object_store.stream(files.store, item.entry):
                     target.write(chunk)
                     yield sink.take()
             yield sink.take()

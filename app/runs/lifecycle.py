@@ -64,11 +64,12 @@ class LeasedRun:
     sweep_id: uuid.UUID | None = None  # set when the run is a sweep's trial
     devices: int = 1
     device_ids: tuple[int, ...] | None = None  # the worker's devices it was placed on; None: not placed
+    artifacts_url: str | None = None  # where its files are stored; None: the configured store
 
     @classmethod
     def of(cls, run: TunixRun) -> "LeasedRun":
         return cls(run.id, run.mode, run.dataset_key, dict(run.config), run.max_attempts,
-                   Lease(run.worker_id, run.attempt), run.sweep_id, run.devices)
+                   Lease(run.worker_id, run.attempt), run.sweep_id, run.devices, artifacts_url=run.artifacts_url)
 
 
 def transition(run_id: uuid.UUID, from_status: str | tuple[str, ...], to_status: str, *,
@@ -128,7 +129,8 @@ UPDATE tunix_runs SET status = '{RUNNING}', version = version + 1, worker_id = %
        started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), cancel_requested_at = NULL,
        device_ids = (%(free_ids)s::int[])[1:devices]
 WHERE id = ({{pick}}) AND status = '{PENDING}'
-RETURNING id, mode, dataset_key, config, max_attempts, worker_id, attempt, sweep_id, devices, device_ids
+RETURNING id, mode, dataset_key, config, max_attempts, worker_id, attempt, sweep_id, devices, device_ids,
+          artifacts_url
 """
 _FINISH_SQL = f"""
 UPDATE tunix_runs SET status = %(status)s, version = version + 1, completed_at = clock_timestamp(),
@@ -245,7 +247,8 @@ def claim(pick: str, worker_id: str, free_ids: list[int], **pick_params: Any) ->
         return None
     log.info("run %s: %s -> %s on devices %s", row.id, PENDING, RUNNING, row.device_ids)
     return LeasedRun(row.id, row.mode, row.dataset_key, dict(row.config), row.max_attempts,
-                     Lease(row.worker_id, row.attempt), row.sweep_id, row.devices, tuple(row.device_ids or ()))
+                     Lease(row.worker_id, row.attempt), row.sweep_id, row.devices, tuple(row.device_ids or ()),
+                     row.artifacts_url)
 
 
 def requeue(run_id: uuid.UUID, lease: Lease, reason: str, *, recovered: bool) -> bool:

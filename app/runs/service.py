@@ -22,6 +22,7 @@ from app.config import instance_dir
 from app.contract import training_plan
 from app.datasets import store as dataset_store
 from app.accounts.service import Actor
+from app.artifacts.store import location_of
 from app.errors import AppError, ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
 from app.models import WORKER_DEVICE_COUNT, TunixRun
@@ -134,7 +135,7 @@ def _new_run(config: dict[str, Any], mode: str, created_by: int | None, **extra:
         "id": uuid.uuid4(), "mode": mode, "dataset_key": config["dataset_key"], "model_id": config["model_id"],
         "config": config, "devices": config.get("devices", 1), "created_at": now, "name": config["name"],
         "tags": config["tags"],
-        "created_by": created_by,
+        "created_by": created_by, "artifacts_url": location_of(current_app.config),
         # Only a queued run can be re-queued; one carried out inside a request gets one start.
         "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1, **extra,
     }

@@ -136,6 +136,10 @@ SCHEMAS: dict[str, JsonSchema] = {
         "devices": {"type": "integer", "description": "Devices the run asks for."},
         "device_ids": {"type": ["array", "null"], "items": {"type": "integer"},
                        "description": "The ids of its worker's devices it was placed on; null until placed."},
+        "artifacts_url": {"type": ["string", "null"],
+                          "description": "The bucket its files are kept in (s3://… or gs://…), fixed when it was "
+                                         "submitted; its files are under <artifacts_url>/<run_id>/. Null when they "
+                                         "are in the server's local artifacts folder."},
     }),
     "RunPage": closed({"runs": {"type": "array", "items": ref("RunSummary")},
                        "next_cursor": {**TEXT, "description": "Pass as cursor for the next, older page."}}),

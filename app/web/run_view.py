@@ -17,14 +17,16 @@ from typing import Any, Hashable
 from flask import current_app
 from markupsafe import Markup
 
+from app.artifacts.store import StoreError, is_object_store
 from app.contract import scoring
-from app.contract.progress_protocol import TRAINING
+from app.contract.progress_protocol import STORING, TRAINING
 from app.models import TunixRun
 from app.queue import registry
 from app.runs import artifacts, evaluation, logs, queries, service
 from app.runs import progress as run_progress
 from app.run_states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
 from app.web import loss_chart
+from app.web.formatting import format_bytes
 
 STATUS_WORDS = {
     PENDING: "Waiting for a worker", RUNNING: "Running", CANCELLING: "Stopping", COMPLETED: "Completed",
@@ -52,6 +54,7 @@ class ProgressView:
     training_seconds: float | None  # since the first step, while training
     time_left_seconds: float | None
     tokens_per_second: float | None  # smoothed while running; the run's own figure once it ended
+    resumed_from_step: int | None = None  # the stored checkpoint a re-queued run started from
 
     @classmethod
     def of(cls, run: TunixRun) -> "ProgressView | None":
@@ -66,10 +69,26 @@ class ProgressView:
         return cls(step=int(_number(progress, "step") or 0), total_steps=int(total),
                    loss=_number(progress, "loss"), eval_loss=_number(progress, "eval_loss"),
                    eval_step=None if eval_step is None else int(eval_step),
-                   phase=run_progress.PHASE_WORDS[phase] if phase else None,
+                   phase=_phase_words(phase, progress) if phase else None,
                    training_seconds=_number(progress, "elapsed_seconds") if phase == TRAINING else None,
                    time_left_seconds=run_progress.time_left_seconds(run.status, progress),
-                   tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"))
+                   tokens_per_second=rate if rate is not None else _number(progress, "tokens_per_second"),
+                   resumed_from_step=_whole(progress, "resumed_from_stored_step"))
+
+
+def _whole(progress: dict[str, Any], key: str) -> int | None:
+    value = _number(progress, key)
+    return None if value is None else int(value)
+
+
+def _phase_words(phase: str, progress: dict[str, Any]) -> str:
+    """The phase in words; while the platform stores the run's files, how far it has come."""
+    storing = progress.get("storing")
+    if phase != STORING or not isinstance(storing, dict) or not storing.get("files_total"):
+        return run_progress.PHASE_WORDS[phase]
+    words = (f"Storing files: {int(storing.get('files_done') or 0)} of {int(storing['files_total'])}, "
+             f"{format_bytes(storing.get('bytes_done') or 0)} of {format_bytes(storing.get('bytes_total') or 0)}")
+    return words + (f" ({storing['retrying']})" if isinstance(storing.get("retrying"), str) else "")
 
 
 SCORE_ROWS = (("answer_match", "Answer match", "rate"), ("exact_match", "Exact match", "rate"),
@@ -326,10 +345,20 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
     return context
 
 
+def _stored_files(run: TunixRun) -> dict:
+    """The run's files as the store lists them; when it does not answer, the page says so and renders."""
+    files = artifacts.of_run(run, current_app.config)
+    stored_in = files.where() if is_object_store(files.location) else None  # a server's own folder stays unsaid
+    try:
+        return {"artifacts": artifacts.group(files.files()), "store_error": None, "stored_in": stored_in}
+    except StoreError as exc:
+        return {"artifacts": artifacts.Artifacts(), "store_error": str(exc), "stored_in": stored_in}
+
+
 def _surroundings(run: TunixRun) -> dict:
     examples = evaluation.predictions(run.id, "after", 0, EXAMPLES_SHOWN) if run.is_terminal and not run.is_plan \
         else None
-    return {"artifacts": artifacts.group(current_app.config["ARTIFACTS_ROOT"], run.id),
+    return {**_stored_files(run),
             "notes": [] if run.is_plan else service.plan_notes(run),
             "retries": queries.retries_of(run.id), "examples": examples,
             "examples_before": evaluation.before_verdicts(run.id, [p.position for p in examples.items])
