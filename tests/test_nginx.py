@@ -193,6 +193,12 @@ def test_the_shipped_nginx_site_in_front_of_gunicorn(nginx_ports, credentials):
     assert status == 200 and 'id="run-status"' in fragment and 'hx-swap-oob="true"' in fragment
     status, _, log = browser.request("GET", f"{run_path}/log.txt")
     assert status == 200 and "fake trainer: 240 examples" in log
+    # The run's stored files, streamed through nginx unbuffered, a Range request answered as such.
+    status, _, whole = browser.request("GET", f"{run_path}/artifacts/run_config.json")
+    assert status == 200 and json.loads(whole)["dataset_key"] == SAMPLE
+    status, headers, part = browser.request("GET", f"{run_path}/artifacts/run_config.json",
+                                            headers={"Range": "bytes=2-11"})
+    assert status == 206 and part == whole[2:12] and headers["Content-Range"] == f"bytes 2-11/{len(whole)}"
 
     jsonl = b'{"prompt": "2+2?", "response": "4"}\n{"prompt": "3+3?", "response": "6"}\n'
     status, headers, _ = browser.post_form("/datasets", {"name": "through-nginx"}, {"file": ("d.jsonl", jsonl)})

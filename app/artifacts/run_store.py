@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -25,7 +26,8 @@ FINAL_MANIFEST = "final.json"
 _CHECKPOINT_MANIFEST = re.compile(r"^checkpoint-(\d+)\.json$")
 _STEP = re.compile(r"^\d+$")
 RESUME_COMPANIONS = (EVALUATION_BEFORE_FILE,)
-CHECKPOINTS_KEPT_WHILE_RUNNING = 2  # as the trainer keeps locally: the newest two steps
+CHECKPOINTS_KEPT_WHILE_RUNNING = 2
+FILES_AT_ONCE = 4  # as the trainer keeps locally: the newest two steps
 
 
 def checkpoint_manifest(step: int) -> str:
@@ -124,13 +126,16 @@ class RunStore:
     # Writing (the worker that holds the run).
 
     def _store_files(self, run_dir: Path, relatives: list[str], progress: StoringProgress) -> dict[str, Any]:
-        stored: dict[str, Any] = {}
-        for relative in relatives:
+        """Upload files a few at a time (a checkpoint is dozens of small files, each a round trip or two);
+        the first failure is raised once the others have ended."""
+        def store_one(relative: str) -> tuple[str, dict[str, Any]]:
             entry = object_store.put_file(self.store, self.retry.settings, self.key(relative), run_dir / relative,
                                           self.retry, progress.add_bytes)
-            stored[relative] = entry.as_json()
             progress.file_done()
-        return stored
+            return relative, entry.as_json()
+
+        with ThreadPoolExecutor(max_workers=FILES_AT_ONCE, thread_name_prefix="store") as pool:
+            return dict(pool.map(store_one, relatives))
 
     def _write_manifest(self, name: str, files: dict[str, Any], **extra: Any) -> None:
         body = json.dumps({"files": files, **extra}, indent=1, sort_keys=True).encode()
