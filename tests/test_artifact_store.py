@@ -5,6 +5,7 @@ Production uses a real bucket (S3, GCS, or an S3-compatible server); the project
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -71,6 +72,20 @@ def test_a_run_is_stored_in_the_bucket_and_the_web_serves_every_file_from_it(
         response = client.get(f"/runs/{run_id}/artifacts/{relative}")
         assert response.status_code == 200 and response.data == stored[relative], relative
     assert "checkpoints/3/" in page
+
+    # The API lists the same files with their checksums, and serves each to a token.
+    listed = client.get(f"/api/tunix/runs/{run_id}/artifacts").get_json()
+    assert listed["artifacts_url"] == s3_store.url
+    assert {f["path"] for f in listed["files"]} == set(manifest) | {
+        p for p in stored if p.startswith("checkpoints/")}
+    assert listed["total_bytes"] == sum(f["size_bytes"] for f in listed["files"])
+    for entry in listed["files"]:
+        assert entry["sha256"] == hashlib.sha256(stored[entry["path"]]).hexdigest()
+    fetched = client.get(f"/api/tunix/runs/{run_id}/artifacts/model/model.safetensors")
+    assert fetched.status_code == 200 and fetched.data == stored["model/model.safetensors"]
+    assert fetched.headers["ETag"] == f'"{hashlib.sha256(fetched.data).hexdigest()}"'
+    assert client.get(f"/api/tunix/runs/{run_id}/artifacts/model/../../x").status_code == 404
+    assert app.test_client().get(f"/api/tunix/runs/{run_id}/artifacts/summary.json").status_code == 401
 
     big = stored["model/model.safetensors"]
     ranged = client.get(f"/runs/{run_id}/artifacts/model/model.safetensors", headers={"Range": "bytes=9000000-9000099"})
@@ -183,7 +198,9 @@ def test_a_changed_object_is_refused_on_download_and_on_resume(s3_store, client,
     client_s3.put_object(Bucket=s3_store.bucket, Key=key, Body=b"\x07" * MODEL_BYTES)  # same size, other bytes
     refused = client.get(f"/runs/{run_id}/artifacts/model/model.safetensors")
     assert refused.status_code == 502
-    assert "is not the file this run stored" in refused.get_data(as_text=True)
+    assert "is not what this run stored" in refused.get_data(as_text=True)
+    refused = client.get(f"/api/tunix/runs/{run_id}/artifacts/model/model.safetensors")
+    assert refused.status_code == 502 and "was changed after it was stored" in refused.get_json()["error"]
     assert client.get(f"/runs/{run_id}/archive/model.zip").status_code == 502
     assert client.get(f"/runs/{run_id}/artifacts/summary.json").status_code == 200  # the others still are
 

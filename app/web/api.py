@@ -18,7 +18,7 @@ from app.queue import registry
 from app.runs import comparison, counts, evaluation, logs, queries, service, validation
 from app.run_states import ASYNC, CANCELLED, DEFAULT_MODE, MODES, PENDING, RUNNING, STATUSES
 from app.sweeps import queries as sweep_queries, service as sweep_service
-from app.web import openapi, serializers
+from app.web import downloads, openapi, serializers
 from app.web.auth import current_actor
 from app.web.formatting import PREVIEW_CHARS
 from app.web.lookups import upload_limits
@@ -167,6 +167,18 @@ def get_run_logs(run_id: str):
     piece = logs.tail(run.id, max_lines) if after is None else logs.after(run.id, after, max_lines)
     return jsonify({"run_id": str(run.id), "lines": [{"stream": s, "text": t} for s, t in piece.lines],
                     "next_after": piece.last_seq, "log_bytes": run.log_bytes})
+
+
+@bp.get("/tunix/runs/<run_id>/artifacts")
+def list_run_artifacts(run_id: str):
+    """The run's stored files: path, size and SHA-256 of each (what a script fetches and checks)."""
+    return jsonify(downloads.listing(run_or_404(run_id)))
+
+
+@bp.get("/tunix/runs/<run_id>/artifacts/<path:path>")
+def download_run_artifact(run_id: str, path: str):
+    """One stored file, as the run page serves it (Range requests; a presigned URL when the server says so)."""
+    return downloads.file_response(run_or_404(run_id), path)
 
 
 @bp.get("/workers")

@@ -239,6 +239,17 @@ SCHEMAS: dict[str, JsonSchema] = {
                            "best": nullable(ref("SweepTrial")),
                            "trials": {"type": "array", "items": ref("SweepTrial")}}),
     "Health": closed({"status": {"enum": ["ok", "unavailable"]}, "database": {"type": "string"}}),
+    "ArtifactList": closed({
+        "run_id": UUID, "status": {"enum": list(STATUSES)},
+        "artifacts_url": {"type": ["string", "null"], "description": "The bucket the files are in; null for the "
+                                                                     "server's local folder."},
+        "total_bytes": {"type": "integer", "minimum": 0},
+        "files": {"type": "array", "items": closed({
+            "path": {"type": "string", "description": "Relative to the run; download it from "
+                                                      "/api/tunix/runs/{run_id}/artifacts/{path}."},
+            "size_bytes": {"type": "integer", "minimum": 0},
+            "sha256": {"type": ["string", "null"], "description": "Of the file's bytes, as stored; null for a run "
+                                                                  "stored before checksums were kept."}})}}),
 }
 
 ERRORS = {
@@ -252,12 +263,13 @@ ERRORS = {
     413: "The body is larger than TUNIX_MAX_UPLOAD_BYTES, or has too many parts.",
     415: "The body is not application/json (or multipart/form-data for a dataset upload).",
     422: "A field is invalid: `details` names each one and what is wrong.",
+    502: "A stored file is not the one its run recorded (its size, ETag or checksum differs): it is not served.",
     429: "A limit on this user is reached (active runs, running sweeps, sync runs under way).",
-    503: "The database is unavailable; nothing was lost.",
+    503: "The database (or, for a run's files, the artifact store) is unavailable; nothing was lost.",
 }
 ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
                413: "TooLarge", 415: "UnsupportedMediaType", 422: "InvalidField", 429: "TooManyActive",
-               503: "Unavailable"}
+               502: "StoredFileCorrupted", 503: "Unavailable"}
 # Every call that needs a token may be refused so, whatever it does; an open one, for its host name.
 ALWAYS = (400, 401, 503)
 ALWAYS_OPEN = (400,)
@@ -371,6 +383,23 @@ PATHS: dict[str, dict[str, JsonSchema]] = {
         "runs", "The run's stored output: the tail, or the lines after a sequence number.",
         {200: _json("LogPage", "Lines of output, oldest first.")}, (404, 422),
         [RUN_ID, _query("after", "next_after of the previous call.", {"type": "integer", "minimum": 0})])},
+    "/api/tunix/runs/{run_id}/artifacts": {"get": _operation(
+        "runs", "The run's stored files: path, size and SHA-256 of each (from the manifests its worker wrote).",
+        {200: _json("ArtifactList", "Every stored file, sorted by path.")}, (404,), [RUN_ID])},
+    "/api/tunix/runs/{run_id}/artifacts/{path}": {"get": _operation(
+        "runs", "One stored file, streamed from the artifact store (Range requests answered with 206).",
+        {200: {"description": "The whole file; its SHA-256 is the ETag, and the last chunk is held back until "
+                              "it matches (a damaged file never arrives whole).",
+               "headers": {"ETag": {"schema": {"type": "string"}}, "Accept-Ranges": {"schema": {"type": "string"}}},
+               "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
+         206: {"description": "The range asked for.", "headers": {"Content-Range": {"schema": {"type": "string"}}},
+               "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
+         302: {"description": "With TUNIX_ARTIFACTS_PRESIGN=1: a presigned URL of the bucket, good for a while.",
+               "headers": {"Location": {"schema": {"type": "string"}}}},
+         416: {"description": "The range lies outside the file.",
+               "headers": {"Content-Range": {"schema": {"type": "string"}}}}},
+        (404, 502),
+        [RUN_ID, _path("path", "The file's path in the run, as the listing gives it ('/' included, not encoded).")])},
     "/api/tunix/runs/{run_id}/cancel": {"post": _operation(
         "runs", "Cancel: a pending run at once (200), a running one is stopped (202).",
         {200: _json("CancelOutcome", "Cancelled (it was pending)."),

@@ -5,23 +5,20 @@ forms catch a ValidationError themselves to show each problem next to its field.
 """
 from __future__ import annotations
 
-import mimetypes
 import uuid
 
 from flask import (Blueprint, Response, current_app, redirect, render_template, request, session,
                    stream_with_context, url_for)
 
-from app.artifacts import store as object_store
-from app.artifacts.store import IntegrityError, StoreError, UnsafeKey
 from app.contract import model_catalog
 from app.datasets import parsing, store as dataset_store
 from app.datasets.sample import SAMPLE_KEY
-from app.errors import NotFoundError, StoredFileCorrupted, StoreUnreachable, ValidationError
+from app.errors import NotFoundError, ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.queue import registry
 from app.runs import artifacts, comparison, evaluation, logs, queries, service, validation
 from app.run_states import ASYNC, MODES, STATUSES, SYNC
-from app.web import loss_chart, run_view
+from app.web import downloads, loss_chart, run_view
 from app.web.auth import current_actor
 from app.web.lookups import MAX_QUERY_NUMBER, dataset_or_404, run_or_404, upload_limits
 
@@ -221,79 +218,16 @@ def list_workers():
     return render_template("workers.html", workers=workers, now=now, stopped=registry.STOPPED)
 
 
-def _stored(run, relative: str):
-    """The run's store and the stored file a download names; 404 for a name that is not one of its files."""
-    files = artifacts.of_run(run, current_app.config)
-    folded = artifacts.normalized(relative)
-    try:
-        item = files.find(folded) if folded else None
-    except UnsafeKey:
-        item = None
-    except StoreError as exc:
-        raise StoreUnreachable(f"The artifact store did not answer: {exc}") from exc
-    if item is None:
-        raise NotFoundError("No such file in this run's artifacts.")
-    return files, item
-
-
 @bp.get("/runs/<run_id>/artifacts/<path:relative>")
 def download_artifact(run_id: str, relative: str):
-    """A stored file, checked against what its run recorded, then streamed from the store (Range requests
-    too) or, with TUNIX_ARTIFACTS_PRESIGN=1, handed to a short-lived presigned URL of the bucket."""
-    run = run_or_404(run_id)
-    files, item = _stored(run, relative)
-    try:
-        object_store.verify_current(files.store, item.entry, files.retry)
-        signed = files.sign(item)
-    except IntegrityError as exc:
-        raise StoredFileCorrupted(f"Not served: {item.path} in the store is not the file this run stored ({exc}). "
-                                  "It may have been damaged or overwritten in the bucket.") from exc
-    except StoreError as exc:
-        raise StoreUnreachable(f"The artifact store did not answer: {exc}") from exc
-    if signed is not None:
-        return redirect(signed, code=302)
-    etag = f'"{item.entry.sha256}"' if item.entry.sha256 else None
-    start, stop, status = 0, item.size_bytes, 200
-    wanted = request.range
-    if wanted is not None and request.if_range.etag and request.if_range.etag != (etag or "").strip('"'):
-        wanted = None  # If-Range names another version: the whole file
-    headers = {"Accept-Ranges": "bytes",
-               "Content-Disposition": f'attachment; filename="{artifacts.download_name(item.path)}"'}
-    if etag:
-        headers["ETag"] = etag
-    if wanted is not None:
-        bounds = wanted.range_for_length(item.size_bytes)
-        if bounds is None:
-            return Response(status=416, headers={**headers, "Content-Range": f"bytes */{item.size_bytes}"})
-        (start, stop), status = bounds, 206
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{item.size_bytes}"
-    headers["Content-Length"] = str(stop - start)
-    body = object_store.stream(files.store, item.entry, start, stop)
-    return Response(stream_with_context(body), status=status, headers=headers,
-                    mimetype=mimetypes.guess_type(item.path)[0] or "application/octet-stream",
-                    direct_passthrough=True)
+    """One of the run's stored files (app.web.downloads)."""
+    return downloads.file_response(run_or_404(run_id), relative)
 
 
 @bp.get("/runs/<run_id>/archive/<path:folder>.zip")
 def download_folder(run_id: str, folder: str):
-    """A folder of the run (its model, a checkpoint step) as one zip archive, made from the store as it streams."""
-    run = run_or_404(run_id)
-    files = artifacts.of_run(run, current_app.config)
-    folder = artifacts.normalized(folder)
-    try:
-        inside = files.folder(folder) if folder else []
-        if not inside:
-            raise NotFoundError("No such folder in this run's artifacts.")
-        for item in inside:  # a file changed in the bucket is found before the archive starts
-            object_store.verify_current(files.store, item.entry, files.retry)
-    except IntegrityError as exc:
-        raise StoredFileCorrupted(f"Not served: {folder} in the store is not what this run stored ({exc}). "
-                                  "It may have been damaged or overwritten in the bucket.") from exc
-    except StoreError as exc:
-        raise StoreUnreachable(f"The artifact store did not answer: {exc}") from exc
-    name = artifacts.archive_name(run.id, folder)
-    return Response(stream_with_context(artifacts.stream_zip(files, folder, name)), mimetype="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
+    """A folder of the run (its model, a checkpoint step) as one zip archive, made as it streams."""
+    return downloads.folder_response(run_or_404(run_id), folder)
 
 
 @bp.get("/datasets")
