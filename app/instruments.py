@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import REGISTRY, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 
 RUN_DURATION = Histogram(
     "tunix_run_duration_seconds",
@@ -23,6 +23,25 @@ DB_WRITE_LATENCY = Histogram(
     "Latency of database writes (statement and commit), by operation.",
     ["operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+ARTIFACT_BYTES = Counter(
+    "tunix_artifact_bytes_total",
+    "Bytes of runs' files written to the artifact store (upload) or read from it (download: a worker's "
+    "resume, a web process's downloads).",
+    ["direction"],
+)
+ARTIFACT_RETRIES = Counter(
+    "tunix_artifact_store_retries_total",
+    "Artifact store operations that failed and were tried again (an outage shows here first).",
+)
+ARTIFACT_GIVEN_UP = Counter(
+    "tunix_artifact_store_unavailable_total",
+    "Artifact store operations given up after TUNIX_ARTIFACTS_RETRY_SECONDS of failures.",
+)
+ARTIFACT_REFUSED = Counter(
+    "tunix_artifact_integrity_refusals_total",
+    "Stored files refused because their size, ETag or SHA-256 differed from what their run recorded.",
 )
 
 

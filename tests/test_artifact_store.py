@@ -187,8 +187,16 @@ def test_an_outage_of_the_store_is_waited_out_and_a_longer_one_fails_the_run(
 
 
 def test_a_changed_object_is_refused_on_download_and_on_resume(s3_store, client, app, tmp_path):
+    from prometheus_client import REGISTRY
+
     from app.artifacts.run_store import RunStore, StoringProgress
     from app.artifacts.store import StoreSettings
+
+    def counted(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    uploaded, refusals = counted("tunix_artifact_bytes_total", direction="upload"), counted(
+        "tunix_artifact_integrity_refusals_total")
 
     app.config["TRAIN_COMMAND"] = fake_trainer_command("--artifacts", "--model-bytes", str(MODEL_BYTES))
     run_id = client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE}).get_json()["run_id"]
@@ -203,6 +211,10 @@ def test_a_changed_object_is_refused_on_download_and_on_resume(s3_store, client,
     assert refused.status_code == 502 and "was changed after it was stored" in refused.get_json()["error"]
     assert client.get(f"/runs/{run_id}/archive/model.zip").status_code == 502
     assert client.get(f"/runs/{run_id}/artifacts/summary.json").status_code == 200  # the others still are
+    # A sync run stores through this process: its bytes and the refusals are counted for /metrics.
+    assert counted("tunix_artifact_bytes_total", direction="upload") - uploaded >= MODEL_BYTES
+    assert counted("tunix_artifact_integrity_refusals_total") - refusals == 3
+    assert "tunix_artifact_integrity_refusals_total" in client.get("/metrics").get_data(as_text=True)
 
     # A resume refuses a changed checkpoint and takes the one before it.
     settings = StoreSettings.from_config(app.config)

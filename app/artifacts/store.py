@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 import obstore
 from obstore.exceptions import NotFoundError, PreconditionError
 
+from app import instruments
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -54,6 +56,10 @@ class UploadMismatch(StoreError):
 
 class IntegrityError(StoreError):
     """A stored object is not the one that was recorded: its size, ETag or SHA-256 differs."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        instruments.ARTIFACT_REFUSED.inc()
 
 
 class UnsafeKey(ValueError):
@@ -182,12 +188,14 @@ class Retrier:
                 raise
             except Exception as exc:  # obstore raises its own types per backend: any other failure may pass
                 if time.monotonic() + delay > deadline or (self.should_stop and self.should_stop()):
+                    instruments.ARTIFACT_GIVEN_UP.inc()
                     raise StoreUnavailable(
                         f"the artifact store ({describe(self.settings.url)}) was unreachable or failing for "
                         f"{self.settings.retry_seconds:g} s while {what} ({attempt} tries; last error: "
                         f"{_short(exc)})") from exc
                 log.warning("artifact store: %s failed (try %d: %s); retrying in %.1f s", what, attempt,
                             _short(exc), delay)
+                instruments.ARTIFACT_RETRIES.inc()
                 if self.on_retry is not None:
                     self.on_retry(attempt, exc)
                 time.sleep(delay)
@@ -308,6 +316,7 @@ def put_file(store, settings: StoreSettings, key: str, path: Path, retry: Retrie
             if on_bytes is not None:
                 on_bytes(-sent.count)
             raise UploadMismatch(f"{key}: the stored object does not match the file ({problem})")
+        instruments.ARTIFACT_BYTES.labels(direction="upload").inc(sums.size)
         return StoredObject(key, sums.size, sums.sha256.hexdigest(), meta.get("e_tag") or result.get("e_tag"))
 
     return retry(attempt, f"storing {key}")
@@ -382,6 +391,7 @@ def stream(store, entry: StoredObject, start: int = 0, end: int | None = None, *
     held = None  # the last chunk waits for the checksum: a damaged file never arrives whole
     for chunk in result:
         data = bytes(chunk)
+        instruments.ARTIFACT_BYTES.labels(direction="download").inc(len(data))
         if digest is None:
             yield data
             continue
@@ -422,6 +432,7 @@ def download(store, entry: StoredObject, destination: Path, retry: Retrier) -> N
             summer.join()
         if entry.sha256 and digest.hexdigest() != entry.sha256:
             raise IntegrityError(f"{entry.key}: SHA-256 {digest.hexdigest()} where {entry.sha256} was stored")
+        instruments.ARTIFACT_BYTES.labels(direction="download").inc(entry.size)
 
     try:
         retry(attempt, f"fetching {entry.key}")
