@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -26,8 +26,8 @@ FINAL_MANIFEST = "final.json"
 _CHECKPOINT_MANIFEST = re.compile(r"^checkpoint-(\d+)\.json$")
 _STEP = re.compile(r"^\d+$")
 RESUME_COMPANIONS = (EVALUATION_BEFORE_FILE,)
-CHECKPOINTS_KEPT_WHILE_RUNNING = 2
-FILES_AT_ONCE = 4  # as the trainer keeps locally: the newest two steps
+CHECKPOINTS_KEPT_WHILE_RUNNING = 2  # as the trainer keeps locally: the newest two steps
+FILES_AT_ONCE = 4
 
 
 def checkpoint_manifest(step: int) -> str:
@@ -59,7 +59,6 @@ class StoringProgress:
         self._lock = threading.Lock()
         self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
         self.retrying: str | None = None
-        self.checkpoints_stored: list[int] = []
 
     def plan(self, sizes: Iterable[int]) -> None:
         with self._lock:
@@ -111,7 +110,7 @@ class RunStore:
         self.location = location
         self.store = object_store.open_store(settings, location)
         self.prefix = object_store.join_key(str(run_id))
-        self.retry = Retrier(StoreSettings(**{**settings.__dict__, "url": location}), on_retry, should_stop)
+        self.retry = Retrier(replace(settings, url=location), on_retry, should_stop)
 
     def where(self) -> str:
         """The run's folder in the store, as the page shows it."""
@@ -152,7 +151,6 @@ class RunStore:
             progress.plan([(run_dir / r).stat().st_size for r in relatives])
         files = self._store_files(run_dir, relatives, progress)
         self._write_manifest(checkpoint_manifest(step), files, step=step)
-        progress.checkpoints_stored.append(step)
 
     def prune_checkpoints(self, keep: int = CHECKPOINTS_KEPT_WHILE_RUNNING) -> None:
         """Delete all but the newest `keep` stored steps (their manifest first, so none is half listed)."""
@@ -176,7 +174,7 @@ class RunStore:
 
     def delete_checkpoint(self, step: int) -> int:
         """Delete a stored checkpoint step; returns the bytes it freed."""
-        keys = [m for m in object_store.list_keys(self.store, self.key(f"{CHECKPOINTS_DIR}/{step}"), self.retry)]
+        keys = object_store.list_keys(self.store, self.key(f"{CHECKPOINTS_DIR}/{step}"), self.retry)
         object_store.delete_keys(self.store, [self.key(f"{MANIFESTS_DIR}/{checkpoint_manifest(step)}")], self.retry)
         object_store.delete_keys(self.store, [m["path"] for m in keys], self.retry)
         return sum(m["size"] for m in keys)
