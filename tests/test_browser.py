@@ -263,6 +263,9 @@ def test_a_retried_run_s_page_follows_that_run_alone_to_its_end(client, live_ser
         retried = page.url.rsplit("/", 1)[1]
         page.evaluate(RECORD_STATUS_BLOCKS)
         page.wait_for_selector('#run-status[data-status="completed"]', timeout=30_000)
+        # The block is in the page once swapped; it is recorded when htmx has settled it, a moment later.
+        page.wait_for_function("window.__blocks.length && "
+                               "window.__blocks[window.__blocks.length - 1].includes('data-status=\"completed\"')")
         blocks = page.evaluate("window.__blocks")
         assert len(blocks) >= 2, "the page followed the run live"
         steps = []
