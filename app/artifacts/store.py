@@ -4,7 +4,7 @@ reached through obstore. It knows objects, not runs: keys, checked writes, verif
 obstore is one library for every backend (a Rust core, no botocore), with multipart uploads, ranged and
 streamed reads, presigned URLs and retries of its own. Around each call this module adds a retry budget
 (`TUNIX_ARTIFACTS_RETRY_SECONDS`) that outlasts a short outage of the store, and the integrity checks:
-a written object's size, its ETag against the MD5 the bytes sent give (S3, whose ETag is that MD5, per
+a written object's size, its ETag against the MD5 of the file's bytes (S3, whose ETag is that MD5, per
 part for a multipart upload), and every byte read back against the SHA-256 recorded when it was stored.
 """
 from __future__ import annotations
@@ -32,14 +32,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 READ_CHUNK = 1024 * 1024  # what a web response sends at a time
 DOWNLOAD_CHUNK = 8 * 1024 * 1024  # what a worker writes to its scratch folder at a time
-PART_SIZE = 8 * 1024 * 1024  # multipart part size: S3 wants at least 5 MB but the last
+PART_SIZE = 8 * 1024 * 1024  # multipart part size (S3 wants every part but the last to be 5 MB or more)
 UPLOAD_CONCURRENCY = 8
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(-\d+)?"?$')
 _SAFE_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
 
 
 class StoreError(RuntimeError):
-    """The store refused or failed an operation in a way retrying will not mend."""
+    """An operation on the store failed; the kinds below say how."""
 
 
 class StoreUnavailable(StoreError):

@@ -13,10 +13,10 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
 from app.contract import model_catalog
 from app.datasets import parsing, store as dataset_store
 from app.datasets.sample import SAMPLE_KEY
-from app.errors import NotFoundError, ValidationError
+from app.errors import ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
 from app.queue import registry
-from app.runs import artifacts, comparison, evaluation, logs, queries, service, validation
+from app.runs import comparison, evaluation, logs, queries, service, validation
 from app.run_states import ASYNC, MODES, STATUSES, SYNC
 from app.web import downloads, loss_chart, run_view
 from app.web.auth import current_actor
