@@ -144,3 +144,39 @@ def test_two_trainers_never_write_one_run_directory(run_dir, tmp_path):
     release.touch()
     holder.join()
     assert stopped.stop_reason == "lease lost" and stopped.exit_code is None
+
+
+def test_two_executions_of_one_run_in_folders_of_their_own_never_train_at_once(run_dir, tmp_path):
+    """A worker gives each execution a scratch folder of its own and one lock per run beside them: a second
+    execution of the run (a claim a crash of Postgres undid, say) waits for the first trainer to be gone,
+    and the lock's file goes with the last holder."""
+    import shutil
+    import threading
+
+    from tests.helpers import processes_mentioning
+
+    other_dir = tmp_path / "second-execution"
+    shutil.copytree(run_dir, other_dir)
+    lock_path = tmp_path / "run-1.lock"
+    release = tmp_path / "release"
+    first = {}
+    holder = threading.Thread(target=lambda: first.update(outcome=run_tunix_subprocess(
+        run_dir, _settings(fake_trainer_command("--wait-for", str(release)), tmp_path), lock_path=lock_path)))
+    holder.start()
+    deadline = time.monotonic() + 60
+    while not (run_dir / "pids.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen: list[tuple[int, int]] = []
+
+    def tick():
+        seen.append((len(processes_mentioning(str(run_dir))), len(processes_mentioning(str(other_dir)))))
+        release.touch()
+        return None
+
+    second = run_tunix_subprocess(other_dir, _settings(fake_trainer_command(), tmp_path), on_tick=tick,
+                                  tick_seconds=0.1, lock_path=lock_path)
+    holder.join()
+    assert first["outcome"].exit_code == 0 and second.exit_code == 0
+    assert seen[0] == (1, 0), "the second waited while the first trainer ran"
+    assert all(a + b <= 1 for a, b in seen), seen
+    assert not lock_path.exists()

@@ -141,8 +141,11 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
         elif run.lease.attempt > 1:
             recorder.update_progress(resumed_from_stored_step=None, step=0)
         uploader = CheckpointUploader(files, run_dir).start()
+        # One lock per run on this host, beside the scratch folders: each execution has a folder of its own,
+        # and two of one run (a claim a crash of Postgres undid, say) must still never train at once.
         outcome = run_tunix_subprocess(run_dir, settings, on_event=on_event, on_output=recorder.on_output,
-                                       on_tick=on_tick, placement=placement or first_devices(run.devices))
+                                       on_tick=on_tick, placement=placement or first_devices(run.devices),
+                                       lock_path=settings.scratch_root / f"{run.id}.lock")
         recorder.flush()
     except Exception as exc:
         log.exception("run %s: failed inside the %s", run.id, where)

@@ -176,29 +176,50 @@ def _stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
 
 
 class RunDirectoryBusy(RuntimeError):
-    """Another trainer (of this host) is writing the run directory."""
+    """Another trainer (of this host) holds the run's lock."""
 
 
-def _lock_run_directory(run_dir: Path) -> int:
-    """An exclusive lock on the run directory, as an open descriptor; RunDirectoryBusy when held.
+def _lock(path: Path) -> int:
+    """An exclusive lock on `path`, as an open descriptor; RunDirectoryBusy when another holds it.
 
     The trainer inherits the descriptor: the lock lasts as long as the trainer does, even past a
-    worker killed with -9, so two trainers can never write one directory."""
-    fd = os.open(run_dir / run_files.TRAINER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    worker killed with -9, so two trainers of one host never train one run at once. The holder
+    removes the file as it lets go (`_unlock`): a waiter that locked the removed file finds it is no
+    longer the one at `path`, and tries again on the new one."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirectoryBusy(f"another trainer holds {path}") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise RunDirectoryBusy(f"another trainer is writing {run_dir}") from None
-    return fd
+
+
+def _unlock(fd: int, path: Path) -> None:
+    """Let go of a lock taken by `_lock`, removing its file (its trainer has ended) so none are left behind."""
+    try:
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
                          on_event: EventHandler | None = None, on_output: OutputHandler | None = None,
                          on_tick: Callable[[], StopRequest | None] | None = None,
-                         tick_seconds: float = 0.25, placement: Placement | None = None) -> ProcessOutcome:
+                         tick_seconds: float = 0.25, placement: Placement | None = None,
+                         lock_path: Path | None = None) -> ProcessOutcome:
     """Run the trainer on `run_dir` and wait for it; pure execution, no database. The trainer holds the
-    directory's lock (waited for, with `on_tick` still called, while another trainer holds it).
+    run's lock, `lock_path` (by default a file in `run_dir`; the worker names one per run beside its
+    scratch folders), waited for, with `on_tick` still called, while another trainer holds it.
 
     The run directory is appended to `settings.command`. In the caller's thread, `on_event` gets
     every progress event, `on_output` every other line, and `on_tick` is called about
@@ -207,18 +228,19 @@ def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
     trainer to its devices.
     """
     argv = [*settings.command, str(run_dir)]
+    lock_path = lock_path or run_dir / run_files.TRAINER_LOCK_FILE
     started, waited = time.monotonic(), False
     lock = None
     while lock is None:
         try:
-            lock = _lock_run_directory(run_dir)
+            lock = _lock(lock_path)
         except RunDirectoryBusy:
-            # A trainer whose lease ended without its worker knowing yet still writes here: wait for it
-            # to be gone (its worker kills it at its next renewal), keeping this lease, never beside it.
+            # A trainer whose lease ended without its worker knowing yet still trains this run: wait for
+            # it to be gone (its worker kills it at its next renewal), keeping this lease, never beside it.
             if on_tick is None:
                 raise
             if not waited:
-                log.warning("%s is held by another trainer; waiting for it to end", run_dir)
+                log.warning("%s is held by another trainer; waiting for it to end", lock_path)
                 waited = True
             stop = on_tick()
             if stop is not None:
@@ -228,7 +250,7 @@ def run_tunix_subprocess(run_dir: Path, settings: ExecutionSettings, *,
     try:
         return _run_locked(argv, run_dir, settings, lock, on_event, on_output, on_tick, tick_seconds, placement)
     finally:
-        os.close(lock)
+        _unlock(lock, lock_path)
 
 
 def _run_locked(argv: list[str], run_dir: Path, settings: ExecutionSettings, lock: int,
