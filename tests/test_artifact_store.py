@@ -158,9 +158,10 @@ def test_an_outage_of_the_store_is_waited_out_and_a_longer_one_fails_the_run(
     for budget, outcome in (("120", "completed"), ("2", "failed")):
         hold = tmp_path / f"release-{budget}"
         run_id = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
-        start_worker(_host(worker_env, s3_store, tmp_path, f"host-{budget}",
-                           fake_trainer_command("--artifacts", "--wait-for", str(hold)),
-                           TUNIX_ARTIFACTS_RETRY_SECONDS=budget, TUNIX_HEARTBEAT_SECONDS="0.5"), "--exit-when-idle")
+        worker = start_worker(_host(worker_env, s3_store, tmp_path, f"host-{budget}",
+                                    fake_trainer_command("--artifacts", "--wait-for", str(hold)),
+                                    TUNIX_ARTIFACTS_RETRY_SECONDS=budget, TUNIX_HEARTBEAT_SECONDS="0.5"),
+                              "--exit-when-idle")
         wait_for(lambda: scratch_file(tmp_path / f"host-{budget}", run_id, "pids.json"), timeout=60)
         server.stop()
         try:
@@ -186,6 +187,7 @@ def test_an_outage_of_the_store_is_waited_out_and_a_longer_one_fails_the_run(
             assert message.startswith("could not store the run's files: the artifact store "
                                       f"({s3_store.url}) was unreachable or failing for 2 s"), message
             assert ".manifests/final.json" not in _objects(s3_store, run_id)
+        worker.wait(timeout=60)  # gone before the next run is queued: that one is for the next worker
 
 
 def test_a_changed_object_is_refused_on_download_and_on_resume(s3_store, client, app, tmp_path):
