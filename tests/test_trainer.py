@@ -103,7 +103,7 @@ def test_trainer_crash_mid_run_keeps_the_metrics(client, worker_env, start_worke
     wait_for(lambda: len(metrics_of(client, run_id)["train"]) >= 3, timeout=180)
     # The checkpoint directory goes away under the trainer, as when a disk is lost, and stays
     # gone: whatever orbax recreates is removed again until the trainer gives up.
-    checkpoints = next(scratch_root.glob(f"{run_id}.*")) / "checkpoints"
+    checkpoints = next(p for p in scratch_root.glob(f"{run_id}.*") if p.is_dir()) / "checkpoints"  # not its .lock
     deadline = time.monotonic() + 120
     while run_status(client, run_id) == "running" and time.monotonic() < deadline:
         shutil.rmtree(checkpoints, ignore_errors=True)
