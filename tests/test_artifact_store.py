@@ -342,3 +342,32 @@ def test_gc_keeps_the_last_checkpoint_of_old_finished_runs_and_never_touches_act
     assert "would free" in again.output and steps(recent) == ["6", "9"]
     hold.touch()
     wait_for(lambda: run_status(client, active) == "completed", timeout=60)
+
+
+def test_the_scores_beside_each_checkpoint_are_stored_once_while_unchanged(tmp_path):
+    """Every step's manifest names the before-training scores a resume needs; stored again for each step,
+    an older step's manifest would no longer match them (a local store's ETag moves with each write)."""
+    from app.artifacts.run_store import RunStore, StoringProgress
+    from app.artifacts.store import StoreSettings
+
+    settings = StoreSettings(url=str(tmp_path / "store"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "evaluation_before.json").write_text('{"answer_match": 0.25}')
+    files = RunStore(settings, settings.url, "scored-run")
+    for step in (3, 6):
+        (scratch / "checkpoints" / str(step)).mkdir(parents=True)
+        (scratch / "checkpoints" / str(step) / "state").write_bytes(bytes([step]) * 100)
+        files.store_checkpoint(scratch, step, StoringProgress())
+    manifests = tmp_path / "store" / "scored-run" / ".manifests"
+    entries = [json.loads((manifests / f"checkpoint-{step:010d}.json").read_text())["files"]["evaluation_before.json"]
+               for step in (3, 6)]
+    assert entries[0] == entries[1]
+    stored = tmp_path / "store" / "scored-run" / "evaluation_before.json"
+    written = stored.stat().st_mtime_ns
+    files.store_final(scratch, files.final_files(scratch), StoringProgress())
+    assert stored.stat().st_mtime_ns == written
+    (scratch / "evaluation_before.json").write_text('{"answer_match": 0.5}')  # changed: stored again
+    files.store_checkpoint(scratch, 6, StoringProgress())
+    assert json.loads(stored.read_text()) == {"answer_match": 0.5}
+    assert RunStore(settings, settings.url, "scored-run").restore_latest_checkpoint(tmp_path / "fresh").step == 6

@@ -111,6 +111,7 @@ class RunStore:
         self.store = object_store.open_store(settings, location)
         self.prefix = object_store.join_key(str(run_id))
         self.retry = Retrier(replace(settings, url=location), on_retry, should_stop)
+        self._sent: dict[str, tuple[int, int, dict[str, Any]]] = {}  # path -> size, mtime and entry stored
 
     def where(self) -> str:
         """The run's folder in the store, as the page shows it."""
@@ -128,8 +129,18 @@ class RunStore:
         """Upload files a few at a time (a checkpoint is dozens of small files, each a round trip or two);
         the first failure is raised once the others have ended."""
         def store_one(relative: str) -> tuple[str, dict[str, Any]]:
-            entry = object_store.put_file(self.store, self.retry.settings, self.key(relative), run_dir / relative,
+            path = run_dir / relative
+            seen = path.stat()
+            known = self._sent.get(relative)
+            if known is not None and known[:2] == (seen.st_size, seen.st_mtime_ns):
+                # Unchanged since this process stored it (the scores stored beside each checkpoint): the
+                # object stays as it is, so every manifest that names it still matches it.
+                progress.add_bytes(seen.st_size)
+                progress.file_done()
+                return relative, known[2]
+            entry = object_store.put_file(self.store, self.retry.settings, self.key(relative), path,
                                           self.retry, progress.add_bytes)
+            self._sent[relative] = (seen.st_size, seen.st_mtime_ns, entry.as_json())
             progress.file_done()
             return relative, entry.as_json()
 
