@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from app.artifacts import store as object_store
 from app.artifacts.store import Retrier, StoredObject, StoreSettings, UnsafeKey
@@ -59,12 +59,6 @@ class StoringProgress:
         self._lock = threading.Lock()
         self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
         self.retrying: str | None = None
-
-    def plan(self, sizes: Iterable[int]) -> None:
-        with self._lock:
-            for size in sizes:
-                self.files_total += 1
-                self.bytes_total += size
 
     def set_plan(self, sizes: list[int]) -> None:
         """What is left to store, as it is now known (the totals replaced, what was done kept)."""
@@ -151,15 +145,13 @@ class RunStore:
         body = json.dumps({"files": files, **extra}, indent=1, sort_keys=True).encode()
         object_store.put_bytes(self.store, self.key(f"{MANIFESTS_DIR}/{name}"), body, self.retry)
 
-    def store_checkpoint(self, run_dir: Path, step: int, progress: StoringProgress, *, plan: bool = True) -> None:
+    def store_checkpoint(self, run_dir: Path, step: int, progress: StoringProgress) -> None:
         """Store one finished checkpoint step, then its manifest: from then on a resume may use it."""
         step_dir = run_dir / CHECKPOINTS_DIR / str(step)
         relatives = sorted(p.relative_to(run_dir).as_posix() for p in step_dir.rglob("*")
                            if p.is_file() and not p.is_symlink() and not is_local_leftover(p.name))
         # What a trainer resuming from this step reads besides it: the scores it had before training.
         relatives += [name for name in RESUME_COMPANIONS if (run_dir / name).is_file()]
-        if plan:
-            progress.plan([(run_dir / r).stat().st_size for r in relatives])
         files = self._store_files(run_dir, relatives, progress)
         self._write_manifest(checkpoint_manifest(step), files, step=step)
 

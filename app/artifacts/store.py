@@ -107,6 +107,11 @@ def location_of(config: Mapping[str, Any]) -> str:
     return str(local_path(url or str(config["ARTIFACTS_ROOT"])))
 
 
+def shown_location(url: str | None) -> str | None:
+    """A store's address as users may see it: a bucket's URL; None for a server's own folder."""
+    return url if url and is_object_store(url) else None
+
+
 def is_object_store(url: str) -> bool:
     """True for a bucket URL (s3://, gs://), False for a local folder."""
     return urlparse(url).scheme in ("s3", "gs")

@@ -44,12 +44,12 @@ class CheckpointUploader:
     def pending(self) -> list[int]:
         return [s for s in steps_in(self.run_dir / CHECKPOINTS_DIR) if s not in self.stored and s not in self.gone]
 
-    def store_finished(self, progress: StoringProgress, *, planned: bool = False) -> None:
+    def store_finished(self, progress: StoringProgress) -> None:
         """Store every finished step not stored yet, oldest first; a store failure is kept in `error` (the
         next poll tries again, and the end of the run stores whatever is still missing)."""
         for step in self.pending():
             try:
-                self.files.store_checkpoint(self.run_dir, step, progress, plan=not planned)
+                self.files.store_checkpoint(self.run_dir, step, progress)
             except FileNotFoundError:
                 self.gone.add(step)
                 continue
@@ -106,7 +106,7 @@ def files_at_end(uploader: CheckpointUploader, files: RunStore, run_dir: Path, p
     plan()  # shown at once, even while a checkpoint upload under way is retried through an outage
     uploader.stop()
     plan()
-    uploader.store_finished(progress, planned=True)
+    uploader.store_finished(progress)
     if uploader.error:
         raise StoreError(uploader.error)
     files.store_final(run_dir, final, progress)

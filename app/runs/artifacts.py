@@ -145,13 +145,13 @@ class _Sink:
         return data
 
 
-def stream_zip(files: RunStore, folder: str, prefix: str) -> Iterator[bytes]:
-    """A zip archive of the run's stored files under `folder`, made as it is sent: each file is read from
-    the store a chunk at a time (and checked against its SHA-256), never held whole."""
+def stream_zip(files: RunStore, items: list[StoredFile], folder: str, prefix: str) -> Iterator[bytes]:
+    """A zip archive of `items`, the run's stored files under `folder`, made as it is sent: each file is
+    read from the store a chunk at a time (and checked against its SHA-256), never held whole."""
     sink = _Sink()
     inside = folder.strip("/") + "/"
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for item in files.folder(folder):
+        for item in items:
             name = f"{prefix}/{item.path[len(inside):]}"
             with archive.open(name, "w", force_zip64=True) as target:
                 for chunk in object_store.stream(files.store, item.entry):

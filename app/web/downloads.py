@@ -9,7 +9,7 @@ from flask import Response, current_app, request, stream_with_context
 
 from app.artifacts import store as object_store
 from app.artifacts.run_store import RunStore, StoredFile
-from app.artifacts.store import IntegrityError, StoreError, UnsafeKey, is_object_store
+from app.artifacts.store import IntegrityError, StoreError, UnsafeKey, shown_location
 from app.errors import NotFoundError, StoredFileCorrupted, StoreUnreachable
 from app.models import TunixRun
 from app.runs import artifacts
@@ -90,7 +90,7 @@ def folder_response(run: TunixRun, folder: str) -> Response:
     except StoreError as exc:
         raise _unreachable(exc) from exc
     name = artifacts.archive_name(run.id, folded)
-    return Response(stream_with_context(artifacts.stream_zip(files, folded, name)), mimetype="application/zip",
+    return Response(stream_with_context(artifacts.stream_zip(files, inside, folded, name)), mimetype="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
 
 
@@ -102,6 +102,6 @@ def listing(run: TunixRun) -> dict[str, Any]:
     except StoreError as exc:
         raise _unreachable(exc) from exc
     return {"run_id": str(run.id), "status": run.status,
-            "artifacts_url": files.location if is_object_store(files.location) else None,
+            "artifacts_url": shown_location(files.location),
             "total_bytes": sum(f.size_bytes for f in stored),
             "files": [{"path": f.path, "size_bytes": f.size_bytes, "sha256": f.entry.sha256} for f in stored]}

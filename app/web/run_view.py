@@ -17,7 +17,7 @@ from typing import Any, Hashable
 from flask import current_app
 from markupsafe import Markup
 
-from app.artifacts.store import StoreError, is_object_store
+from app.artifacts.store import StoreError, shown_location
 from app.contract import scoring
 from app.contract.progress_protocol import STORING, TRAINING
 from app.models import TunixRun
@@ -348,7 +348,7 @@ def status_context(run: TunixRun, *, log_after: int | None = None, seen_status: 
 def _stored_files(run: TunixRun) -> dict:
     """The run's files as the store lists them; when it does not answer, the page says so and renders."""
     files = artifacts.of_run(run, current_app.config)
-    stored_in = files.where() if is_object_store(files.location) else None  # a server's own folder stays unsaid
+    stored_in = files.where() if shown_location(files.location) else None  # a server's own folder stays unsaid
     try:
         return {"artifacts": artifacts.group(files.files()), "store_error": None, "stored_in": stored_in}
     except StoreError as exc:

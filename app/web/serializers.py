@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.artifacts.store import is_object_store
+from app.artifacts.store import shown_location
 from app.models import Dataset, RunPrediction, Sweep, SweepTrial, TunixRun
 from app.queue.registry import WorkerView
 
@@ -73,7 +73,7 @@ def run_detail(run: TunixRun, retries: list[uuid.UUID]) -> dict[str, Any]:
         "retries": [str(r) for r in retries], "devices": run.devices,
         "device_ids": list(run.device_ids) if run.device_ids is not None else None,
         # A bucket's address; a local folder of the server's is not shown.
-        "artifacts_url": run.artifacts_url if run.artifacts_url and is_object_store(run.artifacts_url) else None,
+        "artifacts_url": shown_location(run.artifacts_url),
     }
 
 
