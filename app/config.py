@@ -131,6 +131,10 @@ def load_settings() -> dict:
         "RUNS_PAGE_SIZE": _int("TUNIX_RUNS_PAGE_SIZE", 25),
         # Local checkpoints may only come from under these folders (empty: instance/models and the artifacts root).
         "MODEL_ROOTS": [p for p in os.environ.get("TUNIX_MODEL_ROOTS", "").split(":") if p.strip()],
+        # Aliases that start protected when first set: only admins move them, and only to a version whose run
+        # passed every gate (or with an override and a reason). An admin may change it per alias.
+        "PROTECTED_ALIASES": [a.strip() for a in os.environ.get("TUNIX_PROTECTED_ALIASES", "champion").split(",")
+                              if a.strip()],
         "STATUS_POLL_SECONDS": _float("TUNIX_STATUS_POLL_SECONDS", 4.0),
         "METRICS_CACHE_SECONDS": _float("TUNIX_METRICS_CACHE_SECONDS", 5.0),
         # Sign-in: this many failures per username or per address within the window pause it (429).

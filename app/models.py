@@ -163,11 +163,17 @@ class TunixRun(db.Model):
     device_ids = db.Column(ARRAY(db.Integer))
     # The artifact store (a bucket URL or a local folder) its files go to, fixed when it is submitted.
     artifacts_url = db.Column(db.Text)
+    # A base model named by the registry (models:/name/N or models:/name@alias): the version it resolved to
+    # at submission and that version's digest, which the worker checks before training.
+    model_version_id = db.Column(db.Integer, db.ForeignKey("model_versions.id", use_alter=True,
+                                                           name="fk_tunix_runs_model_version"))
+    model_digest = db.Column(db.String(64))
     # Bumped by every write that changes what the run's page shows: the status fragment's validator.
     version = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")
 
     creator = db.relationship(User, lazy="joined")
     sweep = db.relationship("Sweep", lazy="select")
+    model_version = db.relationship("ModelVersion", lazy="select", foreign_keys=[model_version_id])
 
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_tunix_runs_status"),
@@ -187,6 +193,7 @@ class TunixRun(db.Model):
         Index("ix_tunix_runs_tags", "tags", postgresql_using="gin"),
         Index("ix_tunix_runs_created_by_created", "created_by", "created_at", "id"),
         # A dataset's leaderboard reads this index in its order and stops at the page size.
+        Index("ix_tunix_runs_model_version", "model_version_id", postgresql_where=text("model_version_id IS NOT NULL")),
         Index("ix_tunix_runs_sweep", "sweep_id", "trial_number", postgresql_where=text("sweep_id IS NOT NULL")),
         Index("ix_tunix_runs_leaderboard", "evaluated_on", text("answer_match DESC NULLS LAST"),
               text("exact_match DESC NULLS LAST"), text("final_eval_loss ASC NULLS LAST"), "id",
@@ -373,3 +380,133 @@ class Worker(db.Model):
 # How many devices a worker reported (0 for none, or for a row written before workers reported them).
 WORKER_DEVICE_COUNT = case((func.jsonb_typeof(Worker.devices) == "array", func.jsonb_array_length(Worker.devices)),
                            else_=0)
+
+
+# The model registry: a registered model's versions are immutable; aliases point at one version each and
+# every move is kept; gates judge the runs that compete for the model.
+GATE_HIGHER, GATE_LOWER = "higher", "lower"
+DROP_ABSOLUTE, DROP_RELATIVE = "absolute", "relative"
+
+
+class RegisteredModel(db.Model):
+    """A name a team ships under: its versions, aliases and gates."""
+
+    __tablename__ = "registered_models"
+
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(64), nullable=False, unique=True)
+    description = db.Column(db.Text, nullable=False, default="", server_default="")
+    owner_id = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    versions_made = db.Column(db.Integer, nullable=False, default=0, server_default="0")  # the last number given
+
+    owner = db.relationship(User, lazy="joined")
+
+
+class ModelVersion(db.Model):
+    """One immutable version: its files (by SHA-256, in the store), their digest, and where it came from."""
+
+    __tablename__ = "model_versions"
+
+    id = db.Column(db.Integer, primary_key=True)
+    model_id = db.Column(db.Integer, db.ForeignKey("registered_models.id", ondelete="CASCADE"), nullable=False)
+    number = db.Column(db.Integer, nullable=False)
+    digest = db.Column(db.String(64), nullable=False)  # SHA-256 over the sorted (path, size, sha256) of its files
+    size_bytes = db.Column(db.BigInteger, nullable=False)
+    files = db.Column(JSONB, nullable=False)  # [{"path", "size", "sha256"}], sorted by path
+    store_url = db.Column(db.Text, nullable=False)  # the store its blobs are in
+    source_run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="SET NULL"))
+    lineage = db.Column(JSONB, nullable=False)  # the source run's dataset, base model, config, at registration
+    scores = db.Column(JSONB, nullable=False)  # the source run's evaluation scores, at registration
+    facts = db.Column(JSONB, nullable=False)  # what a submission checks without the files: heads, chat template
+    created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    archived_at = db.Column(db.DateTime(timezone=True))
+
+    model = db.relationship(RegisteredModel, lazy="joined")
+    creator = db.relationship(User, lazy="joined")
+
+    __table_args__ = (db.UniqueConstraint("model_id", "number", name="uq_model_versions_number"),
+                      db.UniqueConstraint("model_id", "digest", name="uq_model_versions_digest"),
+                      Index("ix_model_versions_source_run", "source_run_id"))
+
+    @property
+    def ref(self) -> str:
+        return f"models:/{self.model.name}/{self.number}"
+
+
+class ModelAlias(db.Model):
+    """A name (champion, staging, ...) that points at one version of a model."""
+
+    __tablename__ = "model_aliases"
+
+    model_id = db.Column(db.Integer, db.ForeignKey("registered_models.id", ondelete="CASCADE"), primary_key=True)
+    alias = db.Column(db.String(64), primary_key=True)
+    version_id = db.Column(db.Integer, db.ForeignKey("model_versions.id"), nullable=False)
+    protected = db.Column(db.Boolean, nullable=False, default=False)
+    updated_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    version = db.relationship(ModelVersion, lazy="joined")
+
+
+class AliasMove(db.Model):
+    """One move of an alias, kept for good: who, when, from which version to which, and why."""
+
+    __tablename__ = "alias_moves"
+
+    id = db.Column(db.BigInteger, primary_key=True)
+    model_id = db.Column(db.Integer, db.ForeignKey("registered_models.id", ondelete="CASCADE"), nullable=False)
+    alias = db.Column(db.String(64), nullable=False)
+    from_number = db.Column(db.Integer)  # None for the alias's first move
+    to_number = db.Column(db.Integer, nullable=False)
+    moved_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    moved_by_name = db.Column(db.String(64), nullable=False)  # kept should the account go
+    reason = db.Column(db.Text, nullable=False, default="", server_default="")
+    override = db.Column(db.Boolean, nullable=False, default=False, server_default="false")  # past failing gates
+    moved_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (Index("ix_alias_moves_alias_time", "model_id", "alias", "moved_at", "id"),)
+
+
+class ModelGate(db.Model):
+    """A rule a candidate run must pass on a metric: a floor, and/or the largest drop against an alias's version."""
+
+    __tablename__ = "model_gates"
+
+    id = db.Column(db.Integer, primary_key=True)
+    model_id = db.Column(db.Integer, db.ForeignKey("registered_models.id", ondelete="CASCADE"), nullable=False)
+    metric = db.Column(db.String(64), nullable=False)
+    direction = db.Column(db.String(8), nullable=False)
+    eval_dataset_key = db.Column(db.String(80), nullable=False)
+    floor = db.Column(db.Float)  # the worst value allowed (a ceiling when lower is better)
+    max_drop = db.Column(db.Float)
+    drop_kind = db.Column(db.String(8), nullable=False, default=DROP_ABSOLUTE)
+    baseline_alias = db.Column(db.String(64), nullable=False, default="champion")
+    confidence_z = db.Column(db.Float, nullable=False, default=1.96)  # the noise allowance's z
+    created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(_in("direction", (GATE_HIGHER, GATE_LOWER)), name="ck_model_gates_direction"),
+        CheckConstraint(_in("drop_kind", (DROP_ABSOLUTE, DROP_RELATIVE)), name="ck_model_gates_drop_kind"),
+        CheckConstraint("floor IS NOT NULL OR max_drop IS NOT NULL", name="ck_model_gates_rule"),
+        Index("ix_model_gates_model", "model_id"),
+    )
+
+
+class GateVerdict(db.Model):
+    """What one gate said of one candidate run, with the numbers it was decided on."""
+
+    __tablename__ = "gate_verdicts"
+
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="CASCADE"), primary_key=True)
+    gate_id = db.Column(db.Integer, db.ForeignKey("model_gates.id", ondelete="CASCADE"), primary_key=True)
+    metric = db.Column(db.String(64), nullable=False)
+    candidate_value = db.Column(db.Float)
+    baseline_number = db.Column(db.Integer)
+    baseline_value = db.Column(db.Float)
+    delta = db.Column(db.Float)
+    allowance = db.Column(db.Float)
+    passed = db.Column(db.Boolean, nullable=False)
+    reason = db.Column(db.Text, nullable=False)
+    judged_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)

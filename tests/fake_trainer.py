@@ -11,6 +11,7 @@ round(answer_rate * N) are right, answer_rate = min(1, learning_rate * 100), so 
 run should rank first. Losses fall faster with a higher learning rate for the same reason.
 """
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -28,11 +29,14 @@ def emit(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def write_artifacts(run_dir: Path, steps: int, model_bytes: int = 4096) -> None:
-    """Files where the real trainer puts them: an exported model, one checkpoint step, the metrics."""
+def write_artifacts(run_dir: Path, steps: int, model_bytes: int = 4096, config: dict | None = None) -> None:
+    """Files where the real trainer puts them: an exported model (its config.json names the settings that made
+    it, so two runs of other settings export other files), one checkpoint step, the metrics."""
     model = run_dir / MODEL_DIR
     model.mkdir(exist_ok=True)
-    (model / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    made_with = {k: (config or {}).get(k) for k in ("learning_rate", "seed", "dataset_key")}
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "num_attention_heads": 4,
+                                                   "num_key_value_heads": 2, "made_with": made_with}))
     with (model / "model.safetensors").open("wb") as out:  # varied bytes: a misplaced part would show
         block = bytes(range(256)) * 4096
         for start in range(0, model_bytes, len(block)):
@@ -55,12 +59,13 @@ def write_checkpoint(run_dir: Path, step: int) -> None:
     partial.rename(run_dir / CHECKPOINTS_DIR / str(step))
 
 
-def evaluate(run_dir: Path, config: dict) -> dict:
-    """Score the last eval_max_examples examples (at most 5); the right answers depend on the learning rate."""
+def evaluate(run_dir: Path, config: dict, eval_cap: int = 5) -> dict:
+    """Score the last eval_max_examples examples (at most eval_cap); the right answers depend on the learning
+    rate."""
     if config["eval_max_examples"] == 0:
         return {"skipped": "eval_max_examples is 0"}
     lines = [json.loads(line) for line in (run_dir / DATASET_FILE).open() if line.strip()]
-    examples = lines[-min(5, config["eval_max_examples"], len(lines)):]
+    examples = lines[-min(eval_cap, config["eval_max_examples"], len(lines)):]
     right = round(min(1.0, config["learning_rate"] * 100) * len(examples))
     passes = {}
     with (run_dir / PREDICTIONS_FILE).open("w") as out:
@@ -113,6 +118,7 @@ def main():
     parser.add_argument("--hold-at-step", type=int, default=0,
                         help="on a fresh start (nothing to resume), wait after this step until --wait-for exists")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds each step takes")
+    parser.add_argument("--eval-cap", type=int, default=5, help="score at most this many examples (--evaluate)")
     parser.add_argument("run_dir")
     args = parser.parse_args()
 
@@ -130,6 +136,11 @@ def main():
     (run_dir / "pids.json").write_text(json.dumps(pids))
 
     print(f"fake trainer: {examples} examples, model {config['model_id']}", flush=True)
+    base = Path(config["model_id"])
+    if base.is_absolute() and base.is_dir():  # a checkpoint: say exactly which bytes it trains from
+        for file in sorted(p for p in base.rglob("*") if p.is_file()):
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            print(f"fake trainer: base file {file.relative_to(base)} sha256 {digest}", flush=True)
     saved = sorted(int(p.name) for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.name.isdigit()) \
         if args.checkpoint_every and (run_dir / CHECKPOINTS_DIR).is_dir() else []
     resumed = saved[-1] if saved else 0
@@ -163,9 +174,9 @@ def main():
         print(f"fake trainer: failing on purpose with code {args.exit_code}", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
     if args.artifacts:
-        write_artifacts(run_dir, args.steps, args.model_bytes)
+        write_artifacts(run_dir, args.steps, args.model_bytes, config)
     final = round(4.0 / (max(args.steps, 1) * pace), 4)
-    extra = {"evaluation": evaluate(run_dir, config),
+    extra = {"evaluation": evaluate(run_dir, config, args.eval_cap),
              "final_eval_loss": 4.5 / (max(args.evals or args.steps, 1) * pace) + penalty} if args.evaluate else {}
     emit("end", steps=args.steps, final_loss=final, best_loss=final, tokens_per_second=1000.0, **extra)
 

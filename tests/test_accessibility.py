@@ -64,9 +64,27 @@ def _run_pages(client, app, worker) -> dict[str, str]:
     runs["run-failed"] = submit(client, "sync")["run_id"]
     runs["run-dry-run"] = submit(client, "dry_run", name="plan before training")["run_id"]
     return {**{name: f"/runs/{run_id}" for name, run_id in runs.items()},
+            **_registry_pages(client, app, runs["run-completed"], rival),
             "compare": f"/runs/compare?ids={runs['run-completed']},{rival}",
             "compare-rejected": f"/runs/compare?ids={rival}", "leaderboard": f"/datasets/{SAMPLE}/leaderboard",
             **sweep_pages}
+
+
+def _registry_pages(client, app, first: str, second: str) -> dict[str, str]:
+    """The two real runs registered as versions of a model, with an alias moved twice and a gate."""
+    from tests.helpers import make_user, sign_in
+
+    admin = sign_in(app.test_client(), make_user("boss", admin=True))
+    for run_id in (first, second):
+        assert client.post("/api/models/arithmetic/versions", json={"run_id": run_id}).status_code == 201
+    assert client.post("/api/models/arithmetic/gates", json={"metric": "answer_match", "eval_dataset_key": SAMPLE,
+                                                             "max_drop": 0.02}).status_code == 201
+    for version, reason in ((2, "first to pass the sample set"), (1, "better answers on the sample set")):
+        response = admin.put("/api/models/arithmetic/aliases/champion",
+                             json={"version": version, "reason": reason, "override": True})
+        assert response.status_code == 200, response.get_json()
+    return {"models": "/models", "model": "/models/arithmetic", "model-version": "/models/arithmetic/versions/1",
+            "register": f"/models/register/{first}"}
 
 
 def _sweep_pages(client, worker) -> dict[str, str]:

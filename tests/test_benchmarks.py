@@ -35,6 +35,7 @@ SMOKE = {
     "device_placement.py": (["--runs", "2", "--steps", "2", "--repeats", "1", "--pending", "50", "--claims", "10"],
                             "device_placement.json"),
     "artifact_store.py": (["--mb", "16", "--repeats", "1", "--stream-mb", "16"], "artifact_store.json"),
+    "model_registry.py": (["--sizes-mb", "4", "--versions", "20", "--page-repeats", "1"], "model_registry.json"),
     "gpu_check.py": (["--steps", "3", "--batch-per-device", "2", "--cpu-devices", "2"], "gpu_check.json"),
 }
 

@@ -79,10 +79,17 @@ def _every_run_records_the_artifacts_root_it_was_stored_under(db, text) -> None:
     assert runs and set(runs) == {root}
 
 
+def _no_run_names_a_registered_version(db, text) -> None:
+    runs = db.session.execute(text("SELECT model_version_id, model_digest FROM tunix_runs")).all()
+    assert runs and all(row == (None, None) for row in runs)
+    assert db.session.execute(text("SELECT count(*) FROM model_versions")).scalar() == 0
+
+
 @pytest.mark.parametrize("previous, check", [("0008", _users_start_at_generation_0_and_active),
                                              ("0009", _workers_have_no_devices_until_they_register_again),
                                              ("0010", _every_run_asked_for_one_device_and_no_worker_has_versions),
-                                             ("0011", _every_run_records_the_artifacts_root_it_was_stored_under)])
+                                             ("0011", _every_run_records_the_artifacts_root_it_was_stored_under),
+                                             ("0012", _no_run_names_a_registered_version)])
 def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check, postgres_admin_url, app_config):
     """Rows of every kind, written by the app, taken back to the schema of the release before (`previous`);
     then the migrations since applied in place: nothing is lost or changed, and the new columns start as
@@ -106,7 +113,14 @@ def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check
             ensure_sample_dataset()
             client = sign_in(app.test_client(), make_user("member"))
             make_user("boss", admin=True)
-            client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "name": "done", "tags": ["a"]})
+            done = client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "name": "done", "tags": ["a"]})
+            # The registry (0013): a version, an alias and its move, a gate, a candidate and its verdict, a run
+            # trained from the version.
+            client.post("/api/models/qa/versions", json={"run_id": done.get_json()["run_id"], "alias": "staging"})
+            client.post("/api/models/qa/gates", json={"metric": "answer_match", "eval_dataset_key": SAMPLE,
+                                                      "floor": 0.1})
+            client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "candidate_for": "qa",
+                                                          "model_id": "models:/qa@staging", "seed": 3})
             client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE})
             client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}, headers={"Idempotency-Key": "k"})
             cancelled = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
@@ -127,7 +141,8 @@ def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check
             counts = {t: db.session.execute(text(f'SELECT count(*) FROM "{t}"')).scalar()
                       for t in ("users", "api_tokens", "tunix_runs", "datasets", "dataset_examples", "run_metrics",
                                 "run_log_chunks", "run_predictions", "run_charts", "run_counters", "sweeps",
-                                "sweep_trials", "workers", "sign_in_failures")}
+                                "sweep_trials", "workers", "sign_in_failures", "registered_models", "model_versions",
+                                "model_aliases", "alias_moves", "model_gates", "gate_verdicts")}
             assert all(counts.values()), counts  # every kind of row is there
             db.session.remove()
 

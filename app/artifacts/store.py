@@ -447,6 +447,58 @@ def download(store, entry: StoredObject, destination: Path, retry: Retrier) -> N
     partial.replace(destination)
 
 
+def _relayed(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """The chunks of one store's read, produced on a thread of their own: obstore cannot read one store from
+    inside the runtime that writes another. At most `depth` chunks wait between the two."""
+    relay: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        relay.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            relay.put(done)
+        except BaseException as exc:  # handed to the reading side
+            relay.put(exc)
+
+    threading.Thread(target=produce, name="store-relay", daemon=True).start()
+    try:
+        while (item := relay.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+SERVER_COPY_LIMIT = 5 * 1024**3  # S3's CopyObject copies at most 5 GB in one request
+
+
+def copy_object(source, entry: StoredObject, target, key: str, retry: Retrier, *, same_store: bool) -> None:
+    """Copy a stored object to `key`, checked: within one store the server copies it (after its size and ETag
+    are checked against its manifest entry); across stores it streams through, a part at a time, every byte
+    checked against the entry's SHA-256 before the upload completes. Memory stays flat either way."""
+    if same_store and entry.size <= SERVER_COPY_LIMIT:
+        verify_current(source, entry, retry)
+        retry(lambda: obstore.copy(target, entry.key, key), f"copying {entry.key}")
+    else:
+        # A stream that fails its checksum raises before its last part: the upload is abandoned, never completed.
+        retry(lambda: obstore.put(target, key, _relayed(stream(source, entry)), chunk_size=PART_SIZE,
+                                  max_concurrency=UPLOAD_CONCURRENCY), f"copying {entry.key}")
+    stored = head(target, key, retry)
+    if stored["size"] != entry.size:
+        raise IntegrityError(f"{key} holds {stored['size']} bytes after copying {entry.size}")
+    instruments.ARTIFACT_BYTES.labels(direction="upload").inc(entry.size)
+
+
 def sign_get(store, key: str, seconds: int) -> str:
     """A presigned GET URL for the object, good for `seconds`."""
     return obstore.sign(store, "GET", key, timedelta(seconds=seconds))

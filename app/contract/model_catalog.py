@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from app.contract import model_refs
+
 DEFAULT_MODEL_ID = "tiny"
 
 
@@ -102,10 +104,17 @@ def check_model_id(model_id: str, roots: Sequence[Path] = ()) -> str | None:
     """
     if model_id in PRESETS:
         return None
+    if model_refs.is_model_ref(model_id):
+        try:
+            model_refs.parse(model_id)
+        except ValueError as exc:
+            return str(exc)
+        return None  # whether the registry has it is the run service's check
     names = ", ".join(sorted(PRESETS))
     if not is_checkpoint_path(model_id):
-        return (f"unknown model {model_id[:80]!r}: use a preset ({names}) "
-                "or the absolute path of a local checkpoint directory")
+        return (f"unknown model {model_id[:80]!r}: use a preset ({names}), a registered model "
+                "(models:/<name>/<version> or models:/<name>@<alias>) or the absolute path of a local checkpoint "
+                "directory")
     if _outside_roots(model_id, roots):
         return (f"not an allowed model: use a preset ({names}) or a checkpoint directory under "
                 "TUNIX_MODEL_ROOTS (by default the instance's models/ folder and the artifacts root)")

@@ -17,3 +17,4 @@ EVALUATION_BEFORE_FILE = "evaluation_before.json"  # the before-training scores,
 # The environment variable that hands the trainer JAX's persistent compilation cache folder ("" for none).
 COMPILATION_CACHE_ENV = "TUNIX_COMPILATION_CACHE_DIR"
 
+BASE_MODEL_DIR = "base_model"  # a registered version the run trains from, fetched and checked before the trainer

@@ -23,6 +23,7 @@ from app.artifacts.store import StoreError
 from app.contract.device_mesh import Placement, first_devices
 from app.contract.progress_protocol import STORING
 from app.contract.run_files import PREDICTIONS_FILE, RUN_LOG_FILE
+from app.execution import base_model
 from app.execution.lease import RunLease
 from app.execution.recorder import ProgressRecorder
 from app.execution.run_directory import prepare_run_directory
@@ -30,6 +31,8 @@ from app.execution.storing import CheckpointUploader, files_at_end, while_tickin
 from app.execution.tunix_execution import (STOP_CANCEL, STOP_LEASE_LOST, STOP_SHUTDOWN, ExecutionSettings,
                                            ProcessOutcome, StopRequest, parse_execution_result, run_tunix_subprocess)
 from app.extensions import db
+from app.models import TunixRun
+from app.registry import gates
 from app.queue import store as queue_store
 from app.run_states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED
 from app.runs import evaluation as run_evaluation, lifecycle, logs
@@ -92,6 +95,7 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
         run_dir = persist(lambda: prepare_run_directory(run, scratch))
         if run_dir is None:
             return "not started: the database stayed unreachable; its lease will expire and it will be recovered"
+        base = persist(lambda: base_model.registered_base(run.id))
         _end_transaction()  # end the dataset read: no transaction stays open while the trainer runs
         recorder = ProgressRecorder(run.id, log_max_bytes=settings.log_max_bytes)
         on_event = recorder.on_event
@@ -131,6 +135,23 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
         if storing.stopped_by is not None:
             persist(lambda: lifecycle.finish(run.id, CANCELLED, lease=run.lease, error_message=CANCELLED_BY_USER))
             return "cancelled before its trainer started"
+        if base is not None:
+            try:
+                while_ticking(lambda: base_model.fetch(base, run_dir, settings.store, storing.stop.is_set),
+                              storing_tick, storing.stop)
+            except (base_model.BaseModelRefused, StoreError) as exc:
+                if storing.stopped_by is not None and storing.stopped_by.reason == STOP_LEASE_LOST:
+                    return "lease lost before its trainer started; nothing is stored by this process"
+                if storing.stopped_by is not None:
+                    persist(lambda: lifecycle.finish(run.id, CANCELLED, lease=run.lease,
+                                                     error_message=CANCELLED_BY_USER))
+                    return "cancelled before its trainer started"
+                reason = str(exc) if isinstance(exc, base_model.BaseModelRefused) else \
+                    f"could not fetch its base model {base.ref}: {exc}"
+                persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
+                return "failed: " + reason
+            _platform_note(recorder, f"base model {base.asked} is version {base.ref} (digest {base.digest[:12]}…), "
+                                     "fetched and checked")
         storing.stops_on = {STOP_LEASE_LOST}
         for refusal in restored.refused:
             _platform_note(recorder, refusal)
@@ -157,6 +178,8 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
         persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
         return "failed inside the " + where
     settled = _settle(run, run_dir, outcome, settings, persist, files, uploader, recorder, storing, storing_tick)
+    if (run.config or {}).get("candidate_for") and settled.startswith(f"finished {COMPLETED}"):
+        _guarded(lambda: gates.judge_run(db.session.get(TunixRun, run.id)), f"run {run.id}: judging its gates")
     if run.sweep_id is not None:  # the trial ended: its sweep may tell the study and queue the next
         _guarded(lambda: sweep_service.advance(run.sweep_id), f"sweep {run.sweep_id}: advancing")
     return settled

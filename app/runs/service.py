@@ -27,6 +27,8 @@ from app.errors import AppError, ConflictError, ForbiddenError, ValidationError,
 from app.extensions import db
 from app.models import WORKER_DEVICE_COUNT, TunixRun
 from app import run_states as states
+from app.contract import model_refs, prompt_format
+from app.registry import gates as registry_gates, service as registry
 from app.runs import estimates, lifecycle, validation
 from app.runs.channels import QUEUE_CHANNEL, notify
 from app.run_states import ASYNC, CANCELLING, DRY_RUN, PENDING, REQUEUEABLE_MODES, RUNNING
@@ -65,6 +67,10 @@ def _checked_with_datasets(config: dict[str, Any], problems: dict[str, str], mod
     datasets = {key: dataset_store.get_dataset(config[key]) for key in ("dataset_key", "eval_dataset_key")
                 if config.get(key) and key not in problems}
     problems.update({key: f"unknown dataset {echo(config[key])}" for key, found in datasets.items() if found is None})
+    if "model_id" not in problems and model_refs.is_model_ref(config.get("model_id") or ""):
+        problems.update(_registry_model_problems(config))
+    if "candidate_for" not in problems:
+        problems.update({k: v for k, v in registry_gates.check_candidate(config).items() if k not in problems})
     training = datasets.get("dataset_key")
     if training is not None and mode in (states.SYNC, ASYNC):  # a dry run reports these in its plan
         problems.update({k: v for k, v in validation.steps_problems(config, training.num_examples).items()
@@ -74,6 +80,23 @@ def _checked_with_datasets(config: dict[str, Any], problems: dict[str, str], mod
     if problems:
         raise ValidationError(validation.INVALID_CONFIG, problems)
     return config
+
+
+def _registry_model_problems(config: dict[str, Any]) -> dict[str, str]:
+    """A models:/ reference must name a version; what the version recorded of itself is checked as a local
+    checkpoint's files would be (a chat template, heads a tp axis divides)."""
+    try:
+        facts = registry.resolve(config["model_id"]).version.facts or {}
+    except ValidationError as exc:
+        return exc.details
+    problems = {}
+    if config.get("prompt_format") == prompt_format.CHAT and not facts.get("chat_template"):
+        problems["prompt_format"] = "chat cannot be used: this version carries no chat template; use plain"
+    heads, kv_heads = facts.get("num_attention_heads"), facts.get("num_key_value_heads")
+    tp = (config.get("mesh") or {}).get("tp", 1)
+    if isinstance(heads, int) and isinstance(kv_heads, int) and (heads % tp or kv_heads % tp):
+        problems["mesh"] = f"tp={tp} must divide the model's {heads} attention heads and its {kv_heads} key/value heads"
+    return problems
 
 
 def largest_worker() -> int | None:
@@ -139,6 +162,10 @@ def _new_run(config: dict[str, Any], mode: str, created_by: int | None, **extra:
         # Only a queued run can be re-queued; one carried out inside a request gets one start.
         "max_attempts": config["max_attempts"] if mode in REQUEUEABLE_MODES else 1, **extra,
     }
+    if model_refs.is_model_ref(config["model_id"]):
+        # Fixed now: the run trains from this version even if the alias moves before a worker claims it.
+        version = registry.resolve(config["model_id"]).version
+        values.update(model_version_id=version.id, model_digest=version.digest)
     if mode == ASYNC:
         values.update(status=PENDING, queued_at=now)
     else:
@@ -270,8 +297,11 @@ def retry_run(run: TunixRun, actor: Actor) -> TunixRun:
         raise ConflictError(f"run {run.id} is {run.status}; only a finished run can be retried",
                             {"status": "is not terminal"})
     mode = DRY_RUN if run.mode == DRY_RUN else ASYNC
+    config = dict(run.config)
+    if run.model_version_id is not None:  # the same version the original trained from, wherever its alias went
+        config["model_id"] = run.model_version.ref
     try:
-        new_run, _ = submit_run(dict(run.config), mode, retry_of=run.id, created_by=actor.user_id)
+        new_run, _ = submit_run(config, mode, retry_of=run.id, created_by=actor.user_id)
     except ValidationError as exc:
         raise ValidationError("the original config is no longer valid", exc.details) from None
     return new_run

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from app.contract import device_mesh, model_catalog, prompt_format, scoring, training_plan
+from app.contract import device_mesh, model_catalog, model_refs, prompt_format, scoring, training_plan
 from app.errors import ValidationError, echo
 from app.run_states import MODE_CHOICES
 
@@ -68,7 +68,7 @@ FIELDS: tuple[Field, ...] = (
           "a restart resumes from the last checkpoint).", minimum=1, maximum=10),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-TOP_LEVEL = ("dataset_key", "model_id", "name", "tags", "eval_dataset_key", "answer_pattern", "mesh")
+TOP_LEVEL = ("dataset_key", "model_id", "name", "tags", "eval_dataset_key", "answer_pattern", "mesh", "candidate_for")
 NAME_MAX = 120
 TAGS_MAX = 10
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,31}$")
@@ -158,6 +158,8 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         problem = model_catalog.check_model_id(model_id.strip(), model_roots)
         if problem:
             errors["model_id"] = problem
+        elif model_refs.is_model_ref(model_id.strip()):
+            config["model_id"] = str(model_refs.parse(model_id.strip()))  # the registry's answer is the service's
         elif model_catalog.is_checkpoint_path(model_id.strip()):
             # The path checked is the path used: the trainer, in another process and directory, opens
             # this resolved one (/proc/self/cwd/... or a link would name something else there).
@@ -166,7 +168,8 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
             config["model_id"] = model_id.strip()
 
     for key, check in (("name", check_name), ("tags", _check_tags), ("eval_dataset_key", _check_eval_dataset_key),
-                       ("answer_pattern", _check_answer_pattern), ("mesh", device_mesh.parse_mesh)):
+                       ("answer_pattern", _check_answer_pattern), ("mesh", device_mesh.parse_mesh),
+                       ("candidate_for", _check_candidate_for)):
         try:
             config[key] = check(raw.get(key))
         except ValueError as exc:
@@ -224,6 +227,15 @@ def _check_eval_dataset_key(value: Any) -> str | None:
     return value.strip()
 
 
+def _check_candidate_for(value: Any) -> str | None:
+    """The registered model a run competes for (whether it exists is the service's check)."""
+    if _is_blank(value):
+        return None
+    if not isinstance(value, str) or not model_refs.NAME_PATTERN.match(value.strip()):
+        raise ValueError("must be a registered model's name")
+    return value.strip()
+
+
 def _check_answer_pattern(value: Any) -> str | None:
     """A regex with one group that picks the final answer out of a text."""
     if _is_blank(value):
@@ -259,7 +271,9 @@ def _cross_field_problems(config: dict[str, Any]) -> dict[str, str]:
         problems["warmup_steps"] = f"must be smaller than max_steps ({max_steps})"
     problems.update(_mesh_problems(config))
     if config.get("prompt_format") == prompt_format.CHAT and "model_id" in config:
-        if config["model_id"] in model_catalog.PRESETS:
+        if model_refs.is_model_ref(config["model_id"]):
+            pass  # the version's recorded facts say, in the run service
+        elif config["model_id"] in model_catalog.PRESETS:
             problems["prompt_format"] = "chat needs a checkpoint with a chat template; the presets have none: use plain"
         else:
             try:
@@ -307,7 +321,7 @@ def steps_problems(config: dict[str, Any], num_examples: int) -> dict[str, str]:
 # The form's labels, in the form's order: the error summary lists problems this way, in the page's words.
 FORM_LABELS = {"dataset_key": "Dataset", "model_id": "Model", "name": "Name", "tags": "Tags", "mode": "Mode",
                **{f.name: f.label for f in FIELDS}, "mesh": "Mesh", "eval_dataset_key": "Score on",
-               "answer_pattern": "Answer pattern"}
+               "answer_pattern": "Answer pattern", "candidate_for": "Candidate for"}
 _FIELD_NAME = re.compile(r"\b(" + "|".join(sorted(FORM_LABELS, key=len, reverse=True)) + r")\b")
 _MODE_WORDS = {mode: f"“{words}”" for mode, words in MODE_CHOICES}
 
@@ -326,7 +340,7 @@ def form_defaults() -> dict[str, Any]:
     """Values the new-run form starts with."""
     values = {f.name: ("" if f.default is None else f.default) for f in FIELDS}
     values.update(model_id=model_catalog.DEFAULT_MODEL_ID, name="", tags="", eval_dataset_key="", answer_pattern="",
-                  mesh="")
+                  mesh="", candidate_for="")
     return values
 
 

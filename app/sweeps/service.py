@@ -17,11 +17,13 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import func, select, update
 
+from app.contract import model_refs
 from app.datasets import store as dataset_store
 from app.errors import ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
 from app.models import (SWEEP_CANCELLED, SWEEP_COMPLETED, SWEEP_FAILED, SWEEP_RUNNING, TRIAL_COMPLETE, TRIAL_FAILED,
                         TRIAL_PRUNED, TRIAL_RUNNING, Sweep, SweepTrial, TunixRun)
+from app.registry import service as registry
 from app.runs import lifecycle, service as run_service
 from app.runs.lifecycle import event_time
 from app.run_states import ACTIVE_STATUSES, COMPLETED, PENDING, RUNNING
@@ -46,6 +48,13 @@ def create_sweep(raw: Any, actor) -> Sweep:
                                      max_parallelism=min(cap, sweep_spec.MAX_PARALLELISM))
     problems = {f"base.{key}": f"unknown dataset {echo(spec.base[key])}" for key in ("dataset_key", "eval_dataset_key")
                 if spec.base.get(key) and dataset_store.get_dataset(spec.base[key]) is None}
+    base_model = spec.base.get("model_id") or ""
+    if model_refs.is_model_ref(base_model):
+        # Every trial trains from one version: an alias is fixed now, not at each trial's queueing.
+        try:
+            spec.base["model_id"] = registry.resolve(base_model).version.ref
+        except ValidationError as exc:
+            problems.update({f"base.{k}": v for k, v in exc.details.items()})
     if problems:
         raise ValidationError(sweep_spec.INVALID_SWEEP, problems)
     _check_sweep_limits(actor.user_id, settings)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from app.contract import device_mesh
-from app.models import SWEEP_STATUSES, TRIAL_STATES
+from app.models import DROP_ABSOLUTE, DROP_RELATIVE, GATE_HIGHER, GATE_LOWER, SWEEP_STATUSES, TRIAL_STATES
 from app.run_states import MODES, STATUSES
 from app.runs import evaluation, validation
 from app.sweeps import spec as sweep_spec
@@ -54,8 +54,11 @@ def _field_schema(field: validation.Field) -> JsonSchema:
 
 RUN_CONFIG_PROPERTIES: dict[str, JsonSchema] = {
     "dataset_key": {"type": "string", "description": "The dataset to train on, as name-vN."},
-    "model_id": {"type": ["string", "null"], "description": "A preset (tiny, small) or the absolute path of a "
-                 "local checkpoint under TUNIX_MODEL_ROOTS. Default: tiny."},
+    "model_id": {"type": ["string", "null"], "description": "A preset (tiny, small), a registered model "
+                 "(models:/<name>/<version> or models:/<name>@<alias>, fixed to its version at submission) or the "
+                 "absolute path of a local checkpoint under TUNIX_MODEL_ROOTS. Default: tiny."},
+    "candidate_for": {"type": ["string", "null"], "description": "A registered model this run competes for: its "
+                      "gates judge the run once it completes (GET /api/tunix/runs/{run_id}/gates)."},
     "name": {"type": ["string", "null"], "maxLength": validation.NAME_MAX, "description": "One line."},
     "tags": {"type": ["array", "null"], "maxItems": validation.TAGS_MAX,
              "items": {"type": "string", "pattern": validation.TAG_PATTERN.pattern}},
@@ -111,6 +114,29 @@ SEARCH_PARAMETER = {
                    "values": {"type": "array", "minItems": 1, "maxItems": sweep_spec.MAX_CHOICES}},
 }
 
+
+MODEL_FILE = closed({"path": {"type": "string"}, "size": {"type": "integer", "minimum": 0},
+                     "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}})
+MODEL_SUMMARY_PROPERTIES: dict[str, JsonSchema] = {
+    "name": {"type": "string"}, "description": {"type": "string"}, "owner": TEXT, "created_at": TIME,
+    "versions": {"type": "integer", "minimum": 0},
+}
+ALIAS = closed({"alias": {"type": "string"}, "version": {"type": "integer"}, "protected": {"type": "boolean"},
+                "updated_at": TIME})
+ALIAS_MOVE = closed({"alias": {"type": "string"}, "from_version": WHOLE, "to_version": {"type": "integer"},
+                     "moved_by": {"type": "string"}, "moved_at": TIME, "reason": {"type": "string"},
+                     "override": {"type": "boolean", "description": "true when an admin moved it past failing gates"}})
+GATE_PROPERTIES: dict[str, JsonSchema] = {
+    "metric": {"type": "string", "description": "answer_match, exact_match, final_eval_loss, final_loss, or any "
+                                                "number the evaluation records."},
+    "direction": {"enum": [GATE_HIGHER, GATE_LOWER], "description": "Which way is better (known for the four named)."},
+    "eval_dataset_key": {"type": "string", "description": "The dataset candidate and baseline must be scored on."},
+    "floor": NUMBER, "max_drop": {"type": ["number", "null"], "minimum": 0},
+    "drop_kind": {"enum": [DROP_ABSOLUTE, DROP_RELATIVE]},
+    "baseline_alias": {"type": "string", "description": "The alias whose version the drop is measured from."},
+    "confidence_z": {"type": "number", "minimum": 0, "description": "z of the noise allowance (1.96: about 95 %)."},
+}
+
 SCHEMAS: dict[str, JsonSchema] = {
     "Error": {**closed({"error": {"type": "string"},
                         "details": {"type": "object", "additionalProperties": {"type": "string"}}}),
@@ -140,7 +166,10 @@ SCHEMAS: dict[str, JsonSchema] = {
                           "description": "The bucket its files are kept in (s3://… or gs://…), fixed when it was "
                                          "submitted; its files are under <artifacts_url>/<run_id>/. Null when they "
                                          "are in the server's local artifacts folder."},
-    }),
+        "model_version": {"type": ["string", "null"], "description": "For a models:/ base: the version it resolved to "
+                                                                      "at submission (models:/<name>/<version>)."},
+        "model_digest": {"type": ["string", "null"], "description": "That version's digest, checked by the worker."},
+        "candidate_for": TEXT}),
     "RunPage": closed({"runs": {"type": "array", "items": ref("RunSummary")},
                        "next_cursor": {**TEXT, "description": "Pass as cursor for the next, older page."}}),
     "RunMetrics": closed({"run_id": UUID, "status": {"enum": list(STATUSES)}, "progress": FREE_OBJECT,
@@ -238,6 +267,49 @@ SCHEMAS: dict[str, JsonSchema] = {
     "SweepDetail": closed({**SWEEP_SUMMARY_PROPERTIES, "base": FREE_OBJECT, "space": FREE_OBJECT,
                            "best": nullable(ref("SweepTrial")),
                            "trials": {"type": "array", "items": ref("SweepTrial")}}),
+    "RegisteredModel": closed({**MODEL_SUMMARY_PROPERTIES, "aliases": {
+        "type": "object", "additionalProperties": {"type": "integer"}, "description": "alias -> version"}}),
+    "ModelList": closed({"models": {"type": "array", "items": ref("RegisteredModel")}}),
+    "ModelDetail": closed({**MODEL_SUMMARY_PROPERTIES, "aliases": {"type": "array", "items": ALIAS},
+                           "gates": {"type": "array", "items": ref("Gate")},
+                           "history": {"type": "array", "items": ALIAS_MOVE,
+                                       "description": "The latest 50 alias moves, newest first."}}),
+    "ModelVersion": closed({
+        "name": {"type": "string"}, "version": {"type": "integer"}, "ref": {"type": "string"},
+        "digest": {"type": "string", "description": "SHA-256 over each file's path, size and SHA-256, in path order."},
+        "size_bytes": {"type": "integer"}, "files": {"type": "array", "items": MODEL_FILE},
+        "source_run_id": nullable(UUID),
+        "lineage": {"type": "object", "description": "The source run's id, name, dataset, base model and config."},
+        "scores": {"type": "object", "description": "The source run's scores when it was registered."},
+        "created_by": TEXT, "created_at": TIME, "archived_at": TIME,
+        "trained_from_it": {"type": "array", "items": UUID, "description": "Runs whose base model is this version."}},
+        optional=("trained_from_it",)),
+    "VersionPage": closed({"name": {"type": "string"}, "offset": {"type": "integer"},
+                           "versions": {"type": "array", "items": ref("ModelVersion")}}),
+    "NewVersion": {"type": "object", "additionalProperties": False, "required": ["run_id"], "properties": {
+        "run_id": UUID, "alias": {"type": "string", "description": "Move this alias to the version (its rules apply)."},
+        "description": {"type": "string", "description": "The model's, when the name is new."},
+        "reason": {"type": "string", "description": "Kept in the alias's history."}}},
+    "Alias": ALIAS,
+    "AliasMove": {"type": "object", "additionalProperties": False, "required": ["version"], "properties": {
+        "version": {"type": "integer", "minimum": 1}, "reason": {"type": "string"},
+        "override": {"type": "boolean", "description": "Admins: move a protected alias past failing gates (needs a "
+                                                       "reason)."},
+        "protected": {"type": "boolean", "description": "Admins: protect or unprotect the alias."}}},
+    "AliasState": closed({"alias": {"type": "string"}, "at": TIME,
+                          "version": {"type": ["integer", "null"], "description": "Where it points now, or at `at`."},
+                          "history": {"type": "array", "items": ALIAS_MOVE}}),
+    "Gate": closed({"id": {"type": "integer"}, **GATE_PROPERTIES, "description": {"type": "string"}}),
+    "NewGate": {"type": "object", "additionalProperties": False, "required": ["metric", "eval_dataset_key"],
+                "properties": GATE_PROPERTIES,
+                "description": "A floor, a max_drop, or both; the drop is measured against baseline_alias's version."},
+    "GateReport": closed({
+        "run_id": UUID, "status": {"enum": list(STATUSES)}, "candidate_for": TEXT,
+        "passed": {"type": ["boolean", "null"], "description": "Every gate passed; null while there are no verdicts."},
+        "verdicts": {"type": "array", "items": closed({
+            "gate_id": {"type": "integer"}, "metric": {"type": "string"}, "passed": {"type": "boolean"},
+            "candidate_value": NUMBER, "baseline_version": WHOLE, "baseline_value": NUMBER, "delta": NUMBER,
+            "allowance": NUMBER, "reason": {"type": "string"}, "judged_at": TIME})}}),
     "Health": closed({"status": {"enum": ["ok", "unavailable"]}, "database": {"type": "string"}}),
     "ArtifactList": closed({
         "run_id": UUID, "status": {"enum": list(STATUSES)},
@@ -256,10 +328,12 @@ ERRORS = {
     400: "The request is malformed: a bad mode, a body that is not a JSON object, text Postgres cannot hold, "
          "or a host name this server does not answer to.",
     401: "No valid bearer token.",
-    403: "The run or sweep is someone else's (cancel and retry are for its owner and admins).",
-    404: "No such run, sweep or dataset (a malformed id is not found either).",
-    409: "The request conflicts with the state: the run or sweep has ended, or an Idempotency-Key was reused "
-         "with another body.",
+    403: "The run, sweep or model is someone else's (cancel, retry and a model's changes are for its owner and "
+         "admins; a protected alias is moved by admins).",
+    404: "No such run, sweep, dataset, model or version (a malformed id is not found either).",
+    409: "The request conflicts with the state: the run or sweep has ended, an Idempotency-Key was reused "
+         "with another body, a version did not pass the gates a protected alias needs, or a version in use "
+         "cannot be archived.",
     413: "The body is larger than TUNIX_MAX_UPLOAD_BYTES, or has too many parts.",
     415: "The body is not application/json (or multipart/form-data for a dataset upload).",
     422: "A field is invalid: `details` names each one and what is wrong.",
@@ -309,6 +383,9 @@ def _page(default: int) -> list[JsonSchema]:
 RUN_ID = _path("run_id", "The run's id (a UUID).", UUID)
 SWEEP_ID = _path("sweep_id", "The sweep's id (a UUID).", UUID)
 DATASET_KEY = _path("key", "The dataset's key, name-vN.")
+MODEL_NAME = _path("name", "The registered model's name.")
+VERSION_NUMBER = _path("number", "The version's number (1, 2, ...).", {"type": "integer", "minimum": 1})
+ALIAS_NAME = _path("alias", "The alias (champion, staging, ...).")
 LOCATION = {"Location": "Where the new resource is read."}
 REPLAYED = {"Idempotent-Replayed": "true when an earlier run with this key and body is returned"}
 
@@ -440,6 +517,44 @@ PATHS: dict[str, dict[str, JsonSchema]] = {
     "/api/sweeps/{sweep_id}/cancel": {"post": _operation(
         "sweeps", "Cancel: pending trials are taken off the queue, running ones stopped.",
         {200: _json("SweepCreated", "Cancelled.")}, (403, 404, 409), [SWEEP_ID])},
+    "/api/models": {"get": _operation(
+        "models", "Every registered model, with its number of versions and its aliases.",
+        {200: _json("ModelList", "The models, by name.")})},
+    "/api/models/{name}": {"get": _operation(
+        "models", "A model: its aliases, gates and the latest alias moves.",
+        {200: _json("ModelDetail", "The model.")}, (404,), [MODEL_NAME])},
+    "/api/models/{name}/versions": {
+        "get": _operation("models", "The model's versions, newest first.",
+                          {200: _json("VersionPage", "One page of versions.")}, (404, 422), [MODEL_NAME, *_page(50)]),
+        "post": _operation(
+            "models", "Register a completed run's model as the next version (the model is made when new); the same "
+            "files give back the version they are (200).",
+            {201: _json("ModelVersion", "A new version.", LOCATION), 200: _json("ModelVersion", "The same files are "
+                                                                                "this existing version.", LOCATION)},
+            (403, 404, 409, 413, 415, 422), [MODEL_NAME], _json_body("NewVersion"))},
+    "/api/models/{name}/versions/{number}": {"get": _operation(
+        "models", "One version: files, digest, lineage, scores, and the runs trained from it.",
+        {200: _json("ModelVersion", "The version.")}, (404,), [MODEL_NAME, VERSION_NUMBER])},
+    "/api/models/{name}/versions/{number}/archive": {"post": _operation(
+        "models", "Archive a version: hidden from pickers, kept for lineage (not while an alias or an active run "
+        "uses it).", {200: _json("ModelVersion", "Archived.")}, (403, 404, 409), [MODEL_NAME, VERSION_NUMBER])},
+    "/api/models/{name}/aliases/{alias}": {
+        "get": _operation("models", "Where an alias points (or pointed ?at= a date or time) and its history.",
+                          {200: _json("AliasState", "The alias.")}, (404, 422),
+                          [MODEL_NAME, ALIAS_NAME, _query("at", "A date (its end, UTC) or an ISO 8601 time.",
+                                                          {"type": "string"})]),
+        "put": _operation("models", "Move an alias to a version; every move is kept (who, when, from, to, why).",
+                          {200: _json("Alias", "Moved.")}, (403, 404, 409, 413, 415, 422), [MODEL_NAME, ALIAS_NAME],
+                          _json_body("AliasMove"))},
+    "/api/models/{name}/gates": {"post": _operation(
+        "models", "Add a gate the model's candidates must pass.", {201: _json("Gate", "Added.")},
+        (403, 404, 413, 415, 422), [MODEL_NAME], _json_body("NewGate"))},
+    "/api/models/{name}/gates/{gate_id}": {"delete": _operation(
+        "models", "Remove a gate (its verdicts go with it).", {204: {"description": "Removed."}}, (403, 404),
+        [MODEL_NAME, _path("gate_id", "The gate's id.", {"type": "integer"})])},
+    "/api/tunix/runs/{run_id}/gates": {"get": _operation(
+        "runs", "The verdicts of the gates of the model the run competes for (candidate_for).",
+        {200: _json("GateReport", "The verdicts, with the numbers they were decided on.")}, (404,), [RUN_ID])},
     "/api/health": {"get": _operation(
         "service", "Whether the service reaches its database; needs no token.",
         {200: _json("Health", "Up."), 503: _json("Health", "The database is unreachable.")}, public=True)},
@@ -460,7 +575,7 @@ def document() -> JsonSchema:
                                 "/api/health and this document needs `Authorization: Bearer <token>` "
                                 "(make one on /settings/tokens). Every error is an Error object."},
         "security": [{"bearer": []}],
-        "tags": [{"name": name} for name in ("runs", "datasets", "sweeps", "workers", "service")],
+        "tags": [{"name": name} for name in ("runs", "datasets", "sweeps", "models", "workers", "service")],
         "paths": PATHS,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

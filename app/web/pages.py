@@ -15,7 +15,8 @@ from app.datasets import parsing, store as dataset_store
 from app.datasets.sample import SAMPLE_KEY
 from app.errors import ValidationError
 from app.execution.launcher import retry_and_carry_out, submit_and_carry_out
-from app.queue import registry
+from app.queue import registry as worker_registry
+from app.registry import service as registry
 from app.runs import comparison, evaluation, logs, queries, service, validation
 from app.run_states import ASYNC, MODES, STATUSES, SYNC
 from app.web import downloads, loss_chart, run_view
@@ -89,6 +90,7 @@ def _form_context(values: dict, errors: dict) -> dict:
     return {"values": values, "errors": errors, "fields": validation.FIELDS,
             "fields_by_name": validation.FIELDS_BY_NAME, "presets": model_catalog.PRESETS,
             "checkpoints": model_catalog.find_checkpoints(service.model_roots(current_app.config)),
+            "registered": registry.pickable(),
             "datasets": dataset_store.list_datasets(), "labels": validation.FORM_LABELS}
 
 
@@ -107,6 +109,8 @@ def new_run():
     source = queries.get_run(request.args.get("clone", "")) if request.args.get("clone") else None
     if source is not None:
         values.update(validation.form_values(source.config), mode=source.mode)
+    if request.args.get("model_id"):
+        values["model_id"] = request.args["model_id"][:model_catalog.MAX_PATH_CHARS]
     return render_template("runs/new.html", **_form_context(values, {}))
 
 
@@ -214,8 +218,8 @@ def download_log(run_id: str):
 
 @bp.get("/workers")
 def list_workers():
-    now, workers = registry.fleet(current_app.config["LEASE_TIMEOUT_SECONDS"])
-    return render_template("workers.html", workers=workers, now=now, stopped=registry.STOPPED)
+    now, workers = worker_registry.fleet(current_app.config["LEASE_TIMEOUT_SECONDS"])
+    return render_template("workers.html", workers=workers, now=now, stopped=worker_registry.STOPPED)
 
 
 @bp.get("/runs/<run_id>/artifacts/<path:relative>")

@@ -22,6 +22,7 @@ from app.contract import scoring
 from app.contract.progress_protocol import STORING, TRAINING
 from app.models import TunixRun
 from app.queue import registry
+from app.registry import gates, queries as registry_queries
 from app.runs import artifacts, evaluation, logs, queries, service
 from app.runs import progress as run_progress
 from app.run_states import CANCELLED, CANCELLING, COMPLETED, FAILED, PENDING, RUNNING, TIMEOUT
@@ -358,11 +359,20 @@ def _stored_files(run: TunixRun) -> dict:
 def _surroundings(run: TunixRun) -> dict:
     examples = evaluation.predictions(run.id, "after", 0, EXAMPLES_SHOWN) if run.is_terminal and not run.is_plan \
         else None
-    return {**_stored_files(run),
+    return {**_stored_files(run), **_registry(run),
             "notes": [] if run.is_plan else service.plan_notes(run),
             "retries": queries.retries_of(run.id), "examples": examples,
             "examples_before": evaluation.before_verdicts(run.id, [p.position for p in examples.items])
             if examples else {}}
+
+
+def _registry(run: TunixRun) -> dict:
+    """The run in the registry: the versions its model became, and the verdicts of the gates it competed in."""
+    candidate_for = (run.config or {}).get("candidate_for") if isinstance(run.config, dict) else None
+    verdicts = gates.verdicts_of(run) if candidate_for else []
+    return {"registered_as": registry_queries.registered_from(run.id), "candidate_for": candidate_for,
+            "verdicts": verdicts,
+            "gate_words": gates.descriptions([v.gate_id for v in verdicts])}
 
 
 def page_context(run: TunixRun) -> dict:

@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from app.artifacts.store import shown_location
-from app.models import Dataset, RunPrediction, Sweep, SweepTrial, TunixRun
+from app.models import (AliasMove, Dataset, GateVerdict, ModelAlias, ModelGate, ModelVersion, RegisteredModel,
+                        RunPrediction, Sweep, SweepTrial, TunixRun)
 from app.queue.registry import WorkerView
 
 
@@ -74,6 +75,10 @@ def run_detail(run: TunixRun, retries: list[uuid.UUID]) -> dict[str, Any]:
         "device_ids": list(run.device_ids) if run.device_ids is not None else None,
         # A bucket's address; a local folder of the server's is not shown.
         "artifacts_url": shown_location(run.artifacts_url),
+        # A models:/ base: the version it resolved to at submission, and that version's digest.
+        "model_version": run.model_version.ref if run.model_version_id is not None else None,
+        "model_digest": run.model_digest,
+        "candidate_for": (run.config or {}).get("candidate_for") if isinstance(run.config, dict) else None,
     }
 
 
@@ -128,3 +133,47 @@ def sweep_detail(sweep: Sweep, trials: list[SweepTrial]) -> dict[str, Any]:
     best = next((t for t in trials if t.number == sweep.best_trial_number), None)
     return {**sweep_summary(sweep), "base": sweep.base, "space": sweep.space,
             "best": sweep_trial(best) if best else None, "trials": [sweep_trial(t) for t in trials]}
+
+
+def registered_model(model: RegisteredModel, versions: int, aliases: list[ModelAlias]) -> dict[str, Any]:
+    """A registered model without its versions."""
+    return {"name": model.name, "description": model.description,
+            "owner": model.owner.username if model.owner else None, "created_at": _iso(model.created_at),
+            "versions": versions, "aliases": {row.alias: row.version.number for row in aliases}}
+
+
+def model_version(version: ModelVersion) -> dict[str, Any]:
+    """One immutable version: its files, digest, lineage and scores."""
+    return {"name": version.model.name, "version": version.number, "ref": version.ref, "digest": version.digest,
+            "size_bytes": version.size_bytes, "files": version.files,
+            "source_run_id": str(version.source_run_id) if version.source_run_id else None,
+            "lineage": version.lineage, "scores": version.scores,
+            "created_by": version.creator.username if version.creator else None,
+            "created_at": _iso(version.created_at), "archived_at": _iso(version.archived_at)}
+
+
+def model_alias(row: ModelAlias) -> dict[str, Any]:
+    return {"alias": row.alias, "version": row.version.number, "protected": row.protected,
+            "updated_at": _iso(row.updated_at)}
+
+
+def alias_move(move: AliasMove) -> dict[str, Any]:
+    """One move of an alias, as its history keeps it."""
+    return {"alias": move.alias, "from_version": move.from_number, "to_version": move.to_number,
+            "moved_by": move.moved_by_name, "moved_at": _iso(move.moved_at), "reason": move.reason,
+            "override": move.override}
+
+
+def model_gate(gate: ModelGate, description: str) -> dict[str, Any]:
+    return {"id": gate.id, "metric": gate.metric, "direction": gate.direction,
+            "eval_dataset_key": gate.eval_dataset_key, "floor": gate.floor, "max_drop": gate.max_drop,
+            "drop_kind": gate.drop_kind, "baseline_alias": gate.baseline_alias, "confidence_z": gate.confidence_z,
+            "description": description}
+
+
+def gate_verdict(verdict: GateVerdict) -> dict[str, Any]:
+    """What one gate said of a candidate, with the numbers."""
+    return {"gate_id": verdict.gate_id, "metric": verdict.metric, "passed": verdict.passed,
+            "candidate_value": verdict.candidate_value, "baseline_version": verdict.baseline_number,
+            "baseline_value": verdict.baseline_value, "delta": verdict.delta, "allowance": verdict.allowance,
+            "reason": verdict.reason, "judged_at": _iso(verdict.judged_at)}
