@@ -43,7 +43,3 @@ def parse(model_id: str) -> ModelRef:
     if number < 1:
         raise ValueError("version numbers start at 1")
     return ModelRef(match["name"], number=number)
-
-
-def version_ref(name: str, number: int) -> str:
-    return f"{PREFIX}{name}/{number}"

@@ -32,8 +32,8 @@ from app.execution.tunix_execution import (STOP_CANCEL, STOP_LEASE_LOST, STOP_SH
                                            ProcessOutcome, StopRequest, parse_execution_result, run_tunix_subprocess)
 from app.extensions import db
 from app.models import TunixRun
-from app.registry import gates
 from app.queue import store as queue_store
+from app.registry import gates
 from app.run_states import CANCELLED, CANCELLED_BY_USER, COMPLETED, FAILED
 from app.runs import evaluation as run_evaluation, lifecycle, logs
 from app.runs.lifecycle import LeasedRun
@@ -178,7 +178,7 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
         persist(lambda: lifecycle.fail(run.id, reason, lease=run.lease))
         return "failed inside the " + where
     settled = _settle(run, run_dir, outcome, settings, persist, files, uploader, recorder, storing, storing_tick)
-    if (run.config or {}).get("candidate_for") and settled.startswith(f"finished {COMPLETED}"):
+    if run.config.get("candidate_for") and settled.startswith(f"finished {COMPLETED}"):
         _guarded(lambda: gates.judge_run(db.session.get(TunixRun, run.id)), f"run {run.id}: judging its gates")
     if run.sweep_id is not None:  # the trial ended: its sweep may tell the study and queue the next
         _guarded(lambda: sweep_service.advance(run.sweep_id), f"sweep {run.sweep_id}: advancing")

@@ -32,6 +32,8 @@ KNOWN_METRICS = {"answer_match": GATE_HIGHER, "exact_match": GATE_HIGHER, "final
                  "final_loss": GATE_LOWER}
 PROPORTIONS = frozenset({"answer_match", "exact_match"})
 METRIC_PATTERN_MAX = 64
+GATE_FIELDS = frozenset({"metric", "direction", "eval_dataset_key", "floor", "max_drop", "drop_kind", "baseline_alias",
+                         "confidence_z"})
 MAX_GATES = 20
 
 
@@ -58,9 +60,7 @@ def add_gate(model: RegisteredModel, raw: Any, actor: Actor) -> ModelGate:
     if not isinstance(raw, dict):
         raise ValidationError("invalid gate", {"body": "must be a JSON object"})
     errors: dict[str, str] = {}
-    known = {"metric", "direction", "eval_dataset_key", "floor", "max_drop", "drop_kind", "baseline_alias",
-             "confidence_z"}
-    errors.update({key: "unknown field" for key in sorted(set(raw) - known)})
+    errors.update({key: "unknown field" for key in sorted(set(raw) - GATE_FIELDS)})
     metric = raw.get("metric")
     if not isinstance(metric, str) or not metric.strip() or len(metric) > METRIC_PATTERN_MAX \
             or not metric.replace("_", "").isalnum():
@@ -210,9 +210,14 @@ def _baseline(gate: ModelGate) -> ModelVersion | None:
     return row.version if row is not None else None
 
 
+def candidate_for(run: TunixRun) -> str | None:
+    """The registered model a run competes for, if it names one."""
+    return run.config.get("candidate_for") if isinstance(run.config, dict) else None
+
+
 def judge_run(run: TunixRun) -> list[GateVerdict]:
     """Judge a completed candidate by every gate of the model it names, storing the verdicts (again)."""
-    name = (run.config or {}).get("candidate_for") if isinstance(run.config, dict) else None
+    name = candidate_for(run)
     model = db.session.scalar(select(RegisteredModel).where(RegisteredModel.name == name)) if name else None
     if model is None or run.status != COMPLETED:
         return []
@@ -233,7 +238,7 @@ def verdicts_of(run: TunixRun) -> list[GateVerdict]:
     now."""
     found = list(db.session.scalars(select(GateVerdict).where(GateVerdict.run_id == run.id)
                                     .order_by(GateVerdict.gate_id)))
-    if not found and run.status == COMPLETED and (run.config or {}).get("candidate_for"):
+    if not found and run.status == COMPLETED and candidate_for(run):
         return judge_run(run)
     return found
 

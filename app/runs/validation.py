@@ -159,7 +159,7 @@ def validate_run_config(raw: dict[str, Any], *, allow_unknown: bool = False,
         if problem:
             errors["model_id"] = problem
         elif model_refs.is_model_ref(model_id.strip()):
-            config["model_id"] = str(model_refs.parse(model_id.strip()))  # the registry's answer is the service's
+            config["model_id"] = str(model_refs.parse(model_id.strip()))  # the run service finds its version
         elif model_catalog.is_checkpoint_path(model_id.strip()):
             # The path checked is the path used: the trainer, in another process and directory, opens
             # this resolved one (/proc/self/cwd/... or a link would name something else there).

@@ -16,6 +16,16 @@ from app.web.auth import current_actor
 from app.web.lookups import run_or_404, whole_number_arg
 
 
+def _body(allowed: set[str] | frozenset[str]):
+    """(the request's JSON object, None), or (None, the API's refusal) as `_json_object` answers; a field
+    not in `allowed` is refused by name (422)."""
+    body, error = _json_object()
+    unknown = sorted(set(body or {}) - allowed)
+    if unknown:
+        raise ValidationError("invalid body", {key: "unknown field" for key in unknown})
+    return body, error
+
+
 def _model_json(model) -> dict:
     aliases = registry.aliases_of(model)
     return {**serializers.registered_model(model, registry_queries.version_count(model), aliases),
@@ -46,12 +56,9 @@ def list_versions(name: str):
 
 @bp.post("/models/<name>/versions")
 def register_version(name: str):
-    body, error = _json_object()
+    body, error = _body({"run_id", "alias", "description", "reason"})
     if error:
         return error
-    unknown = sorted(set(body) - {"run_id", "alias", "description", "reason"})
-    if unknown:
-        raise ValidationError("invalid body", {key: "unknown field" for key in unknown})
     if not isinstance(body.get("run_id"), str):
         raise ValidationError("invalid body", {"run_id": "is required: the completed run whose model to register"})
     run = run_or_404(body["run_id"])
@@ -77,12 +84,9 @@ def archive_version(name: str, number: str):
 
 @bp.put("/models/<name>/aliases/<alias>")
 def move_alias(name: str, alias: str):
-    body, error = _json_object()
+    body, error = _body({"version", "reason", "override", "protected"})
     if error:
         return error
-    unknown = sorted(set(body) - {"version", "reason", "override", "protected"})
-    if unknown:
-        raise ValidationError("invalid body", {key: "unknown field" for key in unknown})
     model = registry.model_or_404(name)
     row = registry.move_alias(model, alias, body.get("version"), current_actor(), reason=body.get("reason"),
                               override=body.get("override", False), protected=body.get("protected"))
@@ -124,7 +128,7 @@ def get_alias(name: str, alias: str):
 
 @bp.post("/models/<name>/gates")
 def add_gate(name: str):
-    body, error = _json_object()
+    body, error = _body(gates.GATE_FIELDS)
     if error:
         return error
     gate = gates.add_gate(registry.model_or_404(name), body, current_actor())
@@ -143,7 +147,6 @@ def run_gates(run_id: str):
     """The verdicts of the gates of the model a run competes for; `passed` is null until it has them all."""
     run = run_or_404(run_id)
     verdicts = gates.verdicts_of(run)
-    candidate_for = (run.config or {}).get("candidate_for") if isinstance(run.config, dict) else None
-    return jsonify({"run_id": str(run.id), "status": run.status, "candidate_for": candidate_for,
+    return jsonify({"run_id": str(run.id), "status": run.status, "candidate_for": gates.candidate_for(run),
                     "passed": all(v.passed for v in verdicts) if verdicts else None,
                     "verdicts": [serializers.gate_verdict(v) for v in verdicts]})

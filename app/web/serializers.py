@@ -9,6 +9,7 @@ from app.artifacts.store import shown_location
 from app.models import (AliasMove, Dataset, GateVerdict, ModelAlias, ModelGate, ModelVersion, RegisteredModel,
                         RunPrediction, Sweep, SweepTrial, TunixRun)
 from app.queue.registry import WorkerView
+from app.registry.gates import candidate_for
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -78,7 +79,7 @@ def run_detail(run: TunixRun, retries: list[uuid.UUID]) -> dict[str, Any]:
         # A models:/ base: the version it resolved to at submission, and that version's digest.
         "model_version": run.model_version.ref if run.model_version_id is not None else None,
         "model_digest": run.model_digest,
-        "candidate_for": (run.config or {}).get("candidate_for") if isinstance(run.config, dict) else None,
+        "candidate_for": candidate_for(run),
     }
 
 
