@@ -44,6 +44,22 @@ ARTIFACT_REFUSED = Counter(
     "Stored files refused because their size, ETag or SHA-256 differed from what their run recorded.",
 )
 
+MODEL_VERSIONS = Counter(
+    "tunix_model_versions_registered_total",
+    "Model versions registered (registering files that already are a version counts nothing).",
+)
+ALIAS_MOVES = Counter(
+    "tunix_model_alias_moves_total",
+    "Moves of registered models' aliases; override=true when an admin moved a protected alias past failing "
+    "gates.",
+    ["override"],
+)
+GATE_VERDICTS = Counter(
+    "tunix_gate_verdicts_total",
+    "Gate verdicts given to candidate runs, by result.",
+    ["result"],
+)
+
 
 @contextmanager
 def timed_db_write(operation: str) -> Iterator[None]:

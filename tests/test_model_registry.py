@@ -122,6 +122,10 @@ def test_two_runs_registered_a_champion_and_candidates_judged_by_the_gates(clien
     assert client.get("/api/models/qa/aliases/champion", query_string={"at": moved_at}).get_json()["version"] \
         == worse_version
     assert client.get("/api/models/qa/aliases/champion?at=yesterday").status_code == 422
+    metrics = client.get("/metrics").get_data(as_text=True)
+    for series in ('tunix_gate_verdicts_total{result="failed"}', 'tunix_gate_verdicts_total{result="passed"}',
+                   'tunix_model_alias_moves_total{override="true"}', "tunix_model_versions_registered_total"):
+        assert series in metrics
     page = client.get(f"/models/qa?alias=champion&at={today}").get_data(as_text=True)
     assert f"was\n  <a href=\"/models/qa/versions/{better_version}\">version {better_version}</a>" in page
 
@@ -330,3 +334,39 @@ def test_a_retry_and_a_sweep_keep_to_one_version_whatever_the_alias_does(client,
     assert detail["base"]["model_id"] == "models:/pinned/2"
     for trial in detail["trials"]:
         assert run_json(client, trial["run_id"])["model_version"] == "models:/pinned/2"
+
+
+def test_versions_live_in_the_bucket_by_content_copied_within_it_or_streamed_into_it(
+        s3_store, app, client, worker_env, start_worker, artifacts_root):
+    """The registry in a bucket: a run stored there is copied by the server; a run stored in the local folder
+    of an earlier set-up streams in, checked; a worker with nothing but the bucket trains from the version."""
+    import hashlib
+
+    s3 = s3_store.server.client()
+
+    def blob(sha256: str) -> bytes:
+        return s3.get_object(Bucket=s3_store.bucket,
+                             Key=f"{s3_store.prefix}/registry/sha256/{sha256[:2]}/{sha256}")["Body"].read()
+
+    in_bucket = _register(client, "stored", _trained(client, 0.004)).get_json()
+    for file in in_bucket["files"]:
+        assert hashlib.sha256(blob(file["sha256"])).hexdigest() == file["sha256"]
+
+    app.config["ARTIFACTS_URL"] = ""  # a run of the days before the bucket: its files in the local folder
+    local_run = _trained(client, 0.006)
+    app.config["ARTIFACTS_URL"] = s3_store.url
+    assert (artifacts_root / local_run / "model" / "model.safetensors").is_file()
+    streamed = _register(client, "stored", local_run).get_json()
+    for file in streamed["files"]:
+        local = (artifacts_root / local_run / "model" / file["path"]).read_bytes()
+        assert blob(file["sha256"]) == local
+
+    queued = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE, "model_id": "models:/stored/2"})
+    run_id = queued.get_json()["run_id"]
+    start_worker(worker_env(TRAIN, **s3_store.env))
+    wait_for(lambda: run_status(client, run_id) in ("completed", "failed"), timeout=60)
+    run = run_json(client, run_id)
+    assert run["status"] == "completed", run["error_message"]
+    log = client.get(f"/runs/{run_id}/log.txt").get_data(as_text=True)
+    trained_on = dict(re.findall(r"fake trainer: base file (\S+) sha256 ([0-9a-f]{64})", log))
+    assert trained_on == {f["path"]: f["sha256"] for f in streamed["files"]}

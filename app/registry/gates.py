@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from app import instruments
 from app.accounts.service import Actor
 from app.datasets import store as dataset_store
 from app.errors import NotFoundError, ValidationError, echo
@@ -230,6 +231,8 @@ def judge_run(run: TunixRun) -> list[GateVerdict]:
                                     **judgement.__dict__))
     db.session.add_all(verdicts)
     db.session.commit()
+    for verdict in verdicts:
+        instruments.GATE_VERDICTS.labels(result="passed" if verdict.passed else "failed").inc()
     return verdicts
 
 

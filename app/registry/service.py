@@ -16,6 +16,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app import instruments
 from app.accounts.service import Actor
 from app.artifacts import store as object_store
 from app.artifacts.model_store import ModelStore, digest_of
@@ -184,8 +185,13 @@ def register(run: TunixRun, name: Any, actor: Actor, *, alias: Any = None, descr
         db.session.add(version)
         db.session.flush()
     if alias is not None:
-        _move(model, alias, version, actor, reason=_text(reason, "reason", REASON_MAX), override=False, protected=None)
+        _, move = _move(model, alias, version, actor, reason=_text(reason, "reason", REASON_MAX), override=False,
+                        protected=None)
     db.session.commit()
+    if created:
+        instruments.MODEL_VERSIONS.inc()
+    if alias is not None:
+        _count(move)
     log.info("model %s: version %d %s from run %s", name, version.number, "registered" if created else "exists",
              run.id)
     return Registered(version, created)
@@ -226,13 +232,14 @@ def move_alias(model: RegisteredModel, alias: Any, number: Any, actor: Actor, *,
     version = get_version(model, number)
     if version is None:
         raise ValidationError("unknown version", {"version": f"{model.name} has no version {number}"})
-    row = _move(model, alias, version, actor, reason=reason, override=override, protected=protected)
+    row, move = _move(model, alias, version, actor, reason=reason, override=override, protected=protected)
     db.session.commit()
+    _count(move)
     return row
 
 
 def _move(model: RegisteredModel, alias: str, version: ModelVersion, actor: Actor, *, reason: str,
-          override: bool, protected: bool | None) -> ModelAlias:
+          override: bool, protected: bool | None) -> tuple[ModelAlias, AliasMove | None]:
     """Members move their own models' aliases; a protected alias (champion by default) is moved by admins
     alone, and only to a version whose run passed every gate of the model, unless an admin overrides the
     gates with a reason (kept in the history)."""
@@ -265,13 +272,19 @@ def _move(model: RegisteredModel, alias: str, version: ModelVersion, actor: Acto
         row = ModelAlias(model_id=model.id, alias=alias, version_id=version.id, protected=is_protected, updated_at=now)
         db.session.add(row)
     elif row.version_id == version.id and row.protected == is_protected:
-        return row
+        return row, None
     row.version_id, row.protected, row.updated_at = version.id, is_protected, now
-    db.session.add(AliasMove(model_id=model.id, alias=alias, from_number=before, to_number=version.number,
-                             moved_by=actor.user_id, moved_by_name=actor.username, reason=reason, override=override,
-                             moved_at=now))
+    move = AliasMove(model_id=model.id, alias=alias, from_number=before, to_number=version.number,
+                     moved_by=actor.user_id, moved_by_name=actor.username, reason=reason, override=override,
+                     moved_at=now)
+    db.session.add(move)
     db.session.flush()
-    return row
+    return row, move
+
+
+def _count(move: AliasMove | None) -> None:
+    if move is not None:
+        instruments.ALIAS_MOVES.labels(override=str(move.override).lower()).inc()
 
 
 def alias_history(model: RegisteredModel, alias: str | None = None, limit: int = 200) -> list[AliasMove]:
