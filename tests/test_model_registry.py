@@ -370,3 +370,4 @@ def test_versions_live_in_the_bucket_by_content_copied_within_it_or_streamed_int
     log = client.get(f"/runs/{run_id}/log.txt").get_data(as_text=True)
     trained_on = dict(re.findall(r"fake trainer: base file (\S+) sha256 ([0-9a-f]{64})", log))
     assert trained_on == {f["path"]: f["sha256"] for f in streamed["files"]}
+

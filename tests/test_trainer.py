@@ -146,6 +146,28 @@ def test_a_run_can_start_from_an_exported_checkpoint(client, app, artifacts_root
     assert scored["error"] is None and scored["examples"] == 4
     assert scored["before"]["examples"] == scored["after"]["examples"] == 4
 
+    # Registered, the first run's model trains the same run again from the registry, on the same weights.
+    registered = client.post("/api/models/arith/versions", json={"run_id": first["run_id"]}).get_json()
+    assert {f["path"] for f in registered["files"]} == {"config.json", "model.safetensors", "tokenizer.json"}
+    # A dry run plans from the version without its weights (its config, tokenizer and the weights' headers).
+    plan = client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE, "model_id": "models:/arith/1"})
+    assert plan.status_code == 200 and plan.get_json()["status"] == "completed", plan.get_json()
+    assert plan.get_json()["result"]["tokenizer_vocab_size"] == 264
+    assert plan.get_json()["result"]["model"]["parameters"] == first["result"]["parameters"]
+    assert client.post("/api/tunix/run?mode=dry_run", json={
+        "dataset_key": SAMPLE, "model_id": "models:/arith@nothing"}).status_code == 422
+    again = client.post("/api/tunix/run?mode=sync", json={
+        "dataset_key": SAMPLE, "model_id": "models:/arith/1", "max_steps": 5, "finetune": "lora",
+        "lora_rank": 4, "eval_max_examples": 4, "eval_max_new_tokens": 8}).get_json()
+    assert again["status"] == "completed", again["error_message"] or again["stderr_tail"]
+    assert again["model_version"] == "models:/arith/1"
+    assert again["result"]["first_loss"] == pytest.approx(second["result"]["first_loss"], rel=1e-4)
+    # A LoRA run's version holds its merged model and its adapter.
+    lora = client.post("/api/models/arith/versions", json={"run_id": again["run_id"]}).get_json()
+    paths = {f["path"] for f in lora["files"]}
+    assert {"config.json", "model.safetensors"} <= paths and any(p.startswith("adapter/") for p in paths)
+    assert lora["lineage"]["base"]["version"] == "models:/arith/1"
+
 
 def test_missing_training_stack_is_a_clear_failure(tmp_path):
     (tmp_path / "run_config.json").write_text("{}")

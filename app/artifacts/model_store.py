@@ -12,8 +12,10 @@ from typing import Any, Callable, Iterator, Sequence
 from app.artifacts import store as object_store
 from app.artifacts.run_store import RunStore, StoredFile
 from app.artifacts.store import Retrier, StoredObject, StoreSettings, UnsafeKey
+from app.contract.model_catalog import MAX_HEADER_BYTES
 
 BLOBS = "registry/sha256"
+ADAPTER_PREFIX = "adapter/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -57,6 +59,24 @@ class ModelStore:
         for file in files:
             relative = object_store.join_key(file["path"])
             object_store.download(self.store, self.entry(file), destination / relative, self.retry)
+
+    def fetch_for_planning(self, files: Sequence[dict[str, Any]], destination: Path) -> None:
+        """What a plan reads of a version, without its weights: every file of the model but the adapter's, the
+        *.safetensors cut to their headers (their tensors' names, dtypes and shapes)."""
+        for file in files:
+            if file["path"].startswith(ADAPTER_PREFIX):
+                continue
+            target = destination / object_store.join_key(file["path"])
+            entry = self.entry(file)
+            if not file["path"].endswith(".safetensors"):
+                object_store.download(self.store, entry, target, self.retry)
+                continue
+            prefix = b"".join(object_store.stream(self.store, entry, 0, min(8, entry.size)))
+            size = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+            header = b"".join(object_store.stream(self.store, entry, 8, 8 + size)) \
+                if 0 < size <= MAX_HEADER_BYTES and 8 + size <= entry.size else b""
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(prefix + header)
 
     def stream(self, file: dict[str, Any]) -> Iterator[bytes]:
         """One file's bytes, checked against its SHA-256 as they go."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,15 @@ from app.config import instance_dir
 from app.contract import training_plan
 from app.datasets import store as dataset_store
 from app.accounts.service import Actor
-from app.artifacts.store import location_of
+from app.artifacts.model_store import ModelStore
+from app.artifacts.store import StoreError, StoreSettings, location_of
 from app.errors import AppError, ConflictError, ForbiddenError, ValidationError, echo
 from app.extensions import db
 from app.models import WORKER_DEVICE_COUNT, TunixRun
 from app import run_states as states
 from app.contract import model_refs, prompt_format
 from app.registry import gates as registry_gates, service as registry
-from app.runs import estimates, lifecycle, validation
+from app.runs import artifacts, estimates, lifecycle, validation
 from app.runs.channels import QUEUE_CHANNEL, notify
 from app.run_states import ASYNC, CANCELLING, DRY_RUN, PENDING, REQUEUEABLE_MODES, RUNNING
 
@@ -311,14 +314,30 @@ def plan_dry_run(run: TunixRun, devices: list[dict] | None = None) -> bool:
     """Carry out a dry run: check the dataset and the config, store the plan (with the memory a step needs
     beside the `devices` live workers report), end the run."""
     examples = list(dataset_store.iter_examples(run.dataset_key))
-    try:
-        plan = training_plan.plan_run(run.config, examples, eval_dataset_examples=_eval_dataset_size(run.config),
-                                      devices=devices)
-    except training_plan.PlanError as exc:
-        plan = {"ok": False, "problems": [str(exc)]}
+    with tempfile.TemporaryDirectory(prefix="tunix-plan-") as folder:
+        try:
+            config = _planned_config(run, Path(folder))
+            plan = training_plan.plan_run(config, examples, eval_dataset_examples=_eval_dataset_size(run.config),
+                                          devices=devices)
+        except training_plan.PlanError as exc:
+            plan = {"ok": False, "problems": [str(exc)]}
     status = states.COMPLETED if plan["ok"] else states.FAILED
     error = None if plan["ok"] else "dry run found problems: " + "; ".join(plan["problems"])
     return lifecycle.finish(run.id, status, result=plan, error_message=error)
+
+
+def _planned_config(run: TunixRun, folder: Path) -> dict[str, Any]:
+    """The config a plan reads: a registered base is fetched into `folder` as far as a plan reads it (its
+    config, tokenizer and the headers of its weights), and named by that path."""
+    if run.model_version_id is None:
+        return run.config
+    version = run.model_version
+    try:
+        ModelStore(replace(StoreSettings.from_config(current_app.config), retry_seconds=artifacts.WEB_RETRY_SECONDS),
+                   version.store_url).fetch_for_planning(version.files, folder)
+    except StoreError as exc:
+        raise training_plan.PlanError(f"model_id: {version.ref} could not be read from the store: {exc}") from None
+    return {**run.config, "model_id": str(folder)}
 
 
 def _eval_dataset_size(config: dict[str, Any]) -> int | None:

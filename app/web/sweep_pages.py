@@ -10,6 +10,7 @@ from app.datasets import store as dataset_store
 from app.datasets.sample import SAMPLE_KEY
 from app.errors import ValidationError
 from app.models import TRIAL_COMPLETE, TRIAL_STATES, Sweep
+from app.registry import service as registry
 from app.runs import validation
 from app.sweeps import queries as sweep_queries, service as sweep_service, spec as sweep_spec
 from app.web import sweep_charts
@@ -38,7 +39,7 @@ def _form_defaults() -> dict[str, Any]:
 
 def _form_context(values: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
     return {"values": values, "errors": errors, "fields": SEARCHABLE, "base_fields": validation.FIELDS, "datasets": dataset_store.list_datasets(),
-            "presets": model_catalog.PRESETS, "objectives": sweep_spec.OBJECTIVES, "samplers": sweep_spec.SAMPLERS,
+            "presets": model_catalog.PRESETS, "registered": registry.pickable(), "objectives": sweep_spec.OBJECTIVES, "samplers": sweep_spec.SAMPLERS,
             "pruners": sweep_spec.PRUNERS, "param_types": sweep_spec.PARAM_TYPES}
 
 
