@@ -371,3 +371,29 @@ def test_versions_live_in_the_bucket_by_content_copied_within_it_or_streamed_int
     trained_on = dict(re.findall(r"fake trainer: base file (\S+) sha256 ([0-9a-f]{64})", log))
     assert trained_on == {f["path"]: f["sha256"] for f in streamed["files"]}
 
+
+
+def test_the_gate_rules_in_each_direction():
+    """The rule alone, on scores as versions keep them: a loss (lower is better) with a relative drop and a
+    ceiling; a baseline of 0 allows no relative drop; a candidate scored elsewhere cannot be judged."""
+    from app.models import ModelGate, ModelVersion
+    from app.registry.gates import judge_scores
+
+    loss = ModelGate(metric="final_eval_loss", direction="lower", eval_dataset_key="d", floor=2.0, max_drop=0.1,
+                     drop_kind="relative", baseline_alias="champion", confidence_z=1.96)
+    champion = ModelVersion(number=4, scores={"final_eval_loss": 1.0, "evaluated_on": "d", "examples": 50})
+    within = judge_scores(loss, {"final_eval_loss": 1.09, "evaluated_on": "d", "examples": 50}, champion)
+    assert within.passed and within.delta == pytest.approx(0.09) and within.allowance == 0.0
+    worse = judge_scores(loss, {"final_eval_loss": 1.2, "evaluated_on": "d"}, champion)
+    assert not worse.passed and "more than the 0.1 allowed" in worse.reason
+    past_ceiling = judge_scores(loss, {"final_eval_loss": 2.5, "evaluated_on": "d"}, None)
+    assert not past_ceiling.passed and "past the ceiling 2" in past_ceiling.reason
+
+    rate = ModelGate(metric="exact_match", direction="higher", eval_dataset_key="d", floor=None, max_drop=0.5,
+                     drop_kind="relative", baseline_alias="champion", confidence_z=0.0)
+    zero = ModelVersion(number=1, scores={"exact_match": 0.0, "evaluated_on": "d", "examples": 10})
+    assert judge_scores(rate, {"exact_match": 0.0, "evaluated_on": "d", "examples": 10}, zero).passed
+    elsewhere = judge_scores(rate, {"exact_match": 0.9, "evaluated_on": "other"}, zero)
+    assert not elsewhere.passed and "scored on other, not on d" in elsewhere.reason
+    no_champion = judge_scores(rate, {"exact_match": 0.1, "evaluated_on": "d"}, None)
+    assert no_champion.passed and "no version is @champion yet" in no_champion.reason
