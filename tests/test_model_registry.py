@@ -177,6 +177,13 @@ def test_an_alias_is_resolved_when_the_run_is_submitted_and_the_worker_trains_fr
     blob = _version_blob(artifacts_root, v1, "model.safetensors")
     body = client.get("/models/base/versions/1/files/model.safetensors").data
     assert hashlib.sha256(body).hexdigest() == blob.name
+    # The whole version as one zip: a checkpoint folder once unpacked.
+    import io
+    import zipfile
+
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/models/base/versions/1/archive.zip").data))
+    unpacked = {name: hashlib.sha256(archive.read(name)).hexdigest() for name in archive.namelist()}
+    assert unpacked == {f"base-v1/{f['path']}": f["sha256"] for f in v1["files"]}
 
 
 def test_a_version_whose_files_changed_fails_the_run_that_trains_from_it(client, artifacts_root):

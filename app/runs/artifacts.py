@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping
 
-from app.artifacts import store as object_store
+from app.artifacts import archives, store as object_store
 from app.artifacts.run_store import RunStore, StoredFile, run_store
 from app.artifacts.store import StoreSettings
 from app.contract.run_files import (ADAPTER_DIR, CHECKPOINTS_DIR, DATASET_FILE, EVAL_DATASET_FILE,
@@ -122,40 +121,9 @@ def download_name(relative: str) -> str:
     return _UNSAFE_IN_NAME.sub("_", relative.rsplit("/", 1)[-1]).strip("._")[:200] or "file"
 
 
-class _Sink:
-    """A write-only file that hands out what was written so far; zipfile streams into it."""
-
-    def __init__(self):
-        self._chunks: list[bytes] = []
-        self._written = 0
-
-    def write(self, data: bytes) -> int:
-        self._chunks.append(bytes(data))
-        self._written += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._written
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data, self._chunks = b"".join(self._chunks), []
-        return data
-
-
 def stream_zip(files: RunStore, items: list[StoredFile], folder: str, prefix: str) -> Iterator[bytes]:
     """A zip archive of `items`, the run's stored files under `folder`, made as it is sent: each file is
     read from the store a chunk at a time (and checked against its SHA-256), never held whole."""
-    sink = _Sink()
     inside = folder.strip("/") + "/"
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for item in items:
-            name = f"{prefix}/{item.path[len(inside):]}"
-            with archive.open(name, "w", force_zip64=True) as target:
-                for chunk in object_store.stream(files.store, item.entry):
-                    target.write(chunk)
-                    yield sink.take()
-            yield sink.take()
-    yield sink.take()
+    return archives.stream_zip((f"{prefix}/{item.path[len(inside):]}",
+                                lambda entry=item.entry: object_store.stream(files.store, entry)) for item in items)

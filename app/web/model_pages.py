@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, stream_with_context, url_for
 
+from app.artifacts import archives
 from app.artifacts.model_store import ModelStore
 from app.artifacts.store import StoreError, StoreSettings
 from app.errors import AppError, ConflictError, ForbiddenError, NotFoundError, ValidationError
@@ -164,6 +165,18 @@ def download_file(name: str, number: str, relative: str):
     return Response(stream_with_context(chunks()), mimetype="application/octet-stream",
                     headers={"Content-Length": str(file["size"]), "ETag": f'"{file["sha256"]}"',
                              "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@bp.get("/<name>/versions/<number>/archive.zip")
+def download_version(name: str, number: str):
+    """The whole version as one zip (a checkpoint folder once unpacked), made from the store as it streams,
+    each file checked against its SHA-256 as it goes."""
+    version = registry.version_or_404(registry.model_or_404(name), number)
+    store = ModelStore(StoreSettings.from_config(current_app.config), version.store_url)
+    prefix = f"{version.model.name}-v{version.number}"
+    members = ((f"{prefix}/{f['path']}", lambda file=f: store.stream(file)) for f in version.files)
+    return Response(stream_with_context(archives.stream_zip(members)), mimetype="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{prefix}.zip"'})
 
 
 def registry_rollback() -> None:
