@@ -248,7 +248,8 @@ def test_permissions_on_models_versions_aliases_and_gates(app, client, admin):
     # An aliased version cannot be archived; once free of aliases it can, and leaves the pickers.
     assert client.post("/api/models/mine/versions/1/archive").status_code == 409
     second = _register(client, "mine", _trained(client, 0.006)).get_json()["version"]
-    assert "models:/mine/2" in client.get("/runs/new").get_data(as_text=True)
+    form = client.get("/runs/new").get_data(as_text=True)
+    assert "models:/mine/2" in form and '"models:/mine@staging">mine @staging (version 1)' in form
     archived = client.post(f"/api/models/mine/versions/{second}/archive")
     assert archived.status_code == 200 and archived.get_json()["archived_at"]
     assert "models:/mine/2" not in client.get("/runs/new").get_data(as_text=True)

@@ -355,14 +355,24 @@ def resolve(model_id: str) -> Resolved:
     return Resolved(str(ref), version)
 
 
+PICKED_VERSIONS = 20  # of each model, newest first, in a picker
+
+
 def pickable() -> list[tuple[str, str]]:
-    """(reference, label) of every alias and unarchived version, for the model pickers."""
-    choices = []
-    for model in db.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)).all():
-        for row in aliases_of(model):
-            choices.append((f"models:/{model.name}@{row.alias}", f"{model.name} @{row.alias} (version {row.version.number})"))
-        for version in db.session.scalars(select(ModelVersion).where(
-                ModelVersion.model_id == model.id, ModelVersion.archived_at.is_(None))
-                .order_by(ModelVersion.number.desc()).limit(20)):
-            choices.append((version.ref, f"{model.name} version {version.number}"))
-    return choices
+    """(reference, label) of every alias and of each model's newest unarchived versions, for the model
+    pickers: two queries, whatever the number of models."""
+    aliases = db.session.execute(select(RegisteredModel.name, ModelAlias.alias, ModelVersion.number)
+                                 .join(ModelAlias, ModelAlias.model_id == RegisteredModel.id)
+                                 .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)).all()
+    newest = func.row_number().over(partition_by=ModelVersion.model_id,
+                                    order_by=ModelVersion.number.desc()).label("newest")
+    ranked = select(ModelVersion.model_id, ModelVersion.number, newest).where(
+        ModelVersion.archived_at.is_(None)).subquery()
+    versions = db.session.execute(select(RegisteredModel.name, ranked.c.number)
+                                  .join(ranked, ranked.c.model_id == RegisteredModel.id)
+                                  .where(ranked.c.newest <= PICKED_VERSIONS)).all()
+    choices = [(name, 0, alias, f"models:/{name}@{alias}", f"{name} @{alias} (version {number})")
+               for name, alias, number in aliases]
+    choices += [(name, 1, -number, f"models:/{name}/{number}", f"{name} version {number}")
+                for name, number in versions]
+    return [(ref, label) for *_, ref, label in sorted(choices, key=lambda c: c[:3])]

@@ -7,12 +7,14 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from app.artifacts import archives
 from app.artifacts.model_store import ModelStore
 from app.artifacts.store import StoreError, StoreSettings
-from app.errors import AppError, ConflictError, ForbiddenError, NotFoundError, ValidationError
+from app.errors import (AppError, ConflictError, ForbiddenError, NotFoundError, StoreUnreachable,
+                        ValidationError)
+from app.extensions import db
 from app.registry import gates, queries as registry_queries, service as registry
 from app.runs import queries as run_queries
-from app.web.model_api import when_of
 from app.web.auth import current_actor
 from app.web.lookups import run_or_404, whole_number_arg
+from app.web.model_api import when_of
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 
@@ -94,7 +96,7 @@ def move_alias(name: str):
         registry.move_alias(model, values["alias"], values["version"], current_actor(), reason=values["reason"],
                             override=values["override"])
     except (ValidationError, ConflictError, ForbiddenError) as exc:
-        registry_rollback()
+        db.session.rollback()  # the refused change's locks go before the page renders
         return _refused(model, exc, values)
     return redirect(url_for("models.show_model", name=model.name), code=303)
 
@@ -108,7 +110,7 @@ def add_gate(name: str):
     try:
         gates.add_gate(model, {k: v for k, v in values.items() if v != ""}, current_actor())
     except (ValidationError, ForbiddenError) as exc:
-        registry_rollback()
+        db.session.rollback()
         return _refused(model, exc, {f"gate_{k}": v for k, v in values.items()})
     return redirect(url_for("models.show_model", name=model.name) + "#gates", code=303)
 
@@ -138,7 +140,7 @@ def archive_version(name: str, number: str):
     try:
         registry.archive(version, current_actor())
     except ConflictError as exc:
-        registry_rollback()
+        db.session.rollback()
         return redirect(url_for("models.show_version", name=name, number=version.number, error=exc.message), code=303)
     return redirect(url_for("models.show_version", name=name, number=version.number), code=303)
 
@@ -155,7 +157,7 @@ def download_file(name: str, number: str, relative: str):
     try:
         first = next(body, b"")  # an unreachable store is an error page, not a broken download
     except StoreError as exc:
-        raise AppError(f"the file could not be read: {exc}") from None
+        raise StoreUnreachable(f"the file could not be read from the store: {exc}") from None
 
     def chunks():
         yield first
@@ -179,12 +181,6 @@ def download_version(name: str, number: str):
                     headers={"Content-Disposition": f'attachment; filename="{prefix}.zip"'})
 
 
-def registry_rollback() -> None:
-    from app.extensions import db
-
-    db.session.rollback()
-
-
 @bp.route("/register/<run_id>", methods=["GET", "POST"])
 def register_run(run_id: str):
     """Register a completed run's model: a new or existing name, and optionally an alias."""
@@ -199,7 +195,7 @@ def register_run(run_id: str):
             return redirect(url_for("models.show_version", name=found.version.model.name,
                                     number=found.version.number), code=303)
         except AppError as exc:
-            registry_rollback()
+            db.session.rollback()
             return render_template("models/register.html", run=run, values=values, errors=dict(exc.details),
                                    form_error=None if isinstance(exc, ValidationError) else exc.message,
                                    names=[r.model.name for r in registry_queries.list_models()]), exc.status
