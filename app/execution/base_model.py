@@ -2,7 +2,6 @@
 against its SHA-256 and the set against the digest the run recorded at submission, before the trainer starts."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +10,7 @@ from sqlalchemy import select
 
 from app.artifacts.model_store import ModelStore, digest_of
 from app.artifacts.store import IntegrityError, StoreSettings
-from app.contract.run_files import BASE_MODEL_DIR, RUN_CONFIG_FILE
+from app.contract.run_files import BASE_MODEL_DIR
 from app.extensions import db
 from app.models import ModelVersion, TunixRun
 
@@ -42,27 +41,24 @@ def registered_base(run_id) -> RegisteredBase | None:
     return RegisteredBase(version.ref, asked, digest, list(version.files), version.store_url)
 
 
+def folder(run_dir: Path) -> Path:
+    """Where a run's registered base is fetched to (its trainer's config names it)."""
+    return run_dir / BASE_MODEL_DIR
+
+
 def fetch(base: RegisteredBase, run_dir: Path, settings: StoreSettings,
-          should_stop: Callable[[], bool] | None = None) -> Path:
-    """Fetch and check the version's files, and point the trainer's config at them; BaseModelRefused when
-    they are not what the run was submitted with."""
+          should_stop: Callable[[], bool] | None = None) -> None:
+    """Fetch and check the version's files into `folder(run_dir)`; BaseModelRefused when they are not what
+    the run was submitted with."""
     listed = digest_of(base.files)
     if listed != base.digest:
         raise BaseModelRefused(f"model version {base.ref} does not match its digest: its files give {listed[:12]}…, "
                                f"the run was submitted with {base.digest[:12]}…")
-    folder = run_dir / BASE_MODEL_DIR
     try:
-        ModelStore(settings, base.store_url, should_stop=should_stop).fetch(base.files, folder)
+        ModelStore(settings, base.store_url, should_stop=should_stop).fetch(base.files, folder(run_dir))
     except IntegrityError as exc:
         raise BaseModelRefused(f"model version {base.ref} does not match its digest {base.digest[:12]}…: "
                                f"{exc}") from None
     except FileNotFoundError:  # obstore's NotFoundError is one too
         raise BaseModelRefused(f"model version {base.ref}: a file of it is missing from the store "
                                f"({base.store_url})") from None
-    config_file = run_dir / RUN_CONFIG_FILE
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["model_id"] = str(folder)
-    tmp = config_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    tmp.replace(config_file)
-    return folder

@@ -29,10 +29,12 @@ def _export(path: Path, examples: Iterable[Any]) -> None:
     tmp.replace(path)
 
 
-def prepare_run_directory(run: LeasedRun, run_dir: Path) -> Path:
-    """Write the folder of a run about to execute: its config and its datasets, read from the database."""
+def prepare_run_directory(run: LeasedRun, run_dir: Path, model_path: Path | None = None) -> Path:
+    """Write the folder of a run about to execute: its config and its datasets, read from the database.
+    `model_path` replaces the config's model_id (where a registered base is fetched to)."""
     eval_key = run.config.get("eval_dataset_key")
-    return write_run_directory(run_dir, run.id, run.config, dataset_store.iter_examples(run.dataset_key),
+    config = run.config if model_path is None else {**run.config, "model_id": str(model_path)}
+    return write_run_directory(run_dir, run.id, config, dataset_store.iter_examples(run.dataset_key),
                                dataset_store.iter_examples(eval_key) if eval_key else None)
 
 

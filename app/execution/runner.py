@@ -92,10 +92,10 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
     try:
         # The dataset export reads the database: an outage right after the claim is waited out
         # (by the worker's persist), not taken for a failure of the run.
-        run_dir = persist(lambda: prepare_run_directory(run, scratch))
-        if run_dir is None:
+        prepared = persist(lambda: _prepare(run, scratch))
+        if prepared is None:
             return "not started: the database stayed unreachable; its lease will expire and it will be recovered"
-        base = persist(lambda: base_model.registered_base(run.id))
+        run_dir, base = prepared
         _end_transaction()  # end the dataset read: no transaction stays open while the trainer runs
         recorder = ProgressRecorder(run.id, log_max_bytes=settings.log_max_bytes)
         on_event = recorder.on_event
@@ -183,6 +183,13 @@ def _execute(run: LeasedRun, settings: ExecutionSettings, scratch: Path, where: 
     if run.sweep_id is not None:  # the trial ended: its sweep may tell the study and queue the next
         _guarded(lambda: sweep_service.advance(run.sweep_id), f"sweep {run.sweep_id}: advancing")
     return settled
+
+
+def _prepare(run: LeasedRun, scratch: Path) -> tuple[Path, base_model.RegisteredBase | None]:
+    """The run's folder, written, and the registered version it trains from (its config names the folder the
+    version is fetched into), read in one go."""
+    base = base_model.registered_base(run.id)
+    return prepare_run_directory(run, scratch, base_model.folder(scratch) if base else None), base
 
 
 def _platform_note(recorder: ProgressRecorder, note: str) -> None:

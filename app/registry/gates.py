@@ -110,7 +110,7 @@ def add_gate(model: RegisteredModel, raw: Any, actor: Actor) -> ModelGate:
 
 
 def gate_or_404(model: RegisteredModel, gate_id: Any) -> ModelGate:
-    gate = db.session.get(ModelGate, int(gate_id)) if str(gate_id).isdigit() and len(str(gate_id)) < 10 else None
+    gate = db.session.get(ModelGate, int(gate_id)) if str(gate_id).isdecimal() and len(str(gate_id)) < 10 else None
     if gate is None or gate.model_id != model.id:
         raise NotFoundError(f"{model.name} has no gate {str(gate_id)[:20]!r}")
     return gate
@@ -222,10 +222,13 @@ def judge_run(run: TunixRun) -> list[GateVerdict]:
     model = db.session.scalar(select(RegisteredModel).where(RegisteredModel.name == name)) if name else None
     if model is None or run.status != COMPLETED:
         return []
+    model_gates = gates_of(model)
+    if not model_gates:  # nothing to judge, nothing to write (a page asks again on every view)
+        return []
     scores = scores_of(run)
     db.session.execute(delete(GateVerdict).where(GateVerdict.run_id == run.id))
     verdicts = []
-    for gate in gates_of(model):
+    for gate in model_gates:
         judgement = judge_scores(gate, scores, _baseline(gate))
         verdicts.append(GateVerdict(run_id=run.id, gate_id=gate.id, metric=gate.metric, judged_at=utcnow(),
                                     **judgement.__dict__))

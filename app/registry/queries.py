@@ -26,17 +26,18 @@ def list_models(limit: int = 500) -> list[ModelRow]:
             for m in db.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name).limit(limit))]
 
 
+def model_names() -> list[str]:
+    return list(db.session.scalars(select(RegisteredModel.name).order_by(RegisteredModel.name)))
+
+
 def version_count(model: RegisteredModel) -> int:
     return db.session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model.id))
 
 
-def versions_page(model: RegisteredModel, offset: int = 0, limit: int = 50,
-                  include_archived: bool = True) -> list[ModelVersion]:
-    """A page of the model's versions, newest first."""
-    query = select(ModelVersion).where(ModelVersion.model_id == model.id)
-    if not include_archived:
-        query = query.where(ModelVersion.archived_at.is_(None))
-    return list(db.session.scalars(query.order_by(ModelVersion.number.desc()).offset(offset).limit(limit)))
+def versions_page(model: RegisteredModel, offset: int = 0, limit: int = 50) -> list[ModelVersion]:
+    """A page of the model's versions (archived ones included), newest first."""
+    return list(db.session.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)
+                                   .order_by(ModelVersion.number.desc()).offset(offset).limit(limit)))
 
 
 def score_series(model: RegisteredModel, metric: str) -> list[tuple[int, float]]:

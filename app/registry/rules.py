@@ -9,9 +9,9 @@ from app.errors import ForbiddenError, ValidationError
 from app.models import RegisteredModel, TunixRun
 
 
-def check_name(name: Any, field: str = "name") -> str:
+def check_name(name: Any) -> str:
     if not isinstance(name, str) or not model_refs.NAME_PATTERN.match(name.strip()):
-        raise ValidationError("invalid model name", {field: "use 1-64 letters, digits, '.', '_' or '-', starting "
+        raise ValidationError("invalid model name", {"name": "use 1-64 letters, digits, '.', '_' or '-', starting "
                                                             "with a letter or digit"})
     return name.strip()
 

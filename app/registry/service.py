@@ -65,10 +65,7 @@ def get_version(model: RegisteredModel, number: int) -> ModelVersion | None:
 
 
 def version_or_404(model: RegisteredModel, number: Any) -> ModelVersion:
-    try:
-        found = get_version(model, int(number)) if str(number).isdigit() and len(str(number)) < 10 else None
-    except ValueError:
-        found = None
+    found = get_version(model, int(number)) if str(number).isdecimal() and len(str(number)) < 10 else None
     if found is None:
         raise NotFoundError(f"{model.name} has no version {str(number)[:20]!r}")
     return found
@@ -220,7 +217,7 @@ def move_alias(model: RegisteredModel, alias: Any, number: Any, actor: Actor, *,
     """Point an alias at a version, keeping the move in its history (see `_move` for the rules)."""
     alias = check_alias(alias)
     if isinstance(number, bool) or not isinstance(number, int):
-        if not (isinstance(number, str) and number.strip().isdigit() and len(number.strip()) < 10):
+        if not (isinstance(number, str) and number.strip().isdecimal() and len(number.strip()) < 10):
             raise ValidationError("invalid version", {"version": "must be a version number"})
         number = int(number)
     if not isinstance(override, bool):

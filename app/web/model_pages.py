@@ -11,7 +11,6 @@ from app.errors import (AppError, ConflictError, ForbiddenError, NotFoundError, 
                         ValidationError)
 from app.extensions import db
 from app.registry import gates, queries as registry_queries, service as registry
-from app.runs import queries as run_queries
 from app.web.auth import current_actor
 from app.web.lookups import run_or_404, whole_number_arg
 from app.web.model_api import when_of
@@ -126,8 +125,7 @@ def delete_gate(name: str, gate_id: str):
 def show_version(name: str, number: str):
     model = registry.model_or_404(name)
     version = registry.version_or_404(model, number)
-    source = run_queries.get_run(str(version.source_run_id)) if version.source_run_id else None
-    return render_template("models/version.html", model=model, version=version, source=source,
+    return render_template("models/version.html", model=model, version=version,
                            chain=registry_queries.lineage_chain(version),
                            trained=registry_queries.trained_from(version),
                            aliases=[a.alias for a in registry.aliases_of(model) if a.version_id == version.id],
@@ -187,7 +185,6 @@ def register_run(run_id: str):
     run = run_or_404(run_id)
     values = {"name": request.form.get("name", ""), "alias": request.form.get("alias", ""),
               "description": request.form.get("description", "")}
-    errors: dict = {}
     if request.method == "POST":
         try:
             found = registry.register(run, values["name"], current_actor(), alias=values["alias"] or None,
@@ -198,6 +195,6 @@ def register_run(run_id: str):
             db.session.rollback()
             return render_template("models/register.html", run=run, values=values, errors=dict(exc.details),
                                    form_error=None if isinstance(exc, ValidationError) else exc.message,
-                                   names=[r.model.name for r in registry_queries.list_models()]), exc.status
-    return render_template("models/register.html", run=run, values=values, errors=errors,
-                           names=[r.model.name for r in registry_queries.list_models()])
+                                   names=registry_queries.model_names()), exc.status
+    return render_template("models/register.html", run=run, values=values, errors={},
+                           names=registry_queries.model_names())

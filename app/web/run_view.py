@@ -368,8 +368,9 @@ def _surroundings(run: TunixRun) -> dict:
 
 def _registry(run: TunixRun) -> dict:
     """The run in the registry: the versions its model became, and the verdicts of the gates it competed in."""
-    verdicts = gates.verdicts_of(run) if gates.candidate_for(run) else []
-    return {"registered_as": registry_queries.registered_from(run.id), "candidate_for": gates.candidate_for(run),
+    candidate_for = gates.candidate_for(run)
+    verdicts = gates.verdicts_of(run) if candidate_for else []
+    return {"registered_as": registry_queries.registered_from(run.id), "candidate_for": candidate_for,
             "verdicts": verdicts,
             "gate_words": gates.descriptions([v.gate_id for v in verdicts])}
 
