@@ -47,14 +47,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     login_manager.login_message = None  # the sign-in page says enough; no flash in the session
 
     from app import cli
-    from app.web import (api, auth, errors, formatting, help_pages, metrics, model_api, model_pages, pages, security,
-                         sweep_pages)
+    from app.web import (api, auth, errors, formatting, help_pages, metrics, model_api, model_pages, pages,
+                         playground_api, playground_pages, security, sweep_pages)
 
     _version_static_urls(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(sweep_pages.bp)
     app.register_blueprint(model_pages.bp)
+    app.register_blueprint(playground_pages.bp)
     app.register_blueprint(help_pages.bp)
     app.register_blueprint(api.bp)
     # The API authenticates every call with a bearer token, which no other site can send.

@@ -63,6 +63,11 @@ def default_train_command() -> list[str]:
     return [sys.executable, "-m", "app.trainer"]
 
 
+def _command(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name, "").strip()
+    return shlex.split(raw) if raw else default
+
+
 def device_probe_command() -> list[str]:
     """What a worker runs once to find its devices (in the trainer's interpreter); empty: do not probe."""
     raw = os.environ.get("TUNIX_DEVICE_PROBE_COMMAND")
@@ -122,6 +127,20 @@ def load_settings() -> dict:
         # How long a run that fits a worker may be passed over by younger, smaller runs before that worker
         # starts nothing younger than it (the placement policy; docs/queue.md).
         "PLACEMENT_PASSOVER_SECONDS": _float("TUNIX_PLACEMENT_PASSOVER_SECONDS", 300.0),
+        # The playground (README, "The playground"): whether a worker answers it (share: on one of its devices,
+        # between runs; only: never trains; off), how long a request waits before it fails, how many one user
+        # may have waiting, how long a request for a held model may pass older ones, how long a waiting run
+        # lets the playground go first, and the models a worker keeps loaded (a count, and a share of a
+        # device's memory).
+        "WORKER_PLAYGROUND": os.environ.get("TUNIX_WORKER_PLAYGROUND", "share").strip().lower() or "share",
+        "GENERATE_COMMAND": _command("TUNIX_GENERATE_COMMAND", [sys.executable, "-m", "app.trainer.serve"]),
+        "PLAYGROUND_WAIT_SECONDS": _float("TUNIX_PLAYGROUND_WAIT_SECONDS", 600.0),
+        "PLAYGROUND_MAX_WAITING": _int("TUNIX_PLAYGROUND_MAX_WAITING", 10),
+        "PLAYGROUND_PREFER_SECONDS": _float("TUNIX_PLAYGROUND_PREFER_SECONDS", 10.0),
+        "PLAYGROUND_PASSOVER_SECONDS": _float("TUNIX_PLAYGROUND_PASSOVER_SECONDS", 60.0),
+        "PLAYGROUND_TIMEOUT_SECONDS": _float("TUNIX_PLAYGROUND_TIMEOUT_SECONDS", 600.0),
+        "PLAYGROUND_MODELS": _int("TUNIX_PLAYGROUND_MODELS", 2),
+        "PLAYGROUND_MEMORY_FRACTION": _float("TUNIX_PLAYGROUND_MEMORY_FRACTION", 0.5),
         "LOG_MAX_BYTES": _int("TUNIX_LOG_MAX_BYTES", 5 * 1024 * 1024),
         "LOG_TAIL_LINES": _int("TUNIX_LOG_TAIL_LINES", 200),
         "WORKER_METRICS_PORT": _int("TUNIX_WORKER_METRICS_PORT", 0),

@@ -62,6 +62,16 @@ class StoreUnreachable(AppError):
     status = 503
 
 
+class TooManyRequests(AppError):
+    """The user has as much waiting as a limit allows; `retry_after` seconds is a fair wait."""
+
+    status = 429
+
+    def __init__(self, message: str, details: dict[str, str] | None = None, retry_after: int = 5):
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
 class NotFoundError(AppError):
     """No such run, dataset or file."""
 

@@ -11,6 +11,7 @@ queue (and at its run's cancel flag) at once, and a web process forgets what it 
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
@@ -36,7 +37,26 @@ class Listener:
         self._retry_at = 0.0
         self._backoff = 1.0
         self.reconnects = 0
+        # A byte written here ends a wait at once: the worker's own threads wake it (a run or an answer ended)
+        # without waiting out a slice of the select.
+        self._interrupt_r, self._interrupt_w = os.pipe()
+        os.set_blocking(self._interrupt_r, False)
+        os.set_blocking(self._interrupt_w, False)
         self._connect()
+
+    def interrupt(self) -> None:
+        """End the current (or next) wait now; safe from any thread."""
+        try:
+            os.write(self._interrupt_w, b"!")
+        except (BlockingIOError, OSError):  # already woken (the pipe is full) or closed
+            pass
+
+    def _drain_interrupts(self) -> None:
+        try:
+            while os.read(self._interrupt_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
 
     @property
     def connected(self) -> bool:
@@ -109,9 +129,12 @@ class Listener:
                 stop.wait(min(SLICE_SECONDS, remaining))
                 continue
             try:
-                select.select([self.conn], [], [], min(SLICE_SECONDS, remaining))
+                ready, _, _ = select.select([self.conn, self._interrupt_r], [], [], min(SLICE_SECONDS, remaining))
             except (OSError, ValueError) as exc:
                 self._broken(exc)
+                continue
+            if self._interrupt_r in ready:
+                self._drain_interrupts()
         return []
 
     def check_alive(self) -> None:
@@ -128,3 +151,8 @@ class Listener:
     def close(self) -> None:
         if self.conn is not None and not self.conn.closed:
             self.conn.close()
+        for fd in (self._interrupt_r, self._interrupt_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

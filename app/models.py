@@ -373,6 +373,8 @@ class Worker(db.Model):
     # it found them when it started
     devices = db.Column(JSONB)
     versions = db.Column(JSONB)  # {"python", "jax", "jaxlib", "tunix", "flax"}: what its trainer runs
+    # Whether it answers the playground's generation requests (worker.py --playground).
+    playground = db.Column(db.String(8), nullable=False, default="share", server_default="share")
 
     __table_args__ = (Index("ix_workers_last_seen", "last_seen_at"),)
 
@@ -510,3 +512,50 @@ class GateVerdict(db.Model):
     passed = db.Column(db.Boolean, nullable=False)
     reason = db.Column(db.Text, nullable=False)
     judged_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class GenerationRequest(db.Model):
+    """A playground request: prompts for one model, answered by a worker, kept as that model's history."""
+
+    __tablename__ = "generation_requests"
+
+    id = db.Column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    # Requests asked together on the playground page, side by side (None for one asked through the API alone).
+    group_id = db.Column(UUID(as_uuid=True))
+    position = db.Column(db.Integer, nullable=False, default=0, server_default="0")  # its column in the group
+    created_by = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    created_at = db.Column(db.DateTime(timezone=True), nullable=False, default=utcnow)
+    model = db.Column(db.String(512), nullable=False)  # as asked: tiny, runs:/<id>, models:/x@champion, a path
+    # What the model is, whatever it was called: preset:<name>, path:<dir>, run:<id>, version:<id>.
+    model_key = db.Column(db.String(600), nullable=False)
+    run_id = db.Column(UUID(as_uuid=True), db.ForeignKey("tunix_runs.id", ondelete="SET NULL"))
+    model_version_id = db.Column(db.Integer, db.ForeignKey("model_versions.id", ondelete="SET NULL"))
+    # How the server builds it and asks it: prompt format, prompt token limit, preset seed.
+    spec = db.Column(JSONB, nullable=False)
+    prompts = db.Column(JSONB, nullable=False)
+    settings = db.Column(JSONB, nullable=False)
+    answers = db.Column(JSONB, nullable=False, default=list, server_default="[]")
+    status = db.Column(db.String(16), nullable=False, default="pending")
+    phase = db.Column(db.String(16))  # while running: loading, generating
+    cold = db.Column(db.Boolean)  # the worker loaded the model for it (else it held it already)
+    load_seconds = db.Column(db.Float)
+    worker_id = db.Column(db.String(255))
+    attempt = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    max_attempts = db.Column(db.Integer, nullable=False, default=2, server_default="2")
+    heartbeat_at = db.Column(db.DateTime(timezone=True))
+    started_at = db.Column(db.DateTime(timezone=True))
+    finished_at = db.Column(db.DateTime(timezone=True))
+    cancel_requested_at = db.Column(db.DateTime(timezone=True))
+    error_message = db.Column(db.Text)
+
+    creator = db.relationship(User, lazy="joined")
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
+                        name="ck_generation_requests_status"),
+        Index("ix_generation_requests_pending", "created_at", "id", postgresql_where=text("status = 'pending'")),
+        Index("ix_generation_requests_leased", "heartbeat_at", postgresql_where=text("status = 'running'")),
+        Index("ix_generation_requests_model", "model_key", "created_at"),
+        Index("ix_generation_requests_group", "group_id", "position", postgresql_where=text("group_id IS NOT NULL")),
+        Index("ix_generation_requests_waiting_user", "created_by", postgresql_where=text("status = 'pending'")),
+    )

@@ -83,8 +83,14 @@ def _registry_pages(client, app, first: str, second: str) -> dict[str, str]:
         response = admin.put("/api/models/arithmetic/aliases/champion",
                              json={"version": version, "reason": reason, "override": True})
         assert response.status_code == 200, response.get_json()
+    # The playground: the form with the run beside its base, a comparison waiting for a worker, a model's history.
+    asked = client.post("/playground", data={"model_0": f"runs:/{first}", "model_1": "tiny",
+                                             "prompt": "What is 12 + 30?", "max_new_tokens": "16",
+                                             "temperature": "0", "seed": "0"})
+    assert asked.status_code == 303, asked.get_data(as_text=True)
     return {"models": "/models", "model": "/models/arithmetic", "model-version": "/models/arithmetic/versions/1",
-            "register": f"/models/register/{first}"}
+            "register": f"/models/register/{first}", "playground": f"/playground?model=runs:/{first}&model=tiny",
+            "playground-answers": asked.headers["Location"], "playground-history": "/playground/history?model=tiny"}
 
 
 def _sweep_pages(client, worker) -> dict[str, str]:
@@ -144,6 +150,11 @@ def test_every_page_is_accessible_and_fits_a_phone(client, app, live_server, bro
         page.click("button[type=submit] >> text=Start sweep")
         page.wait_for_selector("#error-summary")
         problems += _check(page, "new-sweep-rejected", width_name)
+        page.goto(live_server + "/playground?model=tiny")
+        page.fill("#max_new_tokens", "many")
+        page.click("button[type=submit] >> text=Ask")
+        page.wait_for_selector("#error-summary")
+        problems += _check(page, "playground-rejected", width_name)
         page.goto(live_server + "/runs/new")
         page.fill("#learning_rate", "fast")
         page.click("button[type=submit] >> text=Start run")

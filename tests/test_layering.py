@@ -18,7 +18,7 @@ import pytest
 APP = Path(__file__).resolve().parent.parent / "app"
 BASE = "base"
 # The layers, top to bottom: each may import the ones below it.
-LAYERS = ("execution", "sweeps", "queue", "runs", "registry", "datasets", "accounts", "artifacts", "contract")
+LAYERS = ("execution", "sweeps", "queue", "playground", "runs", "registry", "datasets", "accounts", "artifacts", "contract")
 ALLOWED: dict[str, set[str]] = {
     **{layer: {BASE, *LAYERS[i:]} for i, layer in enumerate(LAYERS)},
     "contract": {"contract"},

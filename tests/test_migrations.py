@@ -85,11 +85,18 @@ def _no_run_names_a_registered_version(db, text) -> None:
     assert db.session.execute(text("SELECT count(*) FROM model_versions")).scalar() == 0
 
 
+def _workers_share_the_playground_and_nothing_was_asked(db, text) -> None:
+    workers = db.session.execute(text("SELECT playground FROM workers")).all()
+    assert workers and all(row == ("share",) for row in workers)
+    assert db.session.execute(text("SELECT count(*) FROM generation_requests")).scalar() == 0
+
+
 @pytest.mark.parametrize("previous, check", [("0008", _users_start_at_generation_0_and_active),
                                              ("0009", _workers_have_no_devices_until_they_register_again),
                                              ("0010", _every_run_asked_for_one_device_and_no_worker_has_versions),
                                              ("0011", _every_run_records_the_artifacts_root_it_was_stored_under),
-                                             ("0012", _no_run_names_a_registered_version)])
+                                             ("0012", _no_run_names_a_registered_version),
+                                             ("0013", _workers_share_the_playground_and_nothing_was_asked)])
 def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check, postgres_admin_url, app_config):
     """Rows of every kind, written by the app, taken back to the schema of the release before (`previous`);
     then the migrations since applied in place: nothing is lost or changed, and the new columns start as
@@ -122,6 +129,10 @@ def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check
             client.post("/api/tunix/run?mode=sync", json={"dataset_key": SAMPLE, "candidate_for": "qa",
                                                           "model_id": "models:/qa@staging", "seed": 3})
             client.post("/api/tunix/run?mode=dry_run", json={"dataset_key": SAMPLE})
+            # The playground (0014): a request waiting, one cancelled.
+            client.post("/api/generate", json={"model": "models:/qa@staging", "prompts": ["2 + 2?"]})
+            asked = client.post("/api/generate", json={"model": "tiny", "prompts": ["hi"]}).get_json()["id"]
+            client.post(f"/api/generate/{asked}/cancel")
             client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}, headers={"Idempotency-Key": "k"})
             cancelled = client.post("/api/tunix/run?mode=async", json={"dataset_key": SAMPLE}).get_json()["run_id"]
             client.post(f"/api/tunix/runs/{cancelled}/cancel")
@@ -142,7 +153,8 @@ def test_each_migration_keeps_every_row_the_release_before_wrote(previous, check
                       for t in ("users", "api_tokens", "tunix_runs", "datasets", "dataset_examples", "run_metrics",
                                 "run_log_chunks", "run_predictions", "run_charts", "run_counters", "sweeps",
                                 "sweep_trials", "workers", "sign_in_failures", "registered_models", "model_versions",
-                                "model_aliases", "alias_moves", "model_gates", "gate_verdicts")}
+                                "model_aliases", "alias_moves", "model_gates", "gate_verdicts",
+                                "generation_requests")}
             assert all(counts.values()), counts  # every kind of row is there
             db.session.remove()
 

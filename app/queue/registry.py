@@ -28,13 +28,15 @@ WORKER_STATES = (IDLE, RUNNING, STOPPING, STOPPED)
 
 
 def register(worker_id: str, host: str, pid: int, devices: list[dict] | None = None,
-             versions: dict | None = None) -> None:
-    """Add this worker to the registry (or bring its row back), idle, with the devices it places runs on and
-    the versions its trainer runs."""
+             versions: dict | None = None, playground: str = "share") -> None:
+    """Add this worker to the registry (or bring its row back), idle, with the devices it places runs on, the
+    versions its trainer runs and whether it answers the playground."""
     stmt = pg_insert(Worker).values(id=worker_id, host=host, pid=pid, started_at=func.now(),
-                                    last_seen_at=func.now(), state=IDLE, devices=devices, versions=versions)
+                                    last_seen_at=func.now(), state=IDLE, devices=devices, versions=versions,
+                                    playground=playground)
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": func.now(), "state": IDLE,
-                                                                    "devices": devices, "versions": versions})
+                                                                    "devices": devices, "versions": versions,
+                                                                    "playground": playground})
     with instruments.timed_db_write("worker_heartbeat"):
         db.session.execute(stmt)
         db.session.commit()

@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
                                          "install requirements-trainer.txt and requirements-tunix.txt "
                                          "(`make install` does both)")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    _use_compilation_cache(os.environ.get(COMPILATION_CACHE_ENV, ""))
+    from app.trainer import compilation_cache
+
+    compilation_cache.use(os.environ.get(COMPILATION_CACHE_ENV, ""))
     from app.trainer.training import train
 
     try:
@@ -50,19 +52,6 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         return _fail(EXIT_TRAINING_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
     return 0
-
-
-def _use_compilation_cache(folder: str) -> None:
-    # Most of a short run's start is XLA compiling the same step and sampler as the last run of the
-    # same shape; JAX's persistent cache lets every trainer on the host reuse them.
-    if not folder:
-        return
-    import jax
-
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _exit(code: int) -> None:

@@ -57,13 +57,37 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+def prompt_length_for(tokenizer: SamplerTokenizer, prompts: list[str]) -> int:
+    """The padded prompt length a batch is generated at: a power of two, so few shapes compile."""
+    return _next_power_of_two(max(len(tokenizer.encode(p)) + 1 for p in prompts))  # +1: the BOS the sampler adds
+
+
+def make_sampler(model, tokenizer: SamplerTokenizer, model_config, max_prompt_length: int, max_new_tokens: int):
+    """Tunix's sampler over `model`, its KV cache sized for prompts of `max_prompt_length` and answers of
+    `max_new_tokens`: the one path evaluation and the playground both generate through."""
+    from tunix.generate import sampler as tunix_sampler
+
+    cache_config = tunix_sampler.CacheConfig(
+        cache_size=max_prompt_length + max_new_tokens, num_layers=model_config.num_layers,
+        num_kv_heads=model_config.num_kv_heads, head_dim=model_config.head_dim)
+    return tunix_sampler.Sampler(model, tokenizer, cache_config)
+
+
+def generated_length(tokens, tokenizer: SamplerTokenizer) -> int:
+    """Tokens the model generated for one prompt, up to (not counting) its EOS and padding."""
+    count = 0
+    for token in list(tokens):
+        if int(token) in (tokenizer.eos_id(), tokenizer.pad_id()):
+            break
+        count += 1
+    return count
+
+
 class Evaluator:
     """Answers and scores one eval set; `run(model, phase)` does one pass."""
 
     def __init__(self, eval_set: EvalSet, tokenizer, model_config, config: dict, run_dir: Path):
-        from tunix.generate import sampler as tunix_sampler
-
-        self._sampler_module = tunix_sampler
+        self.model_config = model_config
         self.eval_set, self.run_dir = eval_set, run_dir
         self.max_new_tokens = config["eval_max_new_tokens"]
         self.pattern = scoring.compile_answer_pattern(config["answer_pattern"]) if config.get("answer_pattern") \
@@ -71,11 +95,7 @@ class Evaluator:
         fmt = prompt_format.format_for(config)  # asked as the model was trained to be asked
         self.prompts = [fmt.prompt(prompt) for prompt, _ in eval_set.examples]
         self.tokenizer = SamplerTokenizer(tokenizer, max_prompt_tokens=config["max_seq_length"])
-        longest = max(len(self.tokenizer.encode(p)) + 1 for p in self.prompts)  # +1: the BOS the sampler adds
-        self.max_prompt_length = _next_power_of_two(longest)
-        self.cache_config = tunix_sampler.CacheConfig(
-            cache_size=self.max_prompt_length + self.max_new_tokens, num_layers=model_config.num_layers,
-            num_kv_heads=model_config.num_kv_heads, head_dim=model_config.head_dim)
+        self.max_prompt_length = prompt_length_for(self.tokenizer, self.prompts)
         self.batch_size = min(BATCH_SIZE, len(self.prompts))
         self._sampler = None
         self._compiled = False
@@ -83,7 +103,8 @@ class Evaluator:
     def run(self, model, phase: str) -> dict:
         """Generate and score every example with the model as it is now; append to predictions.jsonl."""
         if self._sampler is None:
-            self._sampler = self._sampler_module.Sampler(model, self.tokenizer, self.cache_config)
+            self._sampler = make_sampler(model, self.tokenizer, self.model_config, self.max_prompt_length,
+                                         self.max_new_tokens)
         else:  # the same compiled sampler, pointed at the trained weights
             from flax import nnx
 
@@ -104,7 +125,7 @@ class Evaluator:
                 for offset, prompt in enumerate(batch):
                     index = first + offset
                     prediction, reference = output.text[offset], self.eval_set.examples[index][1]
-                    generated = _generated_length(output.tokens[offset], self.tokenizer)
+                    generated = generated_length(output.tokens[offset], self.tokenizer)
                     verdict = scoring.judge(prediction, reference, self.pattern)
                     verdicts.append(verdict)
                     lengths.append(generated)
@@ -131,16 +152,6 @@ def _drop_phase(path: Path, phase: str) -> None:
     kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
             if line.strip() and json.loads(line).get("phase") != phase]
     path.write_text("".join(kept), encoding="utf-8")
-
-
-def _generated_length(tokens, tokenizer: SamplerTokenizer) -> int:
-    """Tokens the model generated for one prompt, up to (not counting) its EOS and padding."""
-    count = 0
-    for token in list(tokens):
-        if int(token) in (tokenizer.eos_id(), tokenizer.pad_id()):
-            break
-        count += 1
-    return count
 
 
 def eval_set_for(run_dir: Path, config: dict, examples: list[tuple[str, str]], eval_idx: list[int]) -> EvalSet | None:

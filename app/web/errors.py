@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, SecurityError
 
-from app.errors import AppError, cut
+from app.errors import AppError, TooManyRequests, cut
 from app.extensions import db
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,10 @@ def respond(status: int, message: str, details: dict[str, str] | None = None):
 def register(app: Flask) -> None:
     @app.errorhandler(AppError)
     def refused(exc: AppError):
-        return respond(exc.status, exc.message, exc.details)
+        response = respond(exc.status, exc.message, exc.details)
+        if isinstance(exc, TooManyRequests):
+            return response[0], response[1], {"Retry-After": str(exc.retry_after)}
+        return response
 
     @app.errorhandler(CSRFError)
     def csrf_failed(exc: CSRFError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from app.run_states import DRY_RUN, MODE_CHOICES, MODES, PENDING, STATUSES
-from app.contract import device_mesh
+from app.contract import device_mesh, generation
 from app.contract.versions import STACK
 
 
@@ -99,4 +99,5 @@ def template_globals() -> dict:
             "format_duration": format_duration, "format_bytes": format_bytes, "format_time": format_time,
             "format_count": format_count, "describe_mesh": device_mesh.describe,
             "describe_devices": describe_devices, "ordered_versions": ordered_versions,
-            "format_metric": format_metric, "format_param": format_param}
+            "format_metric": format_metric, "format_param": format_param,
+            "describe_settings": generation.describe}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from app.contract import device_mesh
+from app.contract import device_mesh, generation
 from app.models import DROP_ABSOLUTE, DROP_RELATIVE, GATE_HIGHER, GATE_LOWER, SWEEP_STATUSES, TRIAL_STATES
 from app.run_states import MODES, STATUSES
 from app.runs import evaluation, validation
@@ -137,6 +137,17 @@ GATE_PROPERTIES: dict[str, JsonSchema] = {
     "confidence_z": {"type": "number", "minimum": 0, "description": "z of the noise allowance (1.96: about 95 %)."},
 }
 
+GENERATION_SETTINGS: JsonSchema = {
+    "type": "object", "additionalProperties": False,
+    "description": "Tunix's sampler settings: temperature 0 is greedy (top_p and top_k then unset); above 0 it "
+                   "samples from the top-p nucleus (1.0 when unset), cut to top_k, from seed.",
+    "properties": {"max_new_tokens": {"type": "integer", "minimum": 1, "maximum": generation.MAX_NEW_TOKENS,
+                                      "default": generation.DEFAULT_SETTINGS["max_new_tokens"]},
+                   "temperature": {"type": "number", "minimum": 0, "maximum": generation.MAX_TEMPERATURE,
+                                   "default": 0},
+                   "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+                   "top_k": {"type": ["integer", "null"], "minimum": 1, "maximum": generation.MAX_TOP_K},
+                   "seed": {"type": "integer", "minimum": 0, "maximum": generation.MAX_SEED, "default": 0}}}
 SCHEMAS: dict[str, JsonSchema] = {
     "Error": {**closed({"error": {"type": "string"},
                         "details": {"type": "object", "additionalProperties": {"type": "string"}}}),
@@ -291,6 +302,35 @@ SCHEMAS: dict[str, JsonSchema] = {
         "description": {"type": "string", "description": "The model's, when the name is new."},
         "reason": {"type": "string", "description": "Kept in the alias's history."}}},
     "Alias": ALIAS,
+    "GenerateBody": {"type": "object", "additionalProperties": False, "required": ["model", "prompts"],
+                     "properties": {
+        "model": {"type": "string", "maxLength": 512, "description": "A preset (tiny), runs:/<run id> (a completed "
+                  "run's export), models:/<name>@<alias> or models:/<name>/<version>, or a checkpoint folder under "
+                  "TUNIX_MODEL_ROOTS."},
+        "prompts": {"type": "array", "minItems": 1, "maxItems": generation.MAX_PROMPTS,
+                    "items": {"type": "string", "maxLength": generation.MAX_PROMPT_CHARS},
+                    "description": "Asked one by one, each as the model was trained to be asked."},
+        "settings": GENERATION_SETTINGS}},
+    "GenerationRequest": closed({
+        "id": UUID, "group_id": nullable(UUID), "model": {"type": "string"}, "model_key": {
+            "type": "string", "description": "What the model is, however it was named: preset:<name>, path:<folder>, "
+                                             "run:<id> or version:<id>; its history is kept under it."},
+        "status": {"enum": list(generation.STATES)},
+        "phase": {"enum": ["loading", "generating", None], "description": "While running."},
+        "prompts": {"type": "array", "items": {"type": "string"}}, "settings": GENERATION_SETTINGS,
+        "answers": {"type": "array", "description": "In the prompts' order, each stored as soon as it is generated.",
+                    "items": closed({"index": {"type": "integer"}, "text": {"type": "string"},
+                                     "tokens": {"type": "integer"}, "ttft_seconds": NUMBER, "seconds": NUMBER,
+                                     "tokens_per_second": NUMBER})},
+        "created_by": TEXT, "created_at": TIME, "started_at": TIME, "finished_at": TIME,
+        "attempt": {"type": "integer"}, "cold": {"type": ["boolean", "null"], "description": "The worker loaded "
+                                                 "(and compiled) the model for it, rather than holding it already."},
+        "load_seconds": NUMBER, "error_message": TEXT, "cancel_requested": {"type": "boolean"},
+        "wait": nullable(closed({"requests_ahead": {"type": "integer"}, "runs_ahead": {"type": "integer"},
+                                 "workers": {"type": "integer", "description": "Live workers that answer the "
+                                                                               "playground."}}))}),
+    "GenerationHistory": closed({"model": {"type": "string"}, "model_key": {"type": "string"},
+                                 "requests": {"type": "array", "items": ref("GenerationRequest")}}),
     "AliasMove": {"type": "object", "additionalProperties": False, "required": ["version"], "properties": {
         "version": {"type": "integer", "minimum": 1}, "reason": {"type": "string"},
         "override": {"type": "boolean", "description": "Admins: move a protected alias past failing gates (needs a "
@@ -338,7 +378,8 @@ ERRORS = {
     415: "The body is not application/json (or multipart/form-data for a dataset upload).",
     422: "A field is invalid: `details` names each one and what is wrong.",
     502: "A stored file is not the one its run recorded (its size, ETag or checksum differs): it is not served.",
-    429: "A limit on this user is reached (active runs, running sweeps, sync runs under way).",
+    429: "A limit on this user is reached (active runs, running sweeps, sync runs under way, playground requests "
+         "waiting); Retry-After says when to try again where it is known.",
     503: "The database (or, for a run's files, the artifact store) is unavailable; nothing was lost.",
 }
 ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
@@ -386,6 +427,7 @@ DATASET_KEY = _path("key", "The dataset's key, name-vN.")
 MODEL_NAME = _path("name", "The registered model's name.")
 VERSION_NUMBER = _path("number", "The version's number (1, 2, ...).", {"type": "integer", "minimum": 1})
 ALIAS_NAME = _path("alias", "The alias (champion, staging, ...).")
+REQUEST_ID = _path("request_id", "The playground request's id (a UUID).", UUID)
 LOCATION = {"Location": "Where the new resource is read."}
 REPLAYED = {"Idempotent-Replayed": "true when an earlier run with this key and body is returned"}
 
@@ -555,6 +597,22 @@ PATHS: dict[str, dict[str, JsonSchema]] = {
     "/api/tunix/runs/{run_id}/gates": {"get": _operation(
         "runs", "The verdicts of the gates of the model the run competes for (candidate_for).",
         {200: _json("GateReport", "The verdicts, with the numbers they were decided on.")}, (404,), [RUN_ID])},
+    "/api/generate": {
+        "post": _operation("playground", "Ask a model prompts; a worker answers (202). Poll the request for its "
+                                         "answers as they come.",
+                           {202: _json("GenerationRequest", "Queued for a worker.", LOCATION)},
+                           (413, 415, 422, 429), body=_json_body("GenerateBody")),
+        "get": _operation("playground", "The prompts asked of one model (?model= as a request names it), newest "
+                                        "first.", {200: _json("GenerationHistory", "Its requests.")}, (422,),
+                          [_query("model", "The model.", {"type": "string"}), _page(50)[1]])},
+    "/api/generate/{request_id}": {"get": _operation(
+        "playground", "A request: its state, its answers so far (with tokens, tokens/s and time to first token) and, "
+                      "while it waits, what it waits for.", {200: _json("GenerationRequest", "The request.")},
+        (404,), [REQUEST_ID])},
+    "/api/generate/{request_id}/cancel": {"post": _operation(
+        "playground", "Cancel a request: a waiting one at once, one being answered before its next prompt (its "
+                      "answers so far are kept).", {200: _json("GenerationRequest", "Cancelled, or stopping.")},
+        (403, 404, 409), [REQUEST_ID])},
     "/api/health": {"get": _operation(
         "service", "Whether the service reaches its database; needs no token.",
         {200: _json("Health", "Up."), 503: _json("Health", "The database is unreachable.")}, public=True)},
@@ -575,7 +633,8 @@ def document() -> JsonSchema:
                                 "/api/health and this document needs `Authorization: Bearer <token>` "
                                 "(make one on /settings/tokens). Every error is an Error object."},
         "security": [{"bearer": []}],
-        "tags": [{"name": name} for name in ("runs", "datasets", "sweeps", "models", "workers", "service")],
+        "tags": [{"name": name} for name in ("runs", "datasets", "sweeps", "models", "playground", "workers",
+                                                        "service")],
         "paths": PATHS,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -178,3 +178,18 @@ def gate_verdict(verdict: GateVerdict) -> dict[str, Any]:
             "candidate_value": verdict.candidate_value, "baseline_version": verdict.baseline_number,
             "baseline_value": verdict.baseline_value, "delta": verdict.delta, "allowance": verdict.allowance,
             "reason": verdict.reason, "judged_at": _iso(verdict.judged_at)}
+
+
+def generation_request(row, wait=None) -> dict[str, Any]:
+    """A playground request: the model asked, the prompts and settings, the answers so far and its state."""
+    return {
+        "id": str(row.id), "group_id": str(row.group_id) if row.group_id else None, "model": row.model,
+        "model_key": row.model_key, "status": row.status, "phase": row.phase, "prompts": list(row.prompts),
+        "settings": dict(row.settings), "answers": list(row.answers or []),
+        "created_by": row.creator.username if row.creator else None, "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at), "attempt": row.attempt,
+        "cold": row.cold, "load_seconds": row.load_seconds, "error_message": row.error_message,
+        "cancel_requested": row.cancel_requested_at is not None,
+        "wait": None if wait is None else {"requests_ahead": wait.ahead, "runs_ahead": wait.runs_ahead,
+                                           "workers": wait.workers},
+    }

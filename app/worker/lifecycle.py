@@ -33,11 +33,12 @@ from app.execution.runner import execute_leased_run
 from app.execution.tunix_execution import STOP_SHUTDOWN, ExecutionSettings, StopRequest
 from app.extensions import db
 from app.listen import RECONNECTED
-from app.queue import registry, store as queue_store
+from app.playground.service import PAYLOAD_PREFIX
+from app.queue import generation as generation_queue, registry, store as queue_store
 from app.runs.channels import CANCEL_CHANNEL, QUEUE_CHANNEL
 from app.runs import counts
 from app.runs import lifecycle as run_moves
-from app.worker import devices as worker_devices
+from app.worker import devices as worker_devices, playground as playground_share
 from app.runs.lifecycle import LeasedRun
 from app.sweeps import service as sweep_service
 
@@ -65,7 +66,7 @@ class Worker:
     execution module."""
 
     def __init__(self, app: Flask, worker_id: str | None = None, exit_when_idle: bool = False,
-                 device_ids: str | None = None):
+                 device_ids: str | None = None, playground: str | None = None):
         config = app.config
         self.app = app
         self.worker_id = worker_id or new_worker_id()
@@ -81,6 +82,10 @@ class Worker:
         self.wanted_ids = worker_devices.parse_device_ids(
             device_ids if device_ids is not None else config["WORKER_DEVICES"])
         self.inventory: worker_devices.Inventory | None = None
+        self.playground_mode = (playground or config["WORKER_PLAYGROUND"]).strip().lower()
+        if self.playground_mode not in playground_share.MODES:
+            raise ValueError(f"--playground takes {', '.join(playground_share.MODES)}; got {self.playground_mode!r}")
+        self.playground: playground_share.Playground | None = None
         self.listener = None
         self.runs_done = 0
         self._active: dict[uuid.UUID, ActiveRun] = {}
@@ -101,13 +106,19 @@ class Worker:
             return
         self._shutdown_deadline = time.monotonic() + self.shutdown_grace_seconds
         self._stopping.set()
-        self._wake.set()
+        self.wake_up()
         active = self.active_run_ids()
         if active:
             log.info("worker %s: %s received: claiming nothing new; each of its %d runs gets up to %.0f s to finish",
                      self.worker_id, name, len(active), self.shutdown_grace_seconds)
         else:
             log.info("worker %s: %s received: stopping", self.worker_id, name)
+
+    def wake_up(self) -> None:
+        """A run or an answer ended (its devices came free): the main loop claims again at once."""
+        self._wake.set()
+        if self.listener is not None:
+            self.listener.interrupt()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -119,10 +130,16 @@ class Worker:
             return list(self._active)
 
     def free_device_ids(self) -> list[int]:
-        """This worker's devices no run of it holds."""
+        """This worker's devices no run of it holds, nor its generation server."""
         with self._lock:
             busy = {i for active in self._active.values() for i in (active.run.device_ids or ())}
+        if self.playground is not None and self.playground.held_device() is not None:
+            busy.add(self.playground.held_device())
         return [i for i in self.inventory.ids if i not in busy]
+
+    def busy(self) -> bool:
+        """True while a run or a playground request of this worker is in progress."""
+        return bool(self.active_run_ids()) or (self.playground is not None and self.playground.busy())
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -138,19 +155,25 @@ class Worker:
 
             self.listener = Listener(db.engine.url.set(drivername="postgresql").render_as_string(False),
                                      (QUEUE_CHANNEL, CANCEL_CHANNEL), f"tunix-rt-listen {self.worker_id}")
+        if self.playground_mode != "off":
+            self.playground = playground_share.Playground(
+                self.app, self.worker_id, self.inventory.platform,
+                {int(d["id"]): d for d in self.inventory.devices}, self.heartbeat_seconds)
         log.info("worker %s: started on %d %s devices %s (found by %s; %s, fallback poll every %.1f s, lease %.0f s, "
-                 "heartbeat %.0f s)", self.worker_id, len(self.inventory.ids), self.inventory.platform,
+                 "heartbeat %.0f s; playground: %s)", self.worker_id, len(self.inventory.ids), self.inventory.platform,
                  self.inventory.ids, self.inventory.source, "LISTEN/NOTIFY" if self.use_listen else "polling only",
-                 self.poll_seconds, self.lease_timeout_seconds, self.heartbeat_seconds)
+                 self.poll_seconds, self.lease_timeout_seconds, self.heartbeat_seconds, self.playground_mode)
         try:
             self._with_db_retry(lambda: registry.register(
                 self.worker_id, socket.gethostname(), os.getpid(), list(self.inventory.devices),
-                self.inventory.versions))
+                self.inventory.versions, playground=self.playground_mode))
             self._with_db_retry(registry.prune_stopped)
             with run_moves.own_connection():
                 self._loop()
         finally:
             self._drain()
+            if self.playground is not None:
+                self.playground.close()
             self._deregister()
         log.info("worker %s: stopped after %d runs", self.worker_id, self.runs_done)
 
@@ -171,28 +194,45 @@ class Worker:
                 continue
             if claimed:
                 continue  # more devices may be free: claim until none fits
-            if self.exit_when_idle and not self.active_run_ids():
+            if self.exit_when_idle and not self.busy():
                 break
             self._wait()
 
     def _wait(self) -> None:
         """Until a notification, a run's end, a stop, or the next housekeeping; routes cancels to their runs."""
-        timeout = min(self.poll_seconds, self.heartbeat_seconds) if self.active_run_ids() else self.poll_seconds
+        timeout = min(self.poll_seconds, self.heartbeat_seconds) if self.busy() else self.poll_seconds
         if self.listener is None:
             self._wake.wait(timeout)
             return
         for channel, payload in self.listener.wait(timeout, self._wake):
+            if self.playground is not None and (channel == RECONNECTED or (
+                    channel == CANCEL_CHANNEL and payload.startswith(PAYLOAD_PREFIX))):
+                self.playground.notice_cancel()  # maybe of the request it answers
             with self._lock:
                 for run_id, active in self._active.items():
                     if channel == RECONNECTED or (channel == CANCEL_CHANNEL and payload == str(run_id)):
                         active.check_lease.set()  # asked to cancel (or a notice missed while LISTEN was down)
 
     def claim_one(self) -> bool:
-        """Claim a run that fits the free devices and start it in a thread of its own; False when none does."""
+        """Claim a playground request or a run, as the policy says (app.queue.generation), and start it in a
+        thread of its own; False when nothing fits."""
         free = self.free_device_ids()
-        if not free:
+        capacity = len(self.inventory.ids)
+        playground = self.playground
+        if playground is not None and not playground.busy() and (free or playground.held_device() is not None):
+            if self.playground_mode == "only" or not generation_queue.training_goes_first(
+                    capacity, playground.passover_seconds):
+                if playground.claim(free, self.wake_up):
+                    return True
+        if self.playground_mode == "only":
             return False
-        run = queue_store.claim_next_run(self.worker_id, free, len(self.inventory.ids), self.passover_seconds)
+        run = queue_store.claim_next_run(self.worker_id, free, capacity, self.passover_seconds) if free else None
+        spare = playground.idle_device() if playground is not None else None
+        if run is None and spare is not None:
+            # Only a run that needs the generation server's device too: the server (and its models) make way.
+            run = queue_store.claim_next_run(self.worker_id, sorted([*free, spare]), capacity, self.passover_seconds)
+            if run is not None and spare in (run.device_ids or ()):
+                playground.release()
         if run is None:
             return False
         log.info("worker %s: claimed run %s (attempt %d of %d) on devices %s", self.worker_id, run.id,
@@ -226,17 +266,21 @@ class Worker:
             with self._lock:
                 self._active.pop(run.id, None)
                 self.runs_done += 1
-            self._wake.set()
+            self.wake_up()
 
     def _drain(self) -> None:
-        """Stopping: wait for the runs to end (they hand themselves back after the grace), heartbeating."""
-        while self.active_run_ids():
+        """Stopping: wait for the runs and the playground request to end (after the grace both are handed back),
+        heartbeating."""
+        while self.busy():
+            if self.playground is not None and (self._hurry.is_set() or time.monotonic() >= (
+                    self._shutdown_deadline or 0.0)):
+                self.playground.abandon()
             self._wake.clear()
             try:
                 self._housekeeping()
             except DB_ERRORS:
                 db.session.rollback()
-            if self.active_run_ids():
+            if self.busy():
                 self._wait()
 
     def _tick(self, lease: RunLease, active: ActiveRun) -> StopRequest | None:
@@ -256,13 +300,19 @@ class Worker:
             return
         self._next_housekeeping = time.monotonic() + self.heartbeat_seconds
         active = self.active_run_ids()
-        state = registry.STOPPING if self._stopping.is_set() else (registry.RUNNING if active else registry.IDLE)
+        state = registry.STOPPING if self._stopping.is_set() else (registry.RUNNING if self.busy() else registry.IDLE)
         registry.heartbeat(self.worker_id, state, active[0] if active else None, self.runs_done)
         for _ in range(100):  # bounded per pass; the next pass takes the rest
             recovered = queue_store.recover_one_expired_lease(self.lease_timeout_seconds)
             if recovered is None:
                 break
             log.warning("worker %s: recovered run %s from a lost worker: now %s", self.worker_id, *recovered)
+        for _ in range(100):
+            recovered = generation_queue.recover_one_expired(self.lease_timeout_seconds)
+            if recovered is None:
+                break
+            log.warning("worker %s: recovered playground request %s from a lost worker: now %s", self.worker_id,
+                        *recovered)
         counts.reconcile(self.app.config["COUNTS_RECONCILE_SECONDS"])
         # Sweeps move on here too: a trial cancelled while pending, or failed by recovery, has no worker
         # to advance its sweep when it ends.
@@ -300,10 +350,11 @@ class Worker:
                 backoff = min(backoff * 2, DB_RETRY_MAX_SECONDS)
 
 
-def serve(app: Flask, exit_when_idle: bool = False, device_ids: str | None = None) -> Worker:
+def serve(app: Flask, exit_when_idle: bool = False, device_ids: str | None = None,
+          playground: str | None = None) -> Worker:
     """Run a worker in this process until SIGTERM/SIGINT; the entry point of worker.py."""
     try:
-        worker = Worker(app, exit_when_idle=exit_when_idle, device_ids=device_ids)
+        worker = Worker(app, exit_when_idle=exit_when_idle, device_ids=device_ids, playground=playground)
     except ValueError as exc:
         raise SystemExit(f"worker.py: {exc}") from None
     worker.install_signal_handlers()
