@@ -86,6 +86,7 @@ bench: install bench-tools $(BENCH_VENV)/.installed
 	$(PY) bench/device_placement.py
 	$(PY) bench/artifact_store.py
 	$(PY) bench/model_registry.py
+	$(PY) bench/playground.py
 	$(PY) bench/gpu_check.py
 
 # On a host with GPUs or TPUs: the small preset and the test checkpoint on 1 device and on all (docs/PERFORMANCE.md).

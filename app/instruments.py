@@ -60,6 +60,22 @@ GATE_VERDICTS = Counter(
     ["result"],
 )
 
+PLAYGROUND_ANSWERED = Counter(
+    "tunix_playground_requests_ended_total",
+    "Playground requests a worker ended, by how (completed, failed, cancelled).",
+    ["status"],
+)
+PLAYGROUND_TOKENS = Counter(
+    "tunix_playground_generated_tokens_total",
+    "Tokens the worker's generation server generated for the playground.",
+)
+PLAYGROUND_FIRST_TOKEN = Histogram(
+    "tunix_playground_time_to_first_token_seconds",
+    "From a worker taking a request to its first token; cold=true when the model was loaded and compiled for it.",
+    ["cold"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
 
 @contextmanager
 def timed_db_write(operation: str) -> Iterator[None]:

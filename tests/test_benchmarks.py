@@ -37,6 +37,7 @@ SMOKE = {
     "artifact_store.py": (["--mb", "16", "--repeats", "1", "--stream-mb", "16"], "artifact_store.json"),
     "model_registry.py": (["--sizes-mb", "4", "--versions", "20", "--page-repeats", "1"], "model_registry.json"),
     "gpu_check.py": (["--steps", "3", "--batch-per-device", "2", "--cpu-devices", "2"], "gpu_check.json"),
+    "playground.py": (["--warm", "2", "--tokens", "16", "--queued", "3", "--short-tokens", "8"], "playground.json"),
 }
 
 

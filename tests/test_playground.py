@@ -1,8 +1,8 @@
 """The playground: bounds, the per-user limit, permissions, workers answering with the real generation server
 (JAX on the CPU), cancel in flight, a worker killed mid-answer, and the page side by side in a browser."""
-import json
 import os
 import signal
+import sys
 
 import pytest
 
@@ -27,6 +27,20 @@ def ended(client, request_id):
 def playground_worker(worker_env, start_worker, **extra):
     env = worker_env(TUNIX_HEARTBEAT_SECONDS="0.5", **extra)
     return start_worker(env)
+
+
+def servers_of(worker) -> list[int]:
+    """The generation servers a worker process started that are still alive."""
+    found = []
+    for pid in processes_mentioning("app.trainer.serve"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                parent = int(stat.read().rsplit(") ", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == worker.pid:
+            found.append(pid)
+    return found
 
 
 def test_a_request_is_checked_field_by_field(client):
@@ -166,32 +180,39 @@ def test_a_request_whose_worker_is_killed_is_answered_by_another(client, worker_
     assert "on each of its 2 attempts" in failed["error_message"]
 
 
-@pytest.mark.trainer
-@needs_chromium
-def test_the_page_asks_a_preset_and_a_fine_tune_side_by_side(app, client, page, live_server, worker_env,
-                                                             start_worker):
-    """The fine-tune's greedy answer here is the answer its own evaluation recorded: one sampler path."""
-    facts = [("colour code of red", "#### 17"), ("colour code of blue", "#### 42"),
-             ("colour code of green", "#### 8"), ("colour code of black", "#### 95")]
-    assert client.post("/api/datasets", json={"name": "codes", "examples": [
-        {"prompt": p, "response": r} for p, r in facts]}).status_code == 201
-    app.config["TRAIN_COMMAND"] = [__import__("sys").executable, "-m", "app.trainer"]
+def memorised(client, app, name: str, answers: list[str]) -> tuple[str, dict[str, str]]:
+    """A real run that learnt four colour codes by heart: its id, and what its evaluation answered for each."""
+    colours = ["red", "blue", "green", "black"]
+    assert client.post("/api/datasets", json={"name": name, "examples": [
+        {"prompt": f"colour code of {c}", "response": f"#### {a}"} for c, a in zip(colours, answers)]}).status_code \
+        == 201
+    app.config["TRAIN_COMMAND"] = [sys.executable, "-m", "app.trainer"]
     app.config["RUN_TIMEOUT_SECONDS"] = 600.0
     run = client.post("/api/tunix/run?mode=sync", json={
-        "dataset_key": "codes-v1", "eval_dataset_key": "codes-v1", "eval_fraction": 0, "batch_size": 4,
+        "dataset_key": f"{name}-v1", "eval_dataset_key": f"{name}-v1", "eval_fraction": 0, "batch_size": 4,
         "max_steps": 150, "num_epochs": 1000, "learning_rate": 0.01, "warmup_steps": 10, "max_seq_length": 32,
         "eval_max_new_tokens": 8}).get_json()
     assert run["status"] == "completed", run["error_message"] or run["stderr_tail"]
     recorded = {e["prompt"]: e["prediction"] for e in client.get(
         f"/api/tunix/runs/{run['run_id']}/evaluation?phase=after").get_json()["examples"]}
-    assert client.post("/api/models/codes/versions", json={"run_id": run["run_id"], "alias": "staging"}).status_code \
-        == 201
-    start_worker(worker_env(TUNIX_HEARTBEAT_SECONDS="0.5"))
+    return run["run_id"], recorded
 
-    page.goto(f"{live_server}/runs/{run['run_id']}")
+
+@pytest.mark.trainer
+@needs_chromium
+def test_the_page_asks_a_preset_and_fine_tunes_side_by_side(app, client, page, live_server, worker_env,
+                                                            start_worker):
+    """Each fine-tune's greedy answer here is the answer its own evaluation recorded (one sampler path), and no
+    model's answer crosses to another: two runs learnt different codes for the same prompts."""
+    first, first_recorded = memorised(client, app, "codes", ["17", "42", "8", "95"])
+    second, second_recorded = memorised(client, app, "recodes", ["71", "24", "80", "59"])
+    assert client.post("/api/models/codes/versions", json={"run_id": first, "alias": "staging"}).status_code == 201
+    start_worker(worker_env(TUNIX_HEARTBEAT_SECONDS="0.5"))  # holds two models: the third asked evicts one
+
+    page.goto(f"{live_server}/runs/{first}")
     page.click("text=Try it, beside its base model")
-    assert page.input_value("#model_0") == f"runs:/{run['run_id']}" and page.input_value("#model_1") == "tiny"
-    page.fill("#model_2", "models:/codes@staging")
+    assert page.input_value("#model_0") == f"runs:/{first}" and page.input_value("#model_1") == "tiny"
+    page.fill("#model_2", f"runs:/{second}")
     page.fill("#prompt", "colour code of red")
     page.fill("#max_new_tokens", "8")
     page.click("button[type=submit] >> text=Ask")
@@ -206,17 +227,24 @@ def test_the_page_asks_a_preset_and_a_fine_tune_side_by_side(app, client, page, 
         assert column.get_attribute("data-status") == "completed", column.inner_text()
         texts[column.get_attribute("data-model")] = column.locator("pre[data-answer='0']").inner_text()
         assert "tokens/s" in column.inner_text() and "first token after" in column.inner_text()
-    fine_tune = texts[f"runs:/{run['run_id']}"]
-    assert fine_tune == recorded["colour code of red"] and "17" in fine_tune
-    assert texts["models:/codes@staging"] == fine_tune  # the registered version is the same model
-    assert texts["tiny"] != fine_tune  # the untrained preset knows nothing of it
+    assert texts[f"runs:/{first}"] == first_recorded["colour code of red"] and "17" in texts[f"runs:/{first}"]
+    assert texts[f"runs:/{second}"] == second_recorded["colour code of red"] and "71" in texts[f"runs:/{second}"]
+    assert texts["tiny"] not in (texts[f"runs:/{first}"], texts[f"runs:/{second}"])  # the untrained preset
+
+    # Every prompt, asked of whichever model, gets that model's own answer (the server's cache keeps them apart).
+    for model, recorded in ((f"runs:/{second}", second_recorded), ("models:/codes@staging", first_recorded)):
+        prompts = sorted(recorded)
+        asked = client.post("/api/generate", json={"model": model, "prompts": prompts,
+                                                   "settings": {"max_new_tokens": 8}}).get_json()["id"]
+        done = wait_for(lambda: ended(client, asked), timeout=240)
+        assert [a["text"] for a in done["answers"]] == [recorded[p] for p in prompts], model
 
     # The prompts stay with the model: its history names who asked what, and what it answered.
-    page.click(f"article[data-model='runs:/{run['run_id']}'] >> text=Asked of it before")
+    page.click(f"article[data-model='runs:/{first}'] >> text=Asked of it before")
     history = page.inner_text("main")
     assert "colour code of red" in history and "tester" in history and "greedy, up to 8 tokens" in history
-    api = client.get(f"/api/generate?model=runs:/{run['run_id']}").get_json()
-    assert api["requests"][0]["answers"][0]["text"] == fine_tune
+    api = client.get(f"/api/generate?model=runs:/{first}").get_json()
+    assert api["requests"][0]["answers"][0]["text"] == texts[f"runs:/{first}"]
 
 
 def test_the_claim_order_prefers_held_models_without_starving_anyone(app, client):
@@ -251,3 +279,57 @@ def test_the_claim_order_prefers_held_models_without_starving_anyone(app, client
     waiting_longer = aged(300, "tiny")
     assert not generation_queue.training_goes_first(capacity=1, passover_seconds=60)  # a request waited longer
     assert client.get(f"/api/generate/{waiting_longer}").get_json()["wait"]["runs_ahead"] == 0
+
+
+def test_training_takes_the_servers_device_and_the_playground_comes_back(client, worker_env, start_worker):
+    """One device: an idle server (and its models) makes way for a queued run; the next request loads again."""
+    first = ask(client).get_json()["id"]
+    worker = playground_worker(worker_env, start_worker)
+    assert wait_for(lambda: ended(client, first), timeout=180)["status"] == "completed"
+    assert servers_of(worker)
+    run = client.post("/api/tunix/run?mode=async", json={"dataset_key": "arithmetic-v1"}).get_json()["run_id"]
+    wait_for(lambda: client.get(f"/api/tunix/runs/{run}").get_json()["status"] == "completed", timeout=120)
+    assert not servers_of(worker)  # stopped for the run, not started again until asked
+    again = ask(client).get_json()["id"]
+    answered = wait_for(lambda: ended(client, again), timeout=180)
+    assert answered["status"] == "completed" and answered["cold"] is True
+
+
+def test_a_stopping_worker_hands_its_request_back(client, worker_env, start_worker):
+    asked = ask(client).get_json()["id"]
+    worker = playground_worker(worker_env, start_worker, TUNIX_WORKER_SHUTDOWN_GRACE_SECONDS="0.5")
+    wait_for(lambda: state(client, asked)["status"] == "running", timeout=60)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    row = state(client, asked)
+    assert row["status"] == "pending" and row["attempt"] == 0, row
+    assert row["error_message"] == "handed back: its worker stopped"
+    playground_worker(worker_env, start_worker)
+    answered = wait_for(lambda: ended(client, asked), timeout=180)
+    assert answered["status"] == "completed" and answered["attempt"] == 1
+
+
+def test_the_page_says_what_a_request_waits_for(app, client):
+    from app.queue import registry
+
+    page = client.post("/playground", data={"model_0": "tiny", "model_1": "small", "prompt": "2 + 2?",
+                                            "max_new_tokens": "8", "temperature": "0", "seed": "0"})
+    assert page.status_code == 303
+    shown = client.get(page.headers["Location"]).get_data(as_text=True)
+    assert shown.count("no worker answers the playground now") == 2 and 'hx-get="' in shown
+    with app.app_context():
+        registry.register("gpu-1:1:ab", "gpu-1", 1, [{"id": 0, "kind": "gpu", "name": "H200", "memory_bytes": 1}])
+    for _ in range(2):
+        ask(client)
+    later = client.post("/playground", data={"model_0": "tiny", "prompt": "3 + 3?", "max_new_tokens": "8",
+                                             "temperature": "0", "seed": "0"})
+    shown = client.get(later.headers["Location"]).get_data(as_text=True)
+    assert "waiting for a free device: 4 requests ahead" in shown
+    refused = client.post("/playground", data={"model_0": "runs:/nope", "prompt": " ", "max_new_tokens": "0",
+                                               "temperature": "0", "top_p": "0.9", "seed": "0"})
+    body = refused.get_data(as_text=True)
+    assert refused.status_code == 422
+    for field, problem in (("model_0", "no run with id &#39;nope&#39;"), ("prompt", "must be a non-blank string"),
+                           ("max_new_tokens", "must be from 1 to 512, got 0"),
+                           ("top_p", "applies only when sampling")):
+        assert f'id="{field}-error">{problem}' in body, field

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from app import instruments
 from app.artifacts import store as object_store
 from app.artifacts.model_store import ModelStore, digest_of
 from app.artifacts.run_store import run_store
@@ -297,8 +298,12 @@ def carry_out(request: HeldRequest, server: GenerationServer, settings: ServerSe
         elif event == "loaded":
             lifecycle.loaded(request, cold=True, seconds=line.get("seconds"))
         elif event == "answer":
-            if not cold and line["index"] == 0:
-                lifecycle.loaded(request, cold=False, seconds=None)
+            if line["index"] == 0:
+                if not cold:
+                    lifecycle.loaded(request, cold=False, seconds=None)
+                instruments.PLAYGROUND_FIRST_TOKEN.labels(cold=str(cold).lower()).observe(
+                    float(line.get("ttft_seconds") or 0.0))
+            instruments.PLAYGROUND_TOKENS.inc(int(line.get("tokens") or 0))
             lifecycle.answered(request, {**{k: line.get(k) for k in (
                 "index", "tokens", "ttft_seconds", "seconds", "tokens_per_second")},
                 "text": storable(str(line.get("text", "")))})
@@ -313,6 +318,8 @@ def carry_out(request: HeldRequest, server: GenerationServer, settings: ServerSe
 
 def _end(request: HeldRequest, status: str, message: str | None = None, server_lost: bool = False) -> Outcome:
     done = lifecycle.finish(request, status, message)
+    if done:
+        instruments.PLAYGROUND_ANSWERED.labels(status=status).inc()
     return Outcome(status if done else None, message, server_lost)
 
 

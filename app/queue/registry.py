@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import instruments
 from app.change_feed import WHOLE, WORKERS, FeedCache
 from app.extensions import db
-from app.models import WORKER_DEVICE_COUNT, TunixRun, Worker
+from app.models import WORKER_DEVICE_COUNT, GenerationRequest, TunixRun, Worker
 from app.runs import counts
 from app.run_states import LEASED_STATUSES, PENDING
 
@@ -179,6 +179,8 @@ class QueueStats:
     workers_alive: int
     runs_recovered: int
     devices: dict[tuple[str, str], int]  # (kind, free | busy) -> count, over the live workers
+    playground: dict[str, int]  # pending, running -> playground requests
+    playground_oldest_waiting_seconds: float
 
 
 def queue_stats(alive_within_seconds: float) -> QueueStats:
@@ -189,6 +191,14 @@ def queue_stats(alive_within_seconds: float) -> QueueStats:
                                .where(TunixRun.status == PENDING))
     alive = count_alive(alive_within_seconds)
     devices = device_states(alive_within_seconds)
+    # Both partial indexes (waiting, being answered) hold only live requests: small whatever the history.
+    playground = dict(db.session.execute(select(GenerationRequest.status, func.count())
+                                         .where(GenerationRequest.status.in_(("pending", "running")))
+                                         .group_by(GenerationRequest.status)).all())
+    waiting = db.session.scalar(select(func.extract("epoch", func.now() - func.min(GenerationRequest.created_at)))
+                                .where(GenerationRequest.status == "pending"))
     db.session.rollback()  # end the read transaction; the scrape holds no locks
     return QueueStats(runs=runs, oldest_pending_age_seconds=float(oldest or 0.0),
-                      workers_alive=alive, runs_recovered=recoveries, devices=devices)
+                      workers_alive=alive, runs_recovered=recoveries, devices=devices,
+                      playground={s: int(playground.get(s, 0)) for s in ("pending", "running")},
+                      playground_oldest_waiting_seconds=float(waiting or 0.0))

@@ -71,6 +71,14 @@ class _QueueCollector:
         for (kind, state), count in sorted(stats.devices.items()):
             devices.add_metric([kind, state], count)
         yield devices
+        playground = GaugeMetricFamily("tunix_playground_requests", "Playground requests waiting or being answered.",
+                                       labels=["status"])
+        for status, count in sorted(stats.playground.items()):
+            playground.add_metric([status], count)
+        yield playground
+        yield GaugeMetricFamily("tunix_playground_oldest_waiting_seconds",
+                                "Age of the oldest playground request waiting for a worker (0 when none waits).",
+                                value=stats.playground_oldest_waiting_seconds)
         # Recoveries only grow (the database keeps every run), so they are a counter.
         yield CounterMetricFamily("tunix_runs_recovered", "Times a run was recovered from a lost worker.",
                                   value=stats.runs_recovered)

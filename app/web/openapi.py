@@ -226,6 +226,8 @@ SCHEMAS: dict[str, JsonSchema] = {
                                   "additionalProperties": {"type": "array", "items": {"type": "integer"}},
                                   "description": "Each run it holds, by id, with the device ids it runs on."},
                       "free_device_ids": {"type": "array", "items": {"type": "integer"}},
+                      "playground": {"enum": ["share", "only", "off"], "description": "Whether it answers the "
+                                     "playground: on a free device between runs, only, or not at all."},
                       "busy_device_ids": {"type": "array", "items": {"type": "integer"}}}),
     "FleetStatus": closed({
         "workers": {"type": "array", "items": ref("Worker")},

@@ -104,6 +104,7 @@ def worker(view: WorkerView) -> dict[str, Any]:
         "runs_done": row.runs_done, "alive": view.alive, "devices": row.devices or [],
         "versions": row.versions or {}, "running": view.running,
         "free_device_ids": view.free_device_ids, "busy_device_ids": view.busy_device_ids,
+        "playground": row.playground,
     }
 
 
