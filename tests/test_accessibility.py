@@ -64,13 +64,13 @@ def _run_pages(client, app, worker) -> dict[str, str]:
     runs["run-failed"] = submit(client, "sync")["run_id"]
     runs["run-dry-run"] = submit(client, "dry_run", name="plan before training")["run_id"]
     return {**{name: f"/runs/{run_id}" for name, run_id in runs.items()},
-            **_registry_pages(client, app, runs["run-completed"], rival),
+            **_registry_pages(client, app, runs["run-completed"], rival, worker),
             "compare": f"/runs/compare?ids={runs['run-completed']},{rival}",
             "compare-rejected": f"/runs/compare?ids={rival}", "leaderboard": f"/datasets/{SAMPLE}/leaderboard",
             **sweep_pages}
 
 
-def _registry_pages(client, app, first: str, second: str) -> dict[str, str]:
+def _registry_pages(client, app, first: str, second: str, worker) -> dict[str, str]:
     """The two real runs registered as versions of a model, with an alias moved twice and a gate."""
     from tests.helpers import make_user, sign_in
 
@@ -83,11 +83,16 @@ def _registry_pages(client, app, first: str, second: str) -> dict[str, str]:
         response = admin.put("/api/models/arithmetic/aliases/champion",
                              json={"version": version, "reason": reason, "override": True})
         assert response.status_code == 200, response.get_json()
-    # The playground: the form with the run beside its base, a comparison waiting for a worker, a model's history.
+    # The playground: the form with the run beside its base, the two answers side by side, a model's history.
     asked = client.post("/playground", data={"model_0": f"runs:/{first}", "model_1": "tiny",
                                              "prompt": "What is 12 + 30?", "max_new_tokens": "16",
                                              "temperature": "0", "seed": "0"})
     assert asked.status_code == 303, asked.get_data(as_text=True)
+    process = worker()  # answers both (its generation server loads each model)
+    answers = asked.headers["Location"] + "/answers"
+    wait_for(lambda: "hx-get" not in client.get(answers).get_data(as_text=True), timeout=300, interval=0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
     return {"models": "/models", "model": "/models/arithmetic", "model-version": "/models/arithmetic/versions/1",
             "register": f"/models/register/{first}", "playground": f"/playground?model=runs:/{first}&model=tiny",
             "playground-answers": asked.headers["Location"], "playground-history": "/playground/history?model=tiny"}

@@ -245,6 +245,8 @@ def test_the_page_asks_a_preset_and_fine_tunes_side_by_side(app, client, page, l
     assert "colour code of red" in history and "tester" in history and "greedy, up to 8 tokens" in history
     api = client.get(f"/api/generate?model=runs:/{first}").get_json()
     assert api["requests"][0]["answers"][0]["text"] == texts[f"runs:/{first}"]
+    assert "Asked 1 time in the playground" in client.get(f"/runs/{first}").get_data(as_text=True)
+    assert "Asked 1 time in the playground" in client.get("/models/codes/versions/1").get_data(as_text=True)
 
 
 def test_the_claim_order_prefers_held_models_without_starving_anyone(app, client):
@@ -333,3 +335,21 @@ def test_the_page_says_what_a_request_waits_for(app, client):
                            ("max_new_tokens", "must be from 1 to 512, got 0"),
                            ("top_p", "applies only when sampling")):
         assert f'id="{field}-error">{problem}' in body, field
+
+
+def test_the_server_keeps_the_models_it_used_last_within_its_count_and_memory():
+    from app.trainer.serve import Loaded, Models
+
+    def model(size):
+        return Loaded(model=None, tokenizer=None, format=None, bytes=size)
+
+    held = Models(max_models=2, budget_bytes=100)
+    held.put("a", model(30))
+    held.put("b", model(30))
+    assert held.get("a") is not None  # a is now the most recently used
+    assert held.room_for() == ["b"] and held.keys() == ["a"]  # a third would pass the count: b goes
+    held.put("c", model(30))
+    assert held.room_for(incoming_bytes=50) == ["a"]  # 30 + 30 + 50 > 100: the least recently used goes
+    assert held.put("big", model(90)) == ["c"] and held.keys() == ["big"]  # its size, known once loaded
+    assert held.put("huge", model(500)) == ["big"] and held.keys() == ["huge"]  # alone, it is still served
+    assert Models(max_models=3, budget_bytes=None).room_for(10**12) == []

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from app import instruments
 from app.artifacts import store as object_store
-from app.artifacts.model_store import ModelStore, digest_of
+from app.artifacts.model_store import ADAPTER_PREFIX, ModelStore, digest_of
 from app.artifacts.run_store import run_store
 from app.artifacts.store import IntegrityError, StoreSettings
 from app.contract.device_mesh import Placement
@@ -174,7 +174,7 @@ def model_folder(spec: dict[str, Any], settings: ServerSettings,
         if source == "version":
             if digest_of(spec["files"]) != spec["digest"]:
                 raise ModelUnavailable(f"model version {spec['ref']} does not match its digest")
-            files = [f for f in spec["files"] if not f["path"].startswith("adapter/")]
+            files = [f for f in spec["files"] if not f["path"].startswith(ADAPTER_PREFIX)]  # merged in already
             ModelStore(settings.store, spec["store_url"], should_stop=should_stop).fetch(files, partial)
         else:
             stored = run_store(settings.store, spec.get("location"), spec["run_id"], should_stop=should_stop)
@@ -184,7 +184,11 @@ def model_folder(spec: dict[str, Any], settings: ServerSettings,
                 raise ModelUnavailable(f"run {spec['run_id'][:8]}'s exported model is not in its store")
             for item in items:
                 object_store.download(stored.store, item.entry, partial / item.path[len(prefix):], stored.retry)
-        partial.rename(folder)
+        try:
+            partial.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # else another worker of this host fetched the same files first
+                raise
     except IntegrityError as exc:
         raise ModelUnavailable(f"the model's files are damaged: {exc}") from None
     except FileNotFoundError:

@@ -29,12 +29,10 @@ class Settings:
 
     max_waiting: int  # requests one user may have waiting at once (429 beyond)
     wait_seconds: float  # a request nobody took in this long fails, and says why
-    lease_seconds: float  # a worker silent this long has lost its request
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Settings":
-        return cls(int(config["PLAYGROUND_MAX_WAITING"]), float(config["PLAYGROUND_WAIT_SECONDS"]),
-                   float(config["LEASE_TIMEOUT_SECONDS"]))
+        return cls(int(config["PLAYGROUND_MAX_WAITING"]), float(config["PLAYGROUND_WAIT_SECONDS"]))
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def _run_target(model: str) -> Target:
     if not (run.status == "completed" and (run.result or {}).get("exported_model")):
         raise ValidationError("no model to ask", {"model": f"run {str(run.id)[:8]} exported no model (it is "
                                                            f"{run.status}{', a dry run' if run.is_plan else ''})"})
-    return Target(model, f"run:{run.id}", {"source": "run", "run_id": str(run.id), "location": run.artifacts_url,
+    return Target(model, key_of_run(run), {"source": "run", "run_id": str(run.id), "location": run.artifacts_url,
                                            **_prompting(run.config)}, run_id=run.id, label=run.title)
 
 
@@ -75,7 +73,7 @@ def _version_target(model: str) -> Target:
     except ValidationError as exc:
         raise ValidationError(exc.message, {"model": exc.details.get("model_id", exc.message)}) from None
     version = resolved.version
-    return Target(model, f"version:{version.id}", {
+    return Target(model, key_of_version(version), {
         "source": "version", "ref": version.ref, "digest": version.digest, "files": version.files,
         "store_url": version.store_url, "size_bytes": version.size_bytes,
         **_prompting((version.lineage or {}).get("config") or {})}, version_id=version.id, label=version.ref)
@@ -240,12 +238,15 @@ def history(model_key: str, limit: int = 50) -> list[GenerationRequest]:
 
 
 def key_of_run(run: TunixRun) -> str:
+    """The history key of a run's export (as `target_of` makes it for runs:/<id>)."""
     return f"run:{run.id}"
 
 
 def key_of_version(version: ModelVersion) -> str:
+    """The history key of a registry version, whatever alias named it."""
     return f"version:{version.id}"
 
 
 def asked_count(model_key: str) -> int:
+    """How many requests asked this model (an index range count)."""
     return int(db.session.execute(select(func.count()).where(GenerationRequest.model_key == model_key)).scalar())

@@ -103,8 +103,16 @@ class Models:
             evicted.append(key)
         return evicted
 
-    def put(self, key: str, loaded: Loaded) -> None:
+    def put(self, key: str, loaded: Loaded) -> list[str]:
+        """Hold a model just loaded; the others evicted while the memory budget is still exceeded (its size is
+        known only now), least recently used first."""
         self.held[key] = loaded
+        evicted = []
+        while self.budget_bytes is not None and self.total() > self.budget_bytes and len(self.held) > 1:
+            oldest = next(iter(self.held))
+            del self.held[oldest]
+            evicted.append(oldest)
+        return evicted
 
     def total(self) -> int:
         return sum(m.bytes for m in self.held.values())
@@ -120,6 +128,7 @@ class Server:
         self.out, self.models = out, models
         self.requests: queue.Queue = queue.Queue()
         self.cancelled: set[str] = set()
+        self.orphaned = False
 
     def say(self, event: str, **fields: Any) -> None:
         self.out.write(generation.encode_line(event, **fields) + "\n")
@@ -136,6 +145,8 @@ class Server:
                 self.cancelled.add(str(message["cancel"]))
             elif isinstance(message, dict):
                 self.requests.put(message)
+        # The worker is gone (it closes stdin only when it ends): the request in progress stops too.
+        self.orphaned = True
         self.requests.put(None)
 
     def serve(self) -> None:
@@ -159,12 +170,14 @@ class Server:
             self.say("loading", id=rid, key=spec["key"])
             evicted = self.models.room_for(int(spec.get("size_bytes") or 0))
             loaded = load(spec)
-            self.models.put(spec["key"], loaded)
+            evicted += self.models.put(spec["key"], loaded)
             self.say("loaded", id=rid, key=spec["key"], seconds=round(time.monotonic() - started, 3),
                      bytes=loaded.bytes, evicted=evicted)
         arguments = generation.sampler_arguments(settings)
         max_new = int(settings["max_new_tokens"])
         for index, prompt in enumerate(request["prompts"]):
+            if self.orphaned:
+                return
             if rid in self.cancelled:
                 self.cancelled.discard(rid)
                 self.say("cancelled", id=rid, held=self.models.keys())

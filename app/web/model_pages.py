@@ -10,6 +10,7 @@ from app.artifacts.store import StoreError, StoreSettings
 from app.errors import (AppError, ConflictError, ForbiddenError, NotFoundError, StoreUnreachable,
                         ValidationError)
 from app.extensions import db
+from app.playground import service as playground
 from app.registry import gates, queries as registry_queries, service as registry
 from app.web.auth import current_actor
 from app.web.lookups import run_or_404, whole_number_arg
@@ -129,7 +130,8 @@ def show_version(name: str, number: str):
                            chain=registry_queries.lineage_chain(version),
                            trained=registry_queries.trained_from(version),
                            aliases=[a.alias for a in registry.aliases_of(model) if a.version_id == version.id],
-                           may_change=current_actor().may_change(model.owner_id), error=request.args.get("error"))
+                           may_change=current_actor().may_change(model.owner_id), error=request.args.get("error"),
+                           asked=playground.asked_count(playground.key_of_version(version)))
 
 
 @bp.post("/<name>/versions/<number>/archive")

@@ -27,7 +27,7 @@ def _model_options() -> list[tuple[str, str]]:
     """(value, label) for the model picker: presets, runs' exports, registry aliases and versions."""
     runs = db.session.scalars(select(TunixRun).where(
         TunixRun.status == "completed", TunixRun.mode != "dry_run",
-        TunixRun.result["exported_model"].astext.isnot(None)).order_by(TunixRun.completed_at.desc())
+        TunixRun.result["exported_model"].astext.isnot(None)).order_by(TunixRun.created_at.desc())
         .limit(RUNS_OFFERED))
     return ([(name, f"{name} (preset)") for name in model_catalog.PRESETS]
             + [(f"{generation.RUNS_PREFIX}{run.id}", f"{run.title}: its export") for run in runs]

@@ -21,6 +21,7 @@ from app.artifacts.store import StoreError, shown_location
 from app.contract import scoring
 from app.contract.progress_protocol import STORING, TRAINING
 from app.models import TunixRun
+from app.playground import service as playground
 from app.queue import registry
 from app.registry import gates, queries as registry_queries
 from app.runs import artifacts, evaluation, logs, queries, service
@@ -367,11 +368,13 @@ def _surroundings(run: TunixRun) -> dict:
 
 
 def _registry(run: TunixRun) -> dict:
-    """The run in the registry: the versions its model became, and the verdicts of the gates it competed in."""
+    """The run in the registry: the versions its model became, the verdicts of the gates it competed in, and how
+    often its model was asked in the playground."""
     candidate_for = gates.candidate_for(run)
     verdicts = gates.verdicts_of(run) if candidate_for else []
+    asked = playground.asked_count(playground.key_of_run(run)) if run.status == "completed" else 0
     return {"registered_as": registry_queries.registered_from(run.id), "candidate_for": candidate_for,
-            "verdicts": verdicts,
+            "verdicts": verdicts, "asked_in_playground": asked,
             "gate_words": gates.descriptions([v.gate_id for v in verdicts])}
 
 
