@@ -130,6 +130,7 @@ def test_a_worker_answers_keeps_the_model_and_stops_on_cancel(client, worker_env
     assert warm["status"] == "completed" and warm["cold"] is False
     assert warm["answers"][0]["text"] == done["answers"][0]["text"]
     assert warm["answers"][0]["ttft_seconds"] < done["answers"][0]["ttft_seconds"]
+    assert done["answers"][0]["compiled"] is True and warm["answers"][0]["compiled"] is False
 
     # Cancel in flight: many long answers asked with new settings (a new compile); cancelled while it works.
     slow = ask(client, prompts=[f"count to {n}" for n in range(8)],

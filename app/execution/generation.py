@@ -309,7 +309,7 @@ def carry_out(request: HeldRequest, server: GenerationServer, settings: ServerSe
                     float(line.get("ttft_seconds") or 0.0))
             instruments.PLAYGROUND_TOKENS.inc(int(line.get("tokens") or 0))
             lifecycle.answered(request, {**{k: line.get(k) for k in (
-                "index", "tokens", "ttft_seconds", "seconds", "tokens_per_second")},
+                "index", "tokens", "ttft_seconds", "seconds", "tokens_per_second", "compiled")},
                 "text": storable(str(line.get("text", "")))})
         elif event in ("done", "cancelled", "error"):
             server.held = list(line.get("held") or [])

@@ -231,6 +231,17 @@ def wait_of(row: GenerationRequest, live_seconds: float, passover_seconds: float
     return Wait(int(ahead), int(runs), int(workers))
 
 
+def label_of(row: GenerationRequest) -> str:
+    """What a column is headed with: a run's name (its export), a version's reference, else the model asked."""
+    if row.run_id is not None:
+        run = db.session.get(TunixRun, row.run_id)
+        return f"{run.title}: its export" if run is not None else row.model
+    if row.model_version_id is not None:
+        version = db.session.get(ModelVersion, row.model_version_id)
+        return version.ref if version is not None else row.model
+    return row.model
+
+
 def history(model_key: str, limit: int = 50) -> list[GenerationRequest]:
     """The prompts asked of one model, newest first."""
     return list(db.session.scalars(select(GenerationRequest).where(GenerationRequest.model_key == model_key)

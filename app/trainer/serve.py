@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from app.contract import generation, prompt_format, run_files
 from app.contract.text_tokenizers import load_tokenizer
 
-SAMPLERS_PER_MODEL = 8  # compiled samplers kept per model, one per KV-cache size asked for
+SAMPLERS_PER_MODEL = 8  # compiled samplers kept per model, one per shape (prompt bucket, answer length, mode)
 
 
 @dataclass
@@ -35,17 +35,20 @@ class Loaded:
     bytes: int
     samplers: OrderedDict = field(default_factory=OrderedDict)
 
-    def sampler(self, max_prompt_length: int, max_new_tokens: int):
+    def sampler(self, max_prompt_length: int, max_new_tokens: int, mode: str):
+        """The compiled sampler for this shape and sampling mode, and whether it is new (its first call
+        compiles it)."""
         from app.trainer import evaluation
 
-        size = (max_prompt_length, max_new_tokens)
-        if size not in self.samplers:
+        shape = (max_prompt_length, max_new_tokens, mode)
+        fresh = shape not in self.samplers
+        if fresh:
             if len(self.samplers) >= SAMPLERS_PER_MODEL:
                 self.samplers.popitem(last=False)
-            self.samplers[size] = _timed_first_token(evaluation.make_sampler(
+            self.samplers[shape] = _timed_first_token(evaluation.make_sampler(
                 self.model, self.tokenizer, self.model.config, max_prompt_length, max_new_tokens))
-        self.samplers.move_to_end(size)
-        return self.samplers[size]
+        self.samplers.move_to_end(shape)
+        return self.samplers[shape], fresh
 
 
 def _timed_first_token(sampler):
@@ -184,7 +187,7 @@ class Server:
                 return
             text = loaded.format.prompt(prompt)
             length = evaluation.prompt_length_for(loaded.tokenizer, [text])
-            sampler = loaded.sampler(length, max_new)
+            sampler, compiles = loaded.sampler(length, max_new, "sample" if settings["temperature"] else "greedy")
             asked = time.monotonic()
             output = sampler([text], max_generation_steps=max_new, max_prompt_length=length, **arguments)
             ended = time.monotonic()
@@ -193,7 +196,8 @@ class Server:
             # The first answer's wait includes loading and compiling, as a cold model's user waits it.
             self.say("answer", id=rid, index=index, text=output.text[0], tokens=tokens,
                      ttft_seconds=round(sampler.first_token_at - (started if index == 0 else asked), 4),
-                     seconds=round(seconds, 4), tokens_per_second=round(tokens / seconds, 2) if seconds > 0 else None)
+                     seconds=round(seconds, 4), tokens_per_second=round(tokens / seconds, 2) if seconds > 0 else None,
+                     compiled=compiles)
         self.cancelled.discard(rid)
         self.say("done", id=rid, held=self.models.keys())
 

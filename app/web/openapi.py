@@ -323,7 +323,10 @@ SCHEMAS: dict[str, JsonSchema] = {
         "answers": {"type": "array", "description": "In the prompts' order, each stored as soon as it is generated.",
                     "items": closed({"index": {"type": "integer"}, "text": {"type": "string"},
                                      "tokens": {"type": "integer"}, "ttft_seconds": NUMBER, "seconds": NUMBER,
-                                     "tokens_per_second": NUMBER})},
+                                     "tokens_per_second": NUMBER, "compiled": {
+                                         "type": ["boolean", "null"], "description": "Its shape (prompt length "
+                                         "bucket, answer length, greedy or sampled) was compiled for it: its time "
+                                         "includes compiling."}})},
         "created_by": TEXT, "created_at": TIME, "started_at": TIME, "finished_at": TIME,
         "attempt": {"type": "integer"}, "cold": {"type": ["boolean", "null"], "description": "The worker loaded "
                                                  "(and compiled) the model for it, rather than holding it already."},

@@ -109,7 +109,8 @@ def _group_context(group_id: str) -> dict[str, Any]:
     passover = current_app.config["PLAYGROUND_PASSOVER_SECONDS"]
     columns = [{"row": row,
                 "wait": playground.wait_of(row, live_seconds, passover) if row.status == "pending" else None,
-                "may_cancel": current_actor().may_change(row.created_by)} for row in rows]
+                "may_cancel": current_actor().may_change(row.created_by), "label": playground.label_of(row)}
+               for row in rows]
     return {"group_id": rows[0].group_id, "columns": columns, "prompt": rows[0].prompts[0],
             "settings": generation.describe(rows[0].settings),
             "active": any(row.status in generation.LIVE_STATES for row in rows)}
