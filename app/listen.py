@@ -45,7 +45,9 @@ class Listener:
         self._connect()
 
     def interrupt(self) -> None:
-        """End the current (or next) wait now; safe from any thread."""
+        """End the current (or next) wait now; safe from any thread (and a no-op once closed)."""
+        if self._interrupt_w < 0:
+            return
         try:
             os.write(self._interrupt_w, b"!")
         except (BlockingIOError, OSError):  # already woken (the pipe is full) or closed
@@ -151,7 +153,9 @@ class Listener:
     def close(self) -> None:
         if self.conn is not None and not self.conn.closed:
             self.conn.close()
-        for fd in (self._interrupt_r, self._interrupt_w):
+        # A closed descriptor's number is soon another file's: forget them before closing.
+        descriptors, self._interrupt_r, self._interrupt_w = (self._interrupt_r, self._interrupt_w), -1, -1
+        for fd in descriptors:
             try:
                 os.close(fd)
             except OSError:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.helpers import (ROOT, alive, make_user, needs_chromium, processes_mentioning, sign_in, wait_for)
+from tests.helpers import alive, make_user, needs_chromium, processes_mentioning, sign_in, wait_for
 
 ASK = {"model": "tiny", "prompts": ["what is 2 + 2?"], "settings": {"max_new_tokens": 8}}
 
